@@ -1,0 +1,5 @@
+import sys
+
+from pybdev.app import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""The target process: options, start-up, STARTUP -> RUNTIME, signals, shutdown.
+
+Start-up order (spec §2): parse options -> STARTUP part of ``--json`` -> RPC socket ->
+(``--wait-for-rpc``: wait for ``framework_start_init``) -> subsystem init -> RUNTIME ->
+RUNTIME part of ``--json`` -> serve. Requests that arrive before RUNTIME wait, as they do
+on SPDK's paused socket. Shutdown (SIGINT, SIGTERM, ``spdk_kill_instance``) closes the RPC
+listeners, finishes subsystems in reverse init order and removes socket and lock file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TypeVar
+
+from pybdev import __version__
+from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
+from pybdev.rpc.dispatcher import Dispatcher
+from pybdev.rpc.registry import REGISTRY, State
+from pybdev.rpc.server import SocketInUse, UnixRpcServer
+from pybdev.subsystem import Subsystem, init_order
+
+DEFAULT_RPC_SOCKET = "/var/tmp/spdk.sock"
+
+# Each of these registers its subsystem and RPC methods when imported.
+SUBSYSTEM_MODULES = ("pybdev.framework", "pybdev.bdev.subsystem", "pybdev.nbd.subsystem",
+                     "pybdev.ublk.subsystem")
+
+S = TypeVar("S", bound=Subsystem)
+
+
+def load_subsystem_modules() -> None:
+    for name in SUBSYSTEM_MODULES:
+        importlib.import_module(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pybdev",
+        description="pybdev: a storage target that speaks SPDK's JSON-RPC.",
+    )
+    p.add_argument("-r", "--rpc-socket", default=DEFAULT_RPC_SOCKET, metavar="PATH",
+                   help=f"RPC listen address (Unix socket path, default {DEFAULT_RPC_SOCKET})")
+    p.add_argument("-c", "--config", "--json", dest="json", metavar="FILE",
+                   help="JSON configuration to load at start-up (comments allowed)")
+    p.add_argument("--json-ignore-init-errors", action="store_true",
+                   help="keep going when a --json entry fails or names an unknown method")
+    p.add_argument("--wait-for-rpc", action="store_true",
+                   help="wait for framework_start_init before initialising subsystems")
+    p.add_argument("--rpcs-allowed", metavar="LIST",
+                   help="comma-separated list of the only RPC methods served")
+    p.add_argument("--no-rpc-server", action="store_true", help="do not listen for RPCs")
+    p.add_argument("-m", "--cpumask", default="0x1", metavar="MASK",
+                   help="core mask (hex); the default cpumask of the ublk target")
+    p.add_argument("-L", "--logflag", action="append", default=[], metavar="COMPONENT",
+                   help="enable debug logs of one component (rpc, bdev, nbd, ublk, ...); "
+                        "'all' for every one")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "NOTICE", "WARNING", "ERROR"],
+                   help="level of messages printed to stderr (default INFO)")
+    p.add_argument("-v", "--version", action="version", version=f"pybdev {__version__}")
+    return p
+
+
+def setup_logging(level: str, flags: Sequence[str]) -> None:
+    level = "INFO" if level == "NOTICE" else level
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="[%(asctime)s] %(name)s: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for flag in flags:
+        name = "pybdev" if flag == "all" else f"pybdev.{flag}"
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+class App:
+    """One target: its state, subsystems, dispatcher and listeners."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        load_subsystem_modules()
+        self.options = options
+        self.log = logging.getLogger("pybdev.app")
+        self.state = State.STARTUP
+        self.initialized = asyncio.Event()
+        self.serving = asyncio.Event()
+        self.shutdown_requested = asyncio.Event()
+        self.subsystems: list[Subsystem] = [cls(self) for cls in init_order()]
+        allowed = (
+            frozenset(n.strip() for n in options.rpcs_allowed.split(",") if n.strip())
+            if options.rpcs_allowed else None
+        )
+        self.dispatcher = Dispatcher(self, REGISTRY, allowed)
+        self.rpc_server: UnixRpcServer | None = None
+        self._config: list[SubsystemConfig] = []
+        self._init_lock = asyncio.Lock()
+        self._started: list[Subsystem] = []
+
+    def subsystem(self, cls: type[S]) -> S:
+        for sub in self.subsystems:
+            if isinstance(sub, cls):
+                return sub
+        raise LookupError(cls.__name__)
+
+    async def start(self) -> None:
+        """Everything up to serving RPC; raises ConfigError or SocketInUse."""
+        if self.options.json:
+            self._config = read_config_file(self.options.json)
+        await self._replay(State.STARTUP)
+        if not self.options.no_rpc_server:
+            self.rpc_server = UnixRpcServer(
+                self.dispatcher, self.options.rpc_socket, self.serving
+            )
+            await self.rpc_server.start()
+        if self.options.wait_for_rpc:
+            self.serving.set()
+        else:
+            await self.start_init()
+
+    async def start_init(self) -> None:
+        async with self._init_lock:
+            if self.state == State.RUNTIME:
+                return
+            for sub in self.subsystems:
+                await sub.init()
+                self._started.append(sub)
+            self.state = State.RUNTIME
+            await self._replay(State.RUNTIME)
+            self.initialized.set()
+            self.serving.set()
+            self.log.info("pybdev %s initialised; serving RPC", __version__)
+
+    async def _replay(self, phase: State) -> None:
+        if self._config:
+            await replay(self.dispatcher, self._config, phase,
+                         {s.name for s in self.subsystems}, self.options.json_ignore_init_errors)
+
+    async def stop(self) -> None:
+        """Close listeners, then finish subsystems in reverse init order."""
+        if self.rpc_server is not None:
+            await self.rpc_server.stop()
+            self.rpc_server = None
+        while self._started:
+            sub = self._started.pop()
+            try:
+                await sub.fini()
+            except Exception:
+                self.log.exception("subsystem %s failed to finish", sub.name)
+
+    def request_shutdown(self, signame: str = "") -> None:
+        if not self.shutdown_requested.is_set():
+            self.log.info("shutting down%s", f" on {signame}" if signame else "")
+        self.shutdown_requested.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_shutdown, sig.name)
+        try:
+            try:
+                await self.start()
+            except (ConfigError, SocketInUse) as e:
+                self.log.error("%s", e)
+                return 1
+            await self.shutdown_requested.wait()
+            return 0
+        finally:
+            await self.stop()
+
+
+def run_loop(coro_factory) -> int:  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro_factory())
+    return uvloop.run(coro_factory())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.no_rpc_server and options.wait_for_rpc:
+        parser.error("--wait-for-rpc needs the RPC server; it cannot go with --no-rpc-server")
+    setup_logging(options.log_level, options.logflag)
+
+    async def serve() -> int:
+        return await App(options).run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return run_loop(serve)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The bdev layer (core.py) and its modules, one file each."""

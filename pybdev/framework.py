@@ -1,0 +1,130 @@
+"""Framework RPCs: method listing, version, init state machine, config, kill (spec §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import TYPE_CHECKING, Any, Literal
+
+from pybdev import __version__
+from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
+from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, State, rpc_method
+from pybdev.rpc.types import Params, Str
+from pybdev.subsystem import flatten_batches
+
+if TYPE_CHECKING:
+    from pybdev.app import App
+
+
+class GetMethodsParams(Params):
+    current: bool = False
+    include_aliases: bool = False
+
+
+@rpc_method(
+    "rpc_get_methods",
+    GetMethodsParams,
+    states=BOTH,
+    result={"type": "array", "items": {"type": "string"}},
+)
+def rpc_get_methods(app: App, p: GetMethodsParams) -> list[str]:
+    """List the methods this target serves (``current``: only those callable now)."""
+    dispatcher = app.dispatcher
+    names = [
+        m.name
+        for m in dispatcher.registry
+        if dispatcher.is_allowed(m.name) and (not p.current or m.states & app.state)
+    ]
+    return names[::-1]  # SPDK inserts at the list head: newest registration first
+
+
+def version_info() -> dict[str, Any]:
+    major, minor, patch = (int(x) for x in __version__.split(".")[:3])
+    text = f"pybdev v{major}.{minor}" + (f".{patch}" if patch else "")
+    return {
+        "version": text,
+        "fields": {"major": major, "minor": minor, "patch": patch, "suffix": ""},
+    }
+
+
+@rpc_method(
+    "spdk_get_version",
+    states=BOTH,
+    decode_error=(INVALID_PARAMS, "spdk_get_version method requires no parameters"),
+    result={"type": "object"},
+)
+def spdk_get_version(app: App) -> dict[str, Any]:
+    """The target's version, shaped like SPDK's (``version`` text and ``fields``)."""
+    return version_info()
+
+
+class KillParams(Params):
+    sig_name: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"]
+
+
+@rpc_method("spdk_kill_instance", KillParams, result={"type": "boolean"})
+def spdk_kill_instance(app: App, p: KillParams) -> bool:
+    """Send a signal to the target; SIGINT and SIGTERM shut it down cleanly."""
+    sig = getattr(signal, p.sig_name)
+    # Deliver after the answer is written, so the client sees ``true`` first.
+    asyncio.get_running_loop().call_soon(os.kill, os.getpid(), sig)
+    return True
+
+
+@rpc_method(
+    "framework_start_init",
+    states=State.STARTUP,
+    decode_error=(INVALID_PARAMS, "framework_start_init requires no parameters"),
+    result={"type": "boolean"},
+)
+async def framework_start_init(app: App) -> bool:
+    """Initialise subsystems and load the RUNTIME part of ``--json`` (``--wait-for-rpc``)."""
+    try:
+        await app.start_init()
+    except Exception as e:
+        app.log.error("framework initialization failed: %s", e)
+        raise RpcError(INTERNAL_ERROR, "framework_initialization failed") from None
+    return True
+
+
+@rpc_method("framework_wait_init", IGNORE_PARAMS, states=BOTH, result={"type": "boolean"})
+async def framework_wait_init(app: App) -> bool:
+    """Answer ``true`` once the framework is initialised (at once in RUNTIME)."""
+    await app.initialized.wait()
+    return True
+
+
+@rpc_method(
+    "framework_get_subsystems",
+    decode_error=(INVALID_PARAMS, "'framework_get_subsystems' requires no arguments"),
+    result={"type": "array", "items": {"type": "object"}},
+)
+def framework_get_subsystems(app: App) -> list[dict[str, Any]]:
+    """Subsystems in init order with their direct dependencies."""
+    return [{"subsystem": s.name, "depends_on": list(s.depends_on)} for s in app.subsystems]
+
+
+class GetConfigParams(Params):
+    name: Str
+    with_batches: bool = False
+
+
+@rpc_method(
+    "framework_get_config",
+    GetConfigParams,
+    decode_error=(INVALID_PARAMS, "Invalid arguments"),
+    result={"type": ["array", "null"]},
+)
+def framework_get_config(app: App, p: GetConfigParams) -> list[Any] | None:
+    """One subsystem's config: the calls that recreate its current state."""
+    for sub in app.subsystems:
+        if sub.name == p.name:
+            config = sub.write_config()
+            if config is None or p.with_batches:
+                return config
+            return flatten_batches(config)
+    raise RpcError(INVALID_PARAMS, f"Subsystem '{p.name}' not found")
+
+
+__all__ = ["version_info"]

@@ -1,0 +1,1 @@
+"""JSON-RPC: method registry, dispatcher, stream framing, Unix-socket server, client, schema."""

@@ -1,0 +1,215 @@
+"""The JSON-RPC dispatcher: one parsed value in, the response bytes out (SPDK's rules).
+
+Transport rules implemented here (spec §1.3-1.6): strict request validation (-32600),
+exact case-sensitive lookup and the ``--rpcs-allowed`` list (-32601), the STARTUP/RUNTIME
+state check (-1 with SPDK's two messages), params decoding through the method's model,
+notifications (success suppressed, errors still sent with ``"id": null``), batches
+(one array, one element per request, completion order) and the exact response format.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from pybdev.rpc import errors
+from pybdev.rpc.errors import OperationError, RpcError
+from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, REGISTRY, Method, Registry, State
+
+log = logging.getLogger("pybdev.rpc")
+
+STARTUP_ONLY_MESSAGE = (
+    "Method may only be called before framework is initialized. Use --wait-for-rpc command "
+    "line parameter and then issue this RPC before the framework_start_init RPC."
+)
+RUNTIME_ONLY_MESSAGE = (
+    "Method may only be called after framework is initialized using framework_start_init RPC."
+)
+_REQUEST_KEYS = frozenset(("jsonrpc", "method", "params", "id"))
+
+
+class ParseError(Exception):
+    """The value is not valid JSON (the connection answers -32700 and closes)."""
+
+
+class DuplicateKeys(dict):  # type: ignore[type-arg]
+    """A JSON object that had a key twice; SPDK refuses those everywhere."""
+
+
+class RpcContext(Protocol):
+    state: State
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    return DuplicateKeys(obj) if len(obj) != len(pairs) else obj
+
+
+def _has_duplicates(value: Any) -> bool:
+    if isinstance(value, dict):
+        return isinstance(value, DuplicateKeys) or any(map(_has_duplicates, value.values()))
+    if isinstance(value, list):
+        return any(map(_has_duplicates, value))
+    return False
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse one framed value with SPDK's strictness (UTF-8, no NUL in strings)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParseError(f"invalid UTF-8: {e}") from None
+    if "\\u0000" in text or "\\U0000" in text:
+        raise ParseError("string contains NUL")
+    try:
+        return json.loads(text, object_pairs_hook=_pairs)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ParseError(str(e)) from None
+
+
+def encode(obj: Any) -> str:
+    """Compact JSON as SPDK writes it: ASCII only, ``/`` unescaped, 0x7F escaped."""
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).replace(
+        "\x7f", "\\u007f"
+    )
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """``field: reason`` for the first problem, phrased for people, not pydantic."""
+    err = e.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "params"
+    kind = err["type"]
+    if kind == "missing":
+        return f"{loc}: required parameter missing"
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown parameter"
+    if kind == "model_type":
+        return "params: expected a JSON object"
+    return f"{loc}: {err['msg'].lower()}"
+
+
+class Dispatcher:
+    """Dispatches parsed requests against a registry for one target (``ctx``)."""
+
+    def __init__(
+        self,
+        ctx: RpcContext,
+        registry: Registry = REGISTRY,
+        allowed: frozenset[str] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.registry = registry
+        self.allowed = allowed
+
+    def is_allowed(self, name: str) -> bool:
+        return self.allowed is None or name in self.allowed
+
+    def lookup(self, name: str) -> Method | None:
+        method = self.registry.get(name)
+        return method if method is not None and self.is_allowed(name) else None
+
+    async def handle_raw(self, raw: bytes) -> bytes | None:
+        """Answer one framed value; None when nothing is to be sent. Raises ParseError."""
+        return await self.handle_value(parse_json(raw))
+
+    async def handle_value(self, value: Any) -> bytes | None:
+        if isinstance(value, list):
+            if not value:
+                return self._error_line(None, RpcError(errors.INVALID_REQUEST))
+            parts = []
+            for element in value:
+                response = await self.handle_single(element)
+                if response is not None:
+                    parts.append(encode(response))
+            return ("[" + ",".join(parts) + "]\n").encode() if parts else None
+        response = await self.handle_single(value)
+        return None if response is None else (encode(response) + "\n").encode()
+
+    def _error_line(self, req_id: Any, err: RpcError) -> bytes:
+        return (encode(_error(req_id, err)) + "\n").encode()
+
+    async def handle_single(self, request: Any) -> dict[str, Any] | None:
+        """The response object for one request, or None for a successful notification."""
+        req_id: Any = None
+        try:
+            if not isinstance(request, dict):
+                raise RpcError(errors.INVALID_REQUEST)
+            req_id = request.get("id")
+            if isinstance(req_id, bool) or not isinstance(req_id, str | int | float | None):
+                req_id = None
+                raise RpcError(errors.INVALID_REQUEST)
+            method_name, params = self._check_envelope(request)
+            result = await self.call(method_name, params)
+        except RpcError as e:
+            # SPDK always sends errors, with id null for notifications (spec §1.5).
+            return _error(req_id, e)
+        if req_id is None:
+            return None
+        return {"jsonrpc": "2.0", "id": req_id, "result": result}
+
+    def _check_envelope(self, request: dict[str, Any]) -> tuple[str, Any]:
+        if isinstance(request, DuplicateKeys) or not request.keys() <= _REQUEST_KEYS:
+            raise RpcError(errors.INVALID_REQUEST)
+        if request.get("jsonrpc", "2.0") != "2.0":
+            raise RpcError(errors.INVALID_REQUEST)
+        method_name = request.get("method")
+        if not isinstance(method_name, str):
+            raise RpcError(errors.INVALID_REQUEST)
+        params = request.get("params")
+        if params is not None and not isinstance(params, dict | list):
+            raise RpcError(errors.INVALID_REQUEST)
+        return method_name, params
+
+    async def call(self, method_name: str, params: Any) -> Any:
+        """Look up, state-check, decode and run a method; raises RpcError on failure."""
+        method = self.lookup(method_name)
+        if method is None:
+            raise RpcError(errors.METHOD_NOT_FOUND)
+        state = self.ctx.state
+        if not method.states & state:
+            message = RUNTIME_ONLY_MESSAGE if state == State.STARTUP else STARTUP_ONLY_MESSAGE
+            raise RpcError(errors.INVALID_STATE, message)
+        args = (self.ctx,) if method.params in (NO_PARAMS, IGNORE_PARAMS) else None
+        if method.params == NO_PARAMS and params is not None:
+            raise RpcError(method.decode_error_code, method.decode_error_message)
+        if args is None:
+            args = (self.ctx, self._decode(method, params))
+        try:
+            result = method.handler(*args)
+            if inspect.isawaitable(result):
+                result = await result
+        except RpcError:
+            raise
+        except OperationError as e:
+            raise e.to_rpc() from None
+        except Exception:
+            log.exception("RPC %s failed", method_name)
+            raise RpcError(errors.INTERNAL_ERROR) from None
+        return result
+
+    @staticmethod
+    def _decode(method: Method, params: Any) -> Any:
+        model = method.params
+        assert not isinstance(model, str)
+        fail = method.decode_error_code, method.decode_error_message
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise RpcError(fail[0], f"{fail[1]}: params: expected a JSON object")
+        if _has_duplicates(params):
+            raise RpcError(fail[0], f"{fail[1]}: params: duplicate key")
+        try:
+            return model.model_validate(params)
+        except ValidationError as e:
+            raise RpcError(fail[0], f"{fail[1]}: {describe_validation_error(e)}") from None
+
+
+def _error(req_id: Any, err: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": req_id, "error": err.to_json()}
+
+
+__all__ = ["Dispatcher", "ParseError", "encode", "parse_json"]

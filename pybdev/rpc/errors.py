@@ -1,0 +1,59 @@
+"""JSON-RPC error codes and the exception handlers raise to answer with an error.
+
+Codes follow SPDK (spec §1.7): envelope errors in the -32xxx range, ``-errno`` with the
+glibc ``strerror`` text for failed operations, and -1 for a call in the wrong state.
+Messages start with SPDK's text; pybdev may add a precise detail after ``": "``.
+"""
+
+from __future__ import annotations
+
+import os
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+INVALID_STATE = -1
+
+ENVELOPE_MESSAGES = {
+    PARSE_ERROR: "Parse error",
+    INVALID_REQUEST: "Invalid request",
+    METHOD_NOT_FOUND: "Method not found",
+    INVALID_PARAMS: "Invalid parameters",
+    INTERNAL_ERROR: "Internal error",
+}
+
+
+class RpcError(Exception):
+    """Raised by a handler (or the dispatcher) to answer with ``{"code", "message"}``."""
+
+    def __init__(self, code: int, message: str | None = None) -> None:
+        self.code = code
+        self.message = message if message is not None else ENVELOPE_MESSAGES.get(code, "Error")
+        super().__init__(self.code, self.message)
+
+    def to_json(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message}
+
+
+def errno_error(err: int, detail: str | None = None) -> RpcError:
+    """``-err`` with strerror's text, as SPDK's ``spdk_strerror``; ``detail`` is appended."""
+    err = abs(err)
+    text = os.strerror(err)
+    return RpcError(-err, f"{text}: {detail}" if detail else text)
+
+
+class OperationError(Exception):
+    """A subsystem API failure carrying an errno; RPC handlers turn it into ``-errno``.
+
+    The Python APIs (bdev, nbd, ublk) raise this so they stay usable without RPC.
+    """
+
+    def __init__(self, err: int, detail: str = "") -> None:
+        self.errno = abs(err)
+        self.detail = detail
+        super().__init__(f"{os.strerror(self.errno)}" + (f": {detail}" if detail else ""))
+
+    def to_rpc(self) -> RpcError:
+        return errno_error(self.errno, self.detail or None)
