@@ -1,0 +1,567 @@
+"""The bdev layer: registration, names and aliases, descriptors, claims, examine, I/O, stats.
+
+A *module* (malloc, null, aio, passthru, ...) creates :class:`Bdev` subclasses and hands
+them to :meth:`BdevLayer.register`. A *consumer* (an export, a vbdev, a test) opens a
+:class:`Descriptor` and submits I/O through it. The descriptor is the API boundary: it
+checks every request once (range, alignment to the block size, I/O type supported, write
+permission), counts statistics, and calls the module, which can trust its input.
+
+I/O is callback-based, because that is what the hot paths need: a request is
+``desc.read(offset, length, cb)`` with byte offsets, and the module calls ``cb(status,
+data)`` exactly once, ``status`` being 0 or a negative errno. In-memory modules complete
+inside the call (no task, no future: ``bench/bdev_io.py`` measured a coroutine per request
+at several times the cost). ``data`` of a read is valid only during the callback (it may
+be a view of the module's memory); copy it to keep it. Coroutine helpers (``read_async``
+...) wrap the same path for control-plane code and tests.
+
+Example::
+
+    desc = layer.open("Malloc0", write=True, event_cb=on_event)
+    desc.write(0, b"\\xab" * 4096, lambda status, _: print("written", status))
+    data = await desc.read_async(0, 4096)
+    desc.close()
+
+Unregistering a bdev sends ``BdevEvent.REMOVE`` to every open descriptor; the bdev is
+destroyed, and the delete completes, once the last descriptor closed. Vbdevs react to
+REMOVE by unregistering themselves, so a stack comes down from the top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import logging
+import time
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, ClassVar
+
+from pybdev.rpc.errors import OperationError
+
+log = logging.getLogger("pybdev.bdev")
+
+Callback = Callable[[int, Any], None]
+EventCallback = Callable[["BdevEvent", "Bdev"], None]
+
+# Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (spec §4.4).
+IO_TYPE_NAMES = (
+    "read", "write", "unmap", "flush", "reset", "nvme_admin", "nvme_io", "nvme_io_md",
+    "write_zeroes", "zcopy", "get_zone_info", "zone_management", "zone_append", "compare",
+    "compare_and_write", "abort", "seek_hole", "seek_data", "copy", "nvme_iov_md", "nvme_nssr",
+    "write_uncorrectable",
+)
+CLAIM_TYPES = ("not_claimed", "exclusive_write", "read_many_write_one", "read_many_write_none",
+               "read_many_write_shared")
+ZERO_CHUNK = 1 << 20
+
+
+class BdevEvent(enum.Enum):
+    REMOVE = "remove"
+    RESIZE = "resize"
+
+
+class BdevState(enum.Enum):
+    REGISTERED = "registered"
+    UNREGISTERING = "unregistering"
+    GONE = "gone"
+
+
+class IoStat:
+    """Per-bdev counters in SPDK's ``bdev_get_iostat`` vocabulary; latency in ns ticks."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ("read", "write", "unmap", "copy")
+    __slots__ = ("bytes", "errors", "lat_max", "lat_min", "lat_sum", "ops")
+
+    def __init__(self) -> None:
+        self.reset("all")
+
+    def reset(self, mode: str) -> None:
+        if mode in ("all", "maxmin"):
+            self.lat_max = dict.fromkeys(self.KINDS, 0)
+            self.lat_min = dict.fromkeys(self.KINDS, 0)
+        if mode in ("all", "error"):
+            self.errors: dict[str, int] = {}
+        if mode == "all":
+            self.bytes = dict.fromkeys(self.KINDS, 0)
+            self.ops = dict.fromkeys(self.KINDS, 0)
+            self.lat_sum = dict.fromkeys(self.KINDS, 0)
+
+    def record(self, kind: str, nbytes: int, ticks: int) -> None:
+        self.bytes[kind] += nbytes
+        self.ops[kind] += 1
+        self.lat_sum[kind] += ticks
+        if ticks > self.lat_max[kind]:
+            self.lat_max[kind] = ticks
+        low = self.lat_min[kind]
+        if low == 0 or ticks < low:
+            self.lat_min[kind] = ticks
+
+    def to_json(self, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": name}
+        for kind, verb in (("read", "read"), ("write", "written"), ("unmap", "unmapped"),
+                           ("copy", "copied")):
+            out[f"bytes_{verb}"] = self.bytes[kind]
+            out[f"num_{kind}_ops"] = self.ops[kind]
+        for kind in self.KINDS:
+            out[f"{kind}_latency_ticks"] = self.lat_sum[kind]
+            out[f"max_{kind}_latency_ticks"] = self.lat_max[kind]
+            out[f"min_{kind}_latency_ticks"] = self.lat_min[kind]
+        out["io_error"] = {k: v for k, v in self.errors.items() if v}
+        return out
+
+
+class Bdev:
+    """A block device. Modules subclass it and implement the ``submit_*`` they support.
+
+    Offsets and lengths given to ``submit_*`` are bytes, already checked by the
+    descriptor: aligned to ``block_size``, inside the device, of a supported type.
+    """
+
+    product_name: ClassVar[str] = "bdev"
+    module_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        name: str,
+        block_size: int,
+        num_blocks: int,
+        uuid: str | None = None,
+        *,
+        io_types: frozenset[str] = frozenset(("read", "write", "reset")),
+        physical_block_size: int = 0,
+        write_cache: bool = False,
+        optimal_io_boundary: int = 0,
+        numa_id: int | None = None,
+        max_io_bytes: int = 0,
+    ) -> None:
+        if not name:
+            raise OperationError(errno.EINVAL, "bdev name must not be empty")
+        if block_size <= 0:
+            raise OperationError(errno.EINVAL, "block size must not be zero")
+        self.name = name
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        parsed = uuidlib.UUID(uuid) if uuid else uuidlib.UUID(int=0)
+        self.uuid = str(parsed if parsed.int else uuidlib.uuid4())
+        self.aliases: list[str] = []
+        self.io_types = io_types
+        self.physical_block_size = physical_block_size or block_size
+        self.write_cache = write_cache
+        self.optimal_io_boundary = optimal_io_boundary
+        self.numa_id = numa_id
+        # Largest single request the module takes; 0 means no limit (the layer splits).
+        self.max_io_bytes = max_io_bytes
+        self.claim_module: str | None = None
+        self.state = BdevState.REGISTERED
+        self.descriptors: set[Descriptor] = set()
+        self.stat = IoStat()
+        self.layer: BdevLayer | None = None
+        self._closed: asyncio.Future[None] | None = None
+
+    # -- properties used by exports ---------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self.block_size * self.num_blocks
+
+    def supports(self, io_type: str) -> bool:
+        # write_zeroes is emulated with writes where the module lacks it (spec §4.4).
+        if io_type == "write_zeroes":
+            return "write_zeroes" in self.io_types or "write" in self.io_types
+        return io_type in self.io_types
+
+    # -- what modules implement -------------------------------------------------------
+    def submit_read(self, offset: int, length: int, cb: Callback) -> None:
+        cb(-errno.ENOTSUP, None)
+
+    def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        cb(-errno.ENOTSUP, None)
+
+    def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
+        cb(-errno.ENOTSUP, None)
+
+    def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
+        _emulate_write_zeroes(self, offset, length, cb)
+
+    def submit_flush(self, offset: int, length: int, cb: Callback) -> None:
+        cb(0, None)
+
+    def submit_reset(self, cb: Callback) -> None:
+        cb(0, None)
+
+    def driver_specific(self) -> dict[str, Any]:
+        return {}
+
+    def write_config(self) -> list[dict[str, Any]]:
+        """Per-bdev config entries (SPDK's ``write_config_json``), after module configs."""
+        return []
+
+    async def destruct(self) -> None:
+        """Release the module's resources; runs once every descriptor closed."""
+
+    def on_removed(self) -> None:
+        """Called by the layer when the bdev started unregistering (fail queued I/O)."""
+
+    # -- output -----------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """The ``bdev_get_bdevs`` object, fields in SPDK's emission order."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "product_name": self.product_name,
+            "block_size": self.block_size,
+            "num_blocks": self.num_blocks,
+            "preferred_write_alignment": 0,
+            "preferred_write_granularity": 0,
+            "optimal_write_size": 0,
+            "preferred_unmap_alignment": 0,
+            "preferred_unmap_granularity": 0,
+            "uuid": self.uuid,
+        }
+        out.update(self.extra_geometry())
+        if self.numa_id is not None:
+            out["numa_id"] = self.numa_id
+        out["assigned_rate_limits"] = {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
+                                       "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}
+        out["claimed"] = self.claim_module is not None
+        if self.claim_module is not None:
+            out["claim_type"] = "exclusive_write"
+        out["zoned"] = False
+        out["supported_io_types"] = {t: self.supports(t) for t in IO_TYPE_NAMES}
+        out["driver_specific"] = self.driver_specific()
+        return out
+
+    def extra_geometry(self) -> dict[str, Any]:
+        """Fields some modules override (null's preferred_* values)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.num_blocks}x{self.block_size}>"
+
+
+def _emulate_write_zeroes(bdev: Bdev, offset: int, length: int, cb: Callback) -> None:
+    """Write zeros chunk by chunk, each write issued when the previous one completed."""
+    zeros = bytes(min(length, ZERO_CHUNK))
+    state = {"offset": offset, "left": length}
+
+    def step(status: int, _data: Any) -> None:
+        if status:
+            cb(status, None)
+            return
+        if state["left"] == 0:
+            cb(0, None)
+            return
+        n = min(state["left"], len(zeros))
+        at = state["offset"]
+        state["offset"] += n
+        state["left"] -= n
+        bdev.submit_write(at, memoryview(zeros)[:n], step, False)
+
+    step(0, None)
+
+
+class Descriptor:
+    """An open bdev: where consumers submit I/O. Requests are validated here, once."""
+
+    def __init__(self, bdev: Bdev, write: bool, event_cb: EventCallback | None,
+                 layer: BdevLayer) -> None:
+        self.bdev = bdev
+        self.write_allowed = write
+        self.event_cb = event_cb
+        self.layer = layer
+        self.closed = False
+
+    # -- validation -------------------------------------------------------------------
+    def _check(self, offset: int, length: int, io_type: str, writes: bool) -> int:
+        bdev = self.bdev
+        if self.closed or bdev.state is not BdevState.REGISTERED:
+            return -errno.ENODEV
+        if writes and not self.write_allowed:
+            return -errno.EBADF
+        bs = bdev.block_size
+        if offset < 0 or length <= 0 or offset % bs or length % bs or offset + length > bdev.size:
+            return -errno.EINVAL
+        if not bdev.supports(io_type):
+            return -errno.ENOTSUP
+        return 0
+
+    def _record(self, kind: str, length: int, cb: Callback) -> Callback:
+        stat = self.bdev.stat
+        start = time.monotonic_ns()
+
+        def done(status: int, data: Any) -> None:
+            if status:
+                key = "nomem" if status == -errno.ENOMEM else "failed"
+                stat.errors[key] = stat.errors.get(key, 0) + 1
+            else:
+                stat.record(kind, length, time.monotonic_ns() - start)
+            cb(status, data)
+
+        return done
+
+    # -- I/O --------------------------------------------------------------------------
+    def read(self, offset: int, length: int, cb: Callback) -> None:
+        rc = self._check(offset, length, "read", False)
+        if rc:
+            cb(rc, None)
+            return
+        self.bdev.submit_read(offset, length, self._record("read", length, cb))
+
+    def write(self, offset: int, data: Any, cb: Callback, fua: bool = False) -> None:
+        length = len(data)
+        rc = self._check(offset, length, "write", True)
+        if rc:
+            cb(rc, None)
+            return
+        self.bdev.submit_write(offset, data, self._record("write", length, cb), fua)
+
+    def unmap(self, offset: int, length: int, cb: Callback) -> None:
+        rc = self._check(offset, length, "unmap", True)
+        if rc:
+            cb(rc, None)
+            return
+        self.bdev.submit_unmap(offset, length, self._record("unmap", length, cb))
+
+    def write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
+        rc = self._check(offset, length, "write_zeroes", True)
+        if rc:
+            cb(rc, None)
+            return
+        if "write_zeroes" in self.bdev.io_types:
+            self.bdev.submit_write_zeroes(offset, length, self._record("write", length, cb))
+        else:
+            _emulate_write_zeroes(self.bdev, offset, length, self._record("write", length, cb))
+
+    def flush(self, offset: int, length: int, cb: Callback) -> None:
+        rc = self._check(offset, length, "flush", False)
+        if rc:
+            cb(rc, None)
+            return
+        self.bdev.submit_flush(offset, length, cb)
+
+    def reset(self, cb: Callback) -> None:
+        if self.closed or self.bdev.state is not BdevState.REGISTERED:
+            cb(-errno.ENODEV, None)
+            return
+        self.bdev.submit_reset(cb)
+
+    # -- coroutine helpers for control-plane code and tests -----------------------------
+    def _awaitable(self, submit: Callable[[Callback], None]) -> Awaitable[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(status: int, data: Any) -> None:
+            if fut.done():
+                return
+            if status:
+                fut.set_exception(OperationError(-status))
+            else:
+                fut.set_result(bytes(data) if data is not None else None)
+
+        submit(done)
+        return fut
+
+    def read_async(self, offset: int, length: int) -> Awaitable[bytes]:
+        return self._awaitable(lambda cb: self.read(offset, length, cb))
+
+    def write_async(self, offset: int, data: Any, fua: bool = False) -> Awaitable[None]:
+        return self._awaitable(lambda cb: self.write(offset, data, cb, fua))
+
+    def unmap_async(self, offset: int, length: int) -> Awaitable[None]:
+        return self._awaitable(lambda cb: self.unmap(offset, length, cb))
+
+    def write_zeroes_async(self, offset: int, length: int) -> Awaitable[None]:
+        return self._awaitable(lambda cb: self.write_zeroes(offset, length, cb))
+
+    def flush_async(self, offset: int = 0, length: int | None = None) -> Awaitable[None]:
+        n = self.bdev.size - offset if length is None else length
+        return self._awaitable(lambda cb: self.flush(offset, n, cb))
+
+    def reset_async(self) -> Awaitable[None]:
+        return self._awaitable(self.reset)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.layer._descriptor_closed(self)
+
+
+class BdevModule:
+    """A bdev module: told of every new bdev (examine), writes its module-level config."""
+
+    name: ClassVar[str]
+
+    def __init__(self, layer: BdevLayer) -> None:
+        self.layer = layer
+
+    def examine(self, bdev: Bdev) -> None:
+        """A bdev registered; vbdev modules attach to bases they are waiting for."""
+
+    def write_config(self) -> list[Any]:
+        """Module-level config entries (a nested list is a batch)."""
+        return []
+
+    async def fini(self) -> None:
+        """Shutdown: the layer already unregistered every bdev."""
+
+
+class BdevLayer:
+    """All bdevs of one target, in registration order, and the modules, in module order."""
+
+    def __init__(self) -> None:
+        self.bdevs: dict[str, Bdev] = {}  # primary name -> bdev, registration order
+        self._names: dict[str, Bdev] = {}  # names and aliases: one namespace
+        self.modules: list[BdevModule] = []
+        self.options: dict[str, Any] = {
+            "bdev_io_pool_size": 65535, "bdev_io_cache_size": 256, "bdev_auto_examine": True,
+            "iobuf_small_cache_size": 128, "iobuf_large_cache_size": 16,
+        }
+        self.examine_allowlist: list[str] = []
+        self._examining = 0
+        self._examine_done = asyncio.Event()
+        self._examine_done.set()
+
+    # -- modules ----------------------------------------------------------------------
+    def add_module(self, module: BdevModule) -> None:
+        self.modules.append(module)
+
+    def module(self, cls: type[Any]) -> Any:
+        for m in self.modules:
+            if isinstance(m, cls):
+                return m
+        raise LookupError(cls.__name__)
+
+    # -- names ------------------------------------------------------------------------
+    def get(self, name: str) -> Bdev | None:
+        """A bdev by name or alias (registered or unregistering)."""
+        return self._names.get(name)
+
+    def __iter__(self) -> Iterator[Bdev]:
+        return iter(list(self.bdevs.values()))
+
+    def register(self, bdev: Bdev) -> None:
+        """Add ``bdev`` under its name and UUID alias, then run examine. -EEXIST on clash."""
+        names = [bdev.name] + ([bdev.uuid] if bdev.uuid != bdev.name else [])
+        for n in names:
+            if n in self._names:
+                log.error("Bdev name %s already exists", n)
+                raise OperationError(errno.EEXIST, f"bdev name or alias {n} already exists")
+        bdev.aliases = names[1:]
+        bdev.layer = self
+        bdev.state = BdevState.REGISTERED
+        for n in names:
+            self._names[n] = bdev
+        self.bdevs[bdev.name] = bdev
+        log.debug("registered bdev %s", bdev.name)
+        if self.options["bdev_auto_examine"] or bdev.name in self.examine_allowlist:
+            self.examine(bdev)
+
+    def examine(self, bdev: Bdev) -> None:
+        for module in self.modules:
+            try:
+                module.examine(bdev)
+            except Exception:
+                log.exception("module %s failed to examine %s", module.name, bdev.name)
+
+    def examine_started(self) -> None:
+        """A module's examine goes on asynchronously; pair with :meth:`examine_finished`."""
+        self._examining += 1
+        self._examine_done.clear()
+
+    def examine_finished(self) -> None:
+        self._examining -= 1
+        if self._examining == 0:
+            self._examine_done.set()
+
+    async def wait_for_examine(self) -> None:
+        await self._examine_done.wait()
+
+    # -- descriptors and claims -------------------------------------------------------
+    def open(self, name: str, write: bool, event_cb: EventCallback | None = None) -> Descriptor:
+        bdev = self._names.get(name)
+        if bdev is None or bdev.state is not BdevState.REGISTERED:
+            raise OperationError(errno.ENODEV, f"bdev {name} not found")
+        if write and bdev.claim_module is not None:
+            log.error("bdev %s already claimed: type exclusive_write by module %s",
+                      bdev.name, bdev.claim_module)
+            raise OperationError(
+                errno.EPERM, f"bdev {bdev.name} is claimed by module {bdev.claim_module}")
+        desc = Descriptor(bdev, write, event_cb, self)
+        bdev.descriptors.add(desc)
+        return desc
+
+    def claim(self, desc: Descriptor, module: str) -> None:
+        bdev = desc.bdev
+        if bdev.claim_module is not None:
+            raise OperationError(
+                errno.EPERM, f"bdev {bdev.name} is claimed by module {bdev.claim_module}")
+        bdev.claim_module = module
+
+    def release_claim(self, bdev: Bdev) -> None:
+        bdev.claim_module = None
+
+    def _descriptor_closed(self, desc: Descriptor) -> None:
+        bdev = desc.bdev
+        bdev.descriptors.discard(desc)
+        if not bdev.descriptors and bdev._closed is not None and not bdev._closed.done():
+            bdev._closed.set_result(None)
+
+    # -- removal ----------------------------------------------------------------------
+    async def unregister(self, bdev: Bdev) -> None:
+        """Send REMOVE to every descriptor, wait for them to close, destroy the bdev."""
+        if bdev.state is not BdevState.REGISTERED:
+            raise OperationError(errno.ENODEV, f"bdev {bdev.name} is being deleted")
+        bdev.state = BdevState.UNREGISTERING
+        log.debug("unregistering bdev %s", bdev.name)
+        loop = asyncio.get_running_loop()
+        bdev._closed = loop.create_future()
+        if not bdev.descriptors:
+            bdev._closed.set_result(None)
+        bdev.on_removed()
+        for desc in list(bdev.descriptors):
+            if desc.event_cb is not None:
+                # Asynchronous, as in SPDK: the owner reacts on its own time.
+                loop.call_soon(_notify, desc, BdevEvent.REMOVE)
+        await bdev._closed
+        for n in [bdev.name, *bdev.aliases]:
+            if self._names.get(n) is bdev:
+                del self._names[n]
+        self.bdevs.pop(bdev.name, None)
+        bdev.claim_module = None
+        bdev.state = BdevState.GONE
+        await bdev.destruct()
+        log.debug("bdev %s removed", bdev.name)
+
+    async def unregister_by_name(self, name: str, module: str) -> None:
+        """The ``*_delete`` RPCs: -ENODEV unless ``name`` is a live bdev of ``module``."""
+        bdev = self._names.get(name)
+        if bdev is None or bdev.state is not BdevState.REGISTERED or bdev.module_name != module:
+            raise OperationError(errno.ENODEV, f"no {module} bdev named {name}")
+        await self.unregister(bdev)
+
+    def resize(self, bdev: Bdev, num_blocks: int) -> None:
+        """Change the size and tell every descriptor (exports update their devices)."""
+        bdev.num_blocks = num_blocks
+        for desc in list(bdev.descriptors):
+            if desc.event_cb is not None:
+                asyncio.get_running_loop().call_soon(_notify, desc, BdevEvent.RESIZE)
+
+    async def shutdown(self) -> None:
+        """Unregister every bdev, newest first, so vbdevs go before their bases."""
+        for bdev in reversed(list(self.bdevs.values())):
+            if bdev.state is BdevState.REGISTERED:
+                try:
+                    await asyncio.wait_for(self.unregister(bdev), 10)
+                except Exception:
+                    log.exception("bdev %s did not unregister cleanly", bdev.name)
+        for module in reversed(self.modules):
+            await module.fini()
+
+
+def _notify(desc: Descriptor, event: BdevEvent) -> None:
+    if desc.closed or desc.event_cb is None:
+        return
+    try:
+        desc.event_cb(event, desc.bdev)
+    except Exception:
+        log.exception("event callback of a descriptor on %s failed", desc.bdev.name)
