@@ -29,7 +29,8 @@ from pybdev.subsystem import Subsystem, init_order
 DEFAULT_RPC_SOCKET = "/var/tmp/spdk.sock"
 
 # Each of these registers its subsystem and RPC methods when imported.
-SUBSYSTEM_MODULES = ("pybdev.framework", "pybdev.bdev.subsystem", "pybdev.nbd.subsystem",
+SUBSYSTEM_MODULES = ("pybdev.framework", "pybdev.bdev.subsystem", "pybdev.bdev.modules",
+                     "pybdev.nbd.subsystem",
                      "pybdev.ublk.subsystem")
 
 S = TypeVar("S", bound=Subsystem)
