@@ -37,7 +37,7 @@ U8 = Annotated[int, Field(ge=0, le=0xFF), BeforeValidator(_integral)]
 U16 = Annotated[int, Field(ge=0, le=0xFFFF), BeforeValidator(_integral)]
 U32 = Annotated[int, Field(ge=0, le=0xFFFF_FFFF), BeforeValidator(_integral)]
 U64 = Annotated[int, Field(ge=0, le=0xFFFF_FFFF_FFFF_FFFF), BeforeValidator(_integral)]
-I32 = Annotated[int, BeforeValidator(_integral), Field(ge=-(2**31), le=2**31 - 1)]
+I32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_integral)]
 Str = Annotated[str, AfterValidator(_no_nul)]
 Uuid = Annotated[str, AfterValidator(_uuid_text), Field(json_schema_extra={"format": "uuid"})]
 
