@@ -22,6 +22,7 @@ from typing import TypeVar
 from pybdev import __version__
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
 from pybdev.rpc.dispatcher import Dispatcher
+from pybdev.rpc.http import HttpConfigError, HttpRpcServer, add_http_options, configure_http
 from pybdev.rpc.registry import REGISTRY, State
 from pybdev.rpc.server import SocketInUse, UnixRpcServer
 from pybdev.subsystem import Subsystem, init_order
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "NOTICE", "WARNING", "ERROR"],
                    help="level of messages printed to stderr (default INFO)")
+    add_http_options(p)
     p.add_argument("-v", "--version", action="version", version=f"pybdev {__version__}")
     return p
 
@@ -99,6 +101,7 @@ class App:
         )
         self.dispatcher = Dispatcher(self, REGISTRY, allowed)
         self.rpc_server: UnixRpcServer | None = None
+        self.http_server: HttpRpcServer | None = None
         self._config: list[SubsystemConfig] = []
         self._init_lock = asyncio.Lock()
         self._started: list[Subsystem] = []
@@ -110,7 +113,9 @@ class App:
         raise LookupError(cls.__name__)
 
     async def start(self) -> None:
-        """Everything up to serving RPC; raises ConfigError or SocketInUse."""
+        """Everything up to serving RPC; raises ConfigError, SocketInUse or HttpConfigError."""
+        # Checked first: a refused --http configuration must not even load the config.
+        self.http_server = await configure_http(self.options, self.dispatcher, self.serving)
         if self.options.json:
             self._config = read_config_file(self.options.json)
         await self._replay(State.STARTUP)
@@ -119,6 +124,8 @@ class App:
                 self.dispatcher, self.options.rpc_socket, self.serving
             )
             await self.rpc_server.start()
+        if self.http_server is not None:
+            await self.http_server.start()
         if self.options.wait_for_rpc:
             self.serving.set()
         else:
@@ -144,6 +151,9 @@ class App:
 
     async def stop(self) -> None:
         """Close listeners, then finish subsystems in reverse init order."""
+        if self.http_server is not None:
+            await self.http_server.stop()
+            self.http_server = None
         if self.rpc_server is not None:
             await self.rpc_server.stop()
             self.rpc_server = None
@@ -166,7 +176,7 @@ class App:
         try:
             try:
                 await self.start()
-            except (ConfigError, SocketInUse) as e:
+            except (ConfigError, SocketInUse, HttpConfigError) as e:
                 self.log.error("%s", e)
                 return 1
             await self.shutdown_requested.wait()

@@ -1,0 +1,566 @@
+"""HTTP JSON-RPC listener (aiohttp), served next to the Unix socket by the same Dispatcher.
+
+Orchestration tools drive SPDK through ``scripts/rpc_http_proxy.py`` (spec §9); pybdev
+serves HTTP itself instead, so a request over HTTP and the same request over the socket get
+byte-identical JSON-RPC answers. What a client written for SPDK's proxy relies on is kept:
+any path, ``POST`` with a request or batch, HTTP Basic auth, HTTP 200 even for a JSON-RPC
+error. Where the proxy misbehaves, this does what HTTP expects instead:
+
+==========================================  ===========================================
+request                                     answer
+==========================================  ===========================================
+POST, request or batch with a response      200, ``application/json``, the exact bytes
+                                            the socket would send
+POST, notification (or batch of them)       204, no body
+POST, body not JSON (or nested too deep)    400, the JSON-RPC -32700 response
+POST, body over 256 KiB (the socket's cap)  413
+missing or wrong credentials                401, ``WWW-Authenticate: Basic realm="pybdev"``
+GET/HEAD /health (never authenticated)      200, ``{"status":"ok","state":"RUNTIME"}``
+GET/HEAD /schema                            200, the OpenRPC description of the methods
+any other verb or GET path                  405 with ``Allow``
+==========================================  ===========================================
+
+Security model: loopback and ``unix:`` sites may run without authentication (the socket
+file is mode 0600, like the RPC socket); any other address refuses to start unless Basic
+auth or a bearer token is configured. Secrets come from files or the environment, never
+from the command line, are compared in constant time and are never logged.
+
+aiohttp is imported only when ``--http`` is given, so targets without HTTP start faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
+from pybdev.rpc.errors import PARSE_ERROR, RpcError
+from pybdev.rpc.framing import MAX_REQUEST_BYTES, FramingError, JsonStream
+from pybdev.rpc.registry import Registry, State
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = logging.getLogger("pybdev.rpc.http")
+
+PASSWORD_ENV = "PYBDEV_HTTP_PASSWORD"
+TOKEN_ENV = "PYBDEV_HTTP_TOKEN"
+REALM = "pybdev"
+LISTEN_BACKLOG = 512
+# In-flight requests get this long to finish at shutdown; a request still waiting for
+# the app to serve (start-up failed) must not hold the exit up for aiohttp's default 60 s.
+SHUTDOWN_TIMEOUT = 2.0
+PARSE_ERROR_BODY = (
+    encode({"jsonrpc": "2.0", "id": None, "error": RpcError(PARSE_ERROR).to_json()}) + "\n"
+).encode()
+
+
+class HttpConfigError(Exception):
+    """The ``--http*`` options cannot be served as given; start-up stops with this message."""
+
+
+def add_http_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        "HTTP JSON-RPC", "off unless --http is given; see docs/http.md for safe use"
+    )
+    g.add_argument("--http", action="append", default=[], metavar="HOST:PORT|unix:PATH",
+                   help="also serve JSON-RPC over HTTP here (repeatable); an address that "
+                        "is not loopback needs --http-user or --http-token-file")
+    g.add_argument("--http-user", metavar="USER",
+                   help="require HTTP Basic auth as USER; the password comes from "
+                        f"--http-password-file or ${PASSWORD_ENV}")
+    g.add_argument("--http-password-file", metavar="FILE",
+                   help="file holding the Basic auth password (one line)")
+    g.add_argument("--http-token-file", metavar="FILE",
+                   help="accept 'Authorization: Bearer TOKEN' with TOKEN read from FILE "
+                        f"(or ${TOKEN_ENV})")
+    g.add_argument("--http-tls-cert", metavar="FILE",
+                   help="serve HTTPS with this PEM certificate (chain)")
+    g.add_argument("--http-tls-key", metavar="FILE",
+                   help="the unencrypted PEM private key of --http-tls-cert")
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ``--http`` value: a TCP host and port, or a Unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    path: str | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise HttpConfigError("--http unix:PATH needs a path")
+        return Endpoint(path=text[5:])
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise HttpConfigError(f"--http {text}: expected HOST:PORT, [IPV6]:PORT or unix:PATH")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise HttpConfigError(f"--http {text}: put an IPv6 address in brackets, [::1]:PORT")
+    if not host:
+        # An empty host would mean every interface; make that a visible choice.
+        raise HttpConfigError(
+            f"--http {text}: give a host (127.0.0.1 for this machine only, 0.0.0.0 or [::] "
+            "for every interface)"
+        )
+    return Endpoint(host=host, port=int(port_text))
+
+
+def _is_loopback_ip(text: str) -> bool:
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+async def is_loopback(endpoint: Endpoint) -> bool:
+    """True when every address the endpoint binds is a loopback address."""
+    if endpoint.is_unix:
+        return True
+    try:
+        return _is_loopback_ip(endpoint.host)
+    except ValueError:
+        pass
+    # A name binds every address it resolves to (as aiohttp does); all must be loopback.
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise HttpConfigError(f"--http {endpoint}: cannot resolve {endpoint.host}: {e}") from None
+    return all(_is_loopback_ip(str(info[4][0])) for info in infos)
+
+
+def read_secret(path: str, what: str) -> bytes:
+    try:
+        st = os.stat(path)
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise HttpConfigError(f"cannot read the {what} file {path}: {e.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s file %s is readable by other users; chmod 600 it", what, path)
+    # `echo secret > file` and editors add a line end that is not part of the secret.
+    secret = data.rstrip(b"\r\n")
+    if not secret:
+        raise HttpConfigError(f"the {what} file {path} is empty")
+    return secret
+
+
+class Credentials:
+    """What a request must present; repr never shows the secrets."""
+
+    def __init__(self, user: str | None = None, password: bytes | None = None,
+                 token: bytes | None = None) -> None:
+        self.user = user.encode() if user is not None else None
+        self._password = password or b""
+        self._token = token
+
+    @property
+    def basic(self) -> bool:
+        return self.user is not None
+
+    @property
+    def bearer(self) -> bool:
+        return self._token is not None
+
+    @property
+    def configured(self) -> bool:
+        return self.basic or self.bearer
+
+    def __repr__(self) -> str:
+        return f"Credentials(basic={self.basic}, bearer={self.bearer})"
+
+    def check(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header value is acceptable."""
+        if not self.configured:
+            return True
+        if authorization is None:
+            return False
+        scheme, _, value = authorization.strip().partition(" ")
+        scheme = scheme.lower()
+        try:
+            raw = value.strip().encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return False
+        if scheme == "basic" and self.user is not None:
+            try:
+                decoded = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            user, sep, password = decoded.partition(b":")
+            # Both parts are compared every time, so timing tells nothing about which failed.
+            user_ok = hmac.compare_digest(user, self.user)
+            password_ok = hmac.compare_digest(password, self._password)
+            return bool(sep) and user_ok and password_ok
+        if scheme == "bearer" and self._token is not None:
+            return hmac.compare_digest(raw, self._token)
+        return False
+
+    def challenges(self) -> list[str]:
+        out = []
+        if self.basic:
+            out.append(f'Basic realm="{REALM}"')
+        if self.bearer:
+            out.append(f'Bearer realm="{REALM}"')
+        return out
+
+
+def load_credentials(options: argparse.Namespace, environ: Mapping[str, str]) -> Credentials:
+    user: str | None = options.http_user
+    password: bytes | None = None
+    if options.http_password_file:
+        if user is None:
+            raise HttpConfigError("--http-password-file needs --http-user")
+        password = read_secret(options.http_password_file, "HTTP password")
+    elif environ.get(PASSWORD_ENV):
+        if user is None:
+            log.warning("%s is set but --http-user is not: Basic auth stays off", PASSWORD_ENV)
+        else:
+            password = environ[PASSWORD_ENV].encode()
+    if user is not None:
+        if not user or ":" in user:
+            raise HttpConfigError("--http-user must be non-empty and must not contain ':'")
+        if password is None:
+            raise HttpConfigError(
+                f"--http-user needs a password: --http-password-file FILE or ${PASSWORD_ENV} "
+                "(never on the command line)"
+            )
+    token: bytes | None = None
+    if options.http_token_file:
+        token = read_secret(options.http_token_file, "HTTP token")
+    elif environ.get(TOKEN_ENV):
+        token = environ[TOKEN_ENV].encode()
+    if token is not None and (b" " in token or b"\t" in token):
+        raise HttpConfigError("the HTTP bearer token must not contain spaces")
+    return Credentials(user, password, token)
+
+
+def _encrypted_key() -> NoReturn:
+    # Without this, OpenSSL would prompt on the terminal for a passphrase.
+    raise HttpConfigError("the TLS key is encrypted; give an unencrypted key file (mode 0600)")
+
+
+def load_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise HttpConfigError("--http-tls-cert and --http-tls-key go together")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key, password=_encrypted_key)
+    except OSError as e:
+        raise HttpConfigError(f"cannot read the TLS certificate or key: {e.strerror or e}") \
+            from None
+    except ssl.SSLError as e:
+        raise HttpConfigError(f"cannot load TLS certificate {cert} with key {key}: {e}") \
+            from None
+    return ctx
+
+
+async def configure_http(
+    options: argparse.Namespace,
+    dispatcher: Dispatcher,
+    ready: asyncio.Event | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> HttpRpcServer | None:
+    """Check the ``--http*`` options and build the server, not yet listening.
+
+    None without ``--http``. Raises :class:`HttpConfigError` before anything is bound, so a
+    refused configuration never exposes the target even for a moment.
+    """
+    environ = os.environ if environ is None else environ
+    if not options.http:
+        return None
+    endpoints = [parse_endpoint(text) for text in options.http]
+    credentials = load_credentials(options, environ)
+    ssl_context = load_tls(options.http_tls_cert, options.http_tls_key)
+    public = [ep for ep in endpoints if not await is_loopback(ep)]
+    if public and not credentials.configured:
+        raise HttpConfigError(
+            f"refusing to serve HTTP JSON-RPC on {public[0]} without authentication: it is "
+            "not a loopback address. Configure --http-user with --http-password-file (or "
+            f"${PASSWORD_ENV}), or --http-token-file (or ${TOKEN_ENV}), or bind 127.0.0.1"
+        )
+    if public and ssl_context is None:
+        log.warning("HTTP JSON-RPC on %s without TLS: credentials and data travel in clear "
+                    "text; use --http-tls-cert and --http-tls-key", public[0])
+    return HttpRpcServer(dispatcher, endpoints, credentials, ssl_context, ready)
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+def schema_document(registry: Registry) -> bytes:
+    """The OpenRPC description of the methods, as in ``rpc_schemas/`` (same generator)."""
+    from pybdev.rpc.schema import openrpc_document
+
+    return (encode(openrpc_document(registry)) + "\n").encode()
+
+
+# --- server --------------------------------------------------------------------------------
+
+
+def frame_body(body: bytes) -> bytes:
+    """The one JSON value of a body, with the socket's limits (raises ParseError).
+
+    The socket's framer enforces nesting depth 64, which a plain parse would not, so the
+    body goes through it too; anything after the value makes the body invalid JSON.
+    """
+    stream = JsonStream()
+    # The newline ends a bare number at the end of the body, which the framer holds back.
+    stream.feed(body + b"\n")
+    try:
+        value = stream.next_value()
+        trailing = stream.next_value() if value is not None else None
+    except FramingError as e:
+        raise ParseError(str(e)) from None
+    if value is None or trailing is not None or stream.buffered:
+        raise ParseError("the body is not exactly one JSON value")
+    return value
+
+
+class HttpRpcServer:
+    """One aiohttp runner with a site per endpoint, answering through ``dispatcher``."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        endpoints: list[Endpoint],
+        credentials: Credentials,
+        ssl_context: ssl.SSLContext | None = None,
+        ready: asyncio.Event | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.endpoints = endpoints
+        self.credentials = credentials
+        self.ssl_context = ssl_context
+        # Requests wait for this, as on SPDK's paused socket while subsystems initialise.
+        self.ready = ready
+        self.urls: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self._unix_paths: list[str] = []
+        self._schema: bytes | None = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._handle, expect_handler=self._expect)
+        # The access log shows request lines only (never headers), and only with -L rpc.
+        access_log = logging.getLogger("pybdev.rpc.http.access")
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            access_log=access_log if log.isEnabledFor(logging.DEBUG) else None,
+        )
+        await runner.setup()
+        self._runner = runner
+        try:
+            for ep in self.endpoints:
+                await self._start_site(runner, ep)
+        except BaseException:
+            await self.stop()
+            raise
+        auth = ", ".join(
+            name for name, on in (("Basic auth", self.credentials.basic),
+                                  ("bearer token", self.credentials.bearer)) if on
+        ) or "no authentication"
+        for url in self.urls:
+            log.info("HTTP JSON-RPC listening on %s (%s)", url, auth)
+
+    async def _start_site(self, runner: web.AppRunner, ep: Endpoint) -> None:
+        from aiohttp import web
+
+        before = set(map(str, runner.addresses))
+        try:
+            if ep.path is not None:
+                sock = self._unix_socket(ep.path)
+                site: web.BaseSite = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG,
+                                                  shutdown_timeout=SHUTDOWN_TIMEOUT)
+            else:
+                site = web.TCPSite(runner, ep.host, ep.port, ssl_context=self.ssl_context,
+                                   backlog=LISTEN_BACKLOG, reuse_address=True,
+                                   shutdown_timeout=SHUTDOWN_TIMEOUT)
+            await site.start()
+        except OSError as e:
+            raise HttpConfigError(
+                f"cannot serve HTTP on {ep}: {e.strerror or e}"
+            ) from None
+        if ep.path is not None:
+            self.urls.append(f"http+unix://{ep.path}")
+            return
+        scheme = "https" if self.ssl_context is not None else "http"
+        for addr in runner.addresses:
+            if str(addr) in before:
+                continue
+            host, port = addr[0], addr[1]
+            shown = f"[{host}]" if ":" in host else host
+            self.urls.append(f"{scheme}://{shown}:{port}")
+
+    def _unix_socket(self, path: str) -> socket.socket:
+        # The socket is mode 0600 like the RPC socket: file permissions are its access check.
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise HttpConfigError(f"--http unix:{path}: exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError as e:
+                if e.errno != errno.ECONNREFUSED:
+                    raise
+                os.unlink(path)  # left by a target that died
+            else:
+                raise HttpConfigError(f"--http unix:{path}: another server listens there")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old_umask = os.umask(0o177)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old_umask)
+        except BaseException:
+            sock.close()
+            raise
+        self._unix_paths.append(path)
+        return sock
+
+    async def stop(self) -> None:
+        """Stop every site; in-flight requests get SHUTDOWN_TIMEOUT to finish."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            try:
+                await runner.cleanup()
+            except Exception:
+                log.exception("HTTP server cleanup failed")
+        for path in self._unix_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._unix_paths.clear()
+        self.urls.clear()
+
+    # --- request handling ------------------------------------------------------------------
+
+    def _state_name(self) -> str:
+        return State(self.dispatcher.ctx.state).name or str(int(self.dispatcher.ctx.state))
+
+    def _unauthorized(self) -> web.Response:
+        from aiohttp import web
+        from multidict import CIMultiDict
+
+        headers: CIMultiDict[str] = CIMultiDict()
+        for challenge in self.credentials.challenges():
+            headers.add("WWW-Authenticate", challenge)
+        return web.Response(status=401, headers=headers, text="authentication required\n")
+
+    @staticmethod
+    def _too_large() -> web.Response:
+        from aiohttp import web
+
+        return web.Response(status=413,
+                            text=f"request body exceeds {MAX_REQUEST_BYTES} bytes\n")
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse before the client sends a body we would reject."""
+        from aiohttp import HttpVersion11, web
+
+        if request.version != HttpVersion11:
+            return None
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="unknown Expect header\n")
+        if request.method == "POST":
+            if not self.credentials.check(request.headers.get("Authorization")):
+                return self._unauthorized()
+            if (request.content_length or 0) > MAX_REQUEST_BYTES:
+                return self._too_large()
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim response is not part of the body size
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        is_get = request.method in ("GET", "HEAD")
+        if is_get and request.path == "/health":
+            # No auth, and only whether the target is up and its state: safe to expose
+            # to load balancers and probes.
+            body = encode({"status": "ok", "state": self._state_name()}) + "\n"
+            return web.Response(body=body.encode(), content_type="application/json")
+        if not self.credentials.check(request.headers.get("Authorization")):
+            return self._unauthorized()
+        if request.method == "POST":
+            return await self._post(request)
+        if is_get and request.path == "/schema":
+            if self._schema is None:
+                self._schema = schema_document(self.dispatcher.registry)
+            return web.Response(body=self._schema, content_type="application/json")
+        allow = "GET, HEAD, POST" if request.path in ("/health", "/schema") else "POST"
+        return web.Response(status=405, headers={"Allow": allow},
+                            text=f"{request.method} is not allowed here; POST JSON-RPC\n")
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+            return self._too_large()
+        try:
+            body = await request.read()  # chunked bodies are capped by client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
+        try:
+            raw = frame_body(body)
+            if self.ready is not None and not self.ready.is_set():
+                await self.ready.wait()
+            response = await self.dispatcher.handle_raw(raw)
+        except ParseError as e:
+            # 400, not SPDK proxy's 500: the client sent a broken body, and plain HTTP tools
+            # (curl --fail, proxies, monitoring) should see a client error. The body is
+            # still the JSON-RPC parse error, so JSON-RPC clients report -32700.
+            log.debug("HTTP request body is not JSON: %s", e)
+            return web.Response(status=400, body=PARSE_ERROR_BODY,
+                                content_type="application/json")
+        if response is None:
+            return web.Response(status=204)
+        return web.Response(body=response, content_type="application/json")
+
+
+__all__ = [
+    "HttpConfigError",
+    "HttpRpcServer",
+    "add_http_options",
+    "configure_http",
+    "schema_document",
+]
