@@ -69,7 +69,14 @@ class Target:
         assert info.value.error is not None, info.value.message
         return info.value.error
 
-    def _run(self, argv: list[str], stdin: str | None, check: bool) -> subprocess.CompletedProcess[str]:
+    def raw(self, request: Any) -> Any:
+        """Send ``request`` verbatim (any JSON value); the decoded response."""
+        with self.client() as c:
+            c.send_raw(request)
+            return c.recv_value()
+
+    def _run(self, argv: list[str], stdin: str | None,
+             check: bool) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60,
                              cwd=ROOT)
         if check and res.returncode != 0:

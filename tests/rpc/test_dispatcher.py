@@ -1,0 +1,194 @@
+"""Dispatcher rules (spec §1.3-1.6) on a private registry, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
+from pybdev.rpc.errors import RpcError
+from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, Registry, State, rpc_method
+from pybdev.rpc.types import U32, Params, Str
+
+
+class Ctx:
+    state = State.RUNTIME
+
+
+class EchoParams(Params):
+    name: Str
+    count: U32 = 1
+    flag: bool = False
+
+
+def make() -> tuple[Dispatcher, Ctx]:
+    reg = Registry()
+
+    @rpc_method("echo", EchoParams, states=BOTH, registry=reg,
+                decode_error=(-32603, "spdk_json_decode_object failed"))
+    def echo(ctx: Ctx, p: EchoParams) -> dict[str, Any]:
+        return {"name": p.name, "count": p.count, "flag": p.flag}
+
+    @rpc_method("noparams", registry=reg, decode_error=(-32602, "noparams requires none"))
+    def noparams(ctx: Ctx) -> bool:
+        return True
+
+    @rpc_method("whatever", IGNORE_PARAMS, registry=reg)
+    def whatever(ctx: Ctx) -> str:
+        return "ok"
+
+    @rpc_method("startup_only", states=State.STARTUP, registry=reg)
+    def startup_only(ctx: Ctx) -> bool:
+        return True
+
+    @rpc_method("slow", states=BOTH, registry=reg)
+    async def slow(ctx: Ctx) -> str:
+        await asyncio.sleep(0.01)
+        return "slow"
+
+    @rpc_method("fail", states=BOTH, registry=reg)
+    def fail(ctx: Ctx) -> None:
+        raise RpcError(-19, "No such device")
+
+    @rpc_method("crash", states=BOTH, registry=reg)
+    def crash(ctx: Ctx) -> None:
+        raise ValueError("secret internal detail")
+
+    ctx = Ctx()
+    return Dispatcher(ctx, reg), ctx
+
+
+async def answer(raw: bytes | str, d: Dispatcher | None = None) -> Any:
+    d = d or make()[0]
+    out = await d.handle_raw(raw.encode() if isinstance(raw, str) else raw)
+    if out is None:
+        return None
+    assert out.endswith(b"\n") and not out.endswith(b"\n\n")
+    return json.loads(out)
+
+
+async def test_success_format_is_exact() -> None:
+    d, _ = make()
+    out = await d.handle_raw(b'{"jsonrpc":"2.0","method":"echo","id":7,"params":{"name":"a/b"}}')
+    assert out == b'{"jsonrpc":"2.0","id":7,"result":{"name":"a/b","count":1,"flag":false}}\n'
+
+
+@pytest.mark.parametrize("req", [
+    '{"method":"echo","id":1,"extra":1}',
+    '{"jsonrpc":"1.0","method":"echo","id":1}',
+    '{"method":null,"id":1}',
+    '{"method":1,"id":1}',
+    '{"method":"echo","id":1,"params":"x"}',
+    '{"method":"echo","id":[1]}',
+    '{"method":"echo","id":true}',
+    '{"method":"echo","method":"echo","id":1}',
+    "1",
+    '"str"',
+    "[]",
+])
+async def test_invalid_requests(req: str) -> None:
+    resp = await answer(req)
+    assert resp["error"] == {"code": -32600, "message": "Invalid request"}
+
+
+async def test_jsonrpc_member_is_optional() -> None:
+    resp = await answer('{"method":"echo","id":1,"params":{"name":"x"}}')
+    assert resp["result"]["name"] == "x"
+
+
+async def test_unknown_method_and_case_sensitivity() -> None:
+    assert (await answer('{"method":"ECHO","id":1}'))["error"]["code"] == -32601
+
+
+async def test_allowlist_hides_methods() -> None:
+    d, _ = make()
+    d.allowed = frozenset({"noparams"})
+    assert (await answer('{"method":"echo","id":1,"params":{"name":"x"}}', d))["error"][
+        "code"] == -32601
+
+
+async def test_state_messages() -> None:
+    d, ctx = make()
+    resp = await answer('{"method":"startup_only","id":1}', d)
+    assert resp["error"]["code"] == -1
+    assert resp["error"]["message"].startswith("Method may only be called before framework")
+    ctx.state = State.STARTUP
+    resp = await answer('{"method":"noparams","id":1}', d)
+    assert resp["error"] == {"code": -1, "message": "Method may only be called after framework "
+                             "is initialized using framework_start_init RPC."}
+
+
+@pytest.mark.parametrize(("params", "detail"), [
+    ('{"count":1}', "name: required parameter missing"),
+    ('{"name":"a","bogus":1}', "bogus: unknown parameter"),
+    ('{"name":"a","count":"1"}', "count: input should be a valid integer"),
+    ('{"name":"a","count":-1}', "count: input should be greater than or equal to 0"),
+    ('{"name":"a","count":1.5}', "count"),
+    ('{"name":"a","flag":1}', "flag: input should be a valid boolean"),
+    ('{"name":"a","name":"b"}', "duplicate key"),
+    ('["a"]', "expected a JSON object"),
+])
+async def test_params_errors_name_field_and_reason(params: str, detail: str) -> None:
+    resp = await answer(f'{{"method":"echo","id":1,"params":{params}}}')
+    assert resp["error"]["code"] == -32603
+    assert resp["error"]["message"].startswith("spdk_json_decode_object failed: ")
+    assert detail in resp["error"]["message"]
+
+
+async def test_integral_floats_are_integers() -> None:
+    resp = await answer('{"method":"echo","id":1,"params":{"name":"a","count":1e3}}')
+    assert resp["result"]["count"] == 1000
+
+
+async def test_params_null_means_none() -> None:
+    assert (await answer('{"method":"noparams","id":1,"params":null}'))["result"] is True
+    resp = await answer('{"method":"noparams","id":1,"params":{}}')
+    assert resp["error"] == {"code": -32602, "message": "noparams requires none"}
+    assert (await answer('{"method":"whatever","id":1,"params":{"x":1}}'))["result"] == "ok"
+
+
+async def test_notifications() -> None:
+    assert await answer('{"method":"noparams"}') is None
+    assert await answer('{"method":"noparams","id":null}') is None
+    resp = await answer('{"method":"nope"}')
+    assert resp == {"jsonrpc": "2.0", "id": None,
+                    "error": {"code": -32601, "message": "Method not found"}}
+
+
+async def test_batch_mixing_good_bad_and_notifications() -> None:
+    d, _ = make()
+    out = await d.handle_raw(
+        b'[{"method":"noparams","id":1},1,{"method":"noparams"},{"method":"fail","id":"x"}]')
+    assert out is not None and out.endswith(b"]\n")
+    assert json.loads(out) == [
+        {"jsonrpc": "2.0", "id": 1, "result": True},
+        {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Invalid request"}},
+        {"jsonrpc": "2.0", "id": "x", "error": {"code": -19, "message": "No such device"}},
+    ]
+
+
+async def test_batch_of_notifications_sends_nothing() -> None:
+    assert await answer('[{"method":"noparams"},{"method":"noparams"}]') is None
+
+
+async def test_batch_of_scalars() -> None:
+    resp = await answer("[1,2,3]")
+    assert [r["error"]["code"] for r in resp] == [-32600] * 3
+
+
+async def test_internal_errors_do_not_leak_details() -> None:
+    resp = await answer('{"method":"crash","id":1}')
+    assert resp["error"] == {"code": -32603, "message": "Internal error"}
+
+
+@pytest.mark.parametrize("raw", [b'{"a":', b"\xff\xfe{}", b'{"s":"\\u0000"}', b"{'a':1}"])
+async def test_parse_errors(raw: bytes) -> None:
+    with pytest.raises(ParseError):
+        await make()[0].handle_raw(raw)
+
+
+def test_encode_escapes_like_spdk() -> None:
+    assert encode({"s": "a/b\x7f\u00e9\U0001f600"}) == '{"s":"a/b\\u007f\\u00e9\\ud83d\\ude00"}'
