@@ -691,6 +691,11 @@ class Ring:
         return self._cq_u32[self._cq_overflow_i]
 
     @property
+    def sq_flags(self) -> int:
+        """The SQ ring's flags word (``IORING_SQ_CQ_OVERFLOW``, ``IORING_SQ_TASKRUN``)."""
+        return self._sq_u32[self._sq_flags_i]
+
+    @property
     def sq_dropped(self) -> int:
         """SQEs the kernel rejected as invalid (counter in the SQ ring)."""
         return self._sq_u32[self._sq_dropped_i]
