@@ -407,12 +407,10 @@ class HttpRpcServer:
         try:
             if ep.path is not None:
                 sock = self._unix_socket(ep.path)
-                site: web.BaseSite = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG,
-                                                  shutdown_timeout=SHUTDOWN_TIMEOUT)
+                site: web.BaseSite = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
             else:
                 site = web.TCPSite(runner, ep.host, ep.port, ssl_context=self.ssl_context,
-                                   backlog=LISTEN_BACKLOG, reuse_address=True,
-                                   shutdown_timeout=SHUTDOWN_TIMEOUT)
+                                   backlog=LISTEN_BACKLOG, reuse_address=True)
             await site.start()
         except OSError as e:
             raise HttpConfigError(
