@@ -27,6 +27,7 @@ Design notes (the why; the API is documented in ``pybdev/uring/__init__.py``):
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import mmap
 import os
@@ -403,9 +404,11 @@ class Ring:
         self.close()
 
     def __del__(self) -> None:
-        # Last resort against fd leaks; owners are expected to call close().
+        # Last resort against fd leaks; owners are expected to call close(). At
+        # interpreter exit module globals may already be gone: nothing to report then.
         if getattr(self, "fd", -1) >= 0:
-            self.close()
+            with contextlib.suppress(Exception):
+                self.close()
 
     def __repr__(self) -> str:
         return (
