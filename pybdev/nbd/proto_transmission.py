@@ -174,9 +174,7 @@ def peek_request(buf: Buffer, pos: int = 0) -> tuple[int, int, int, int, int]:
 # Server side: request validation
 # ============================================================================================
 
-# Kinds of range checks, one per command family.
-_K_READ: Final = 0  # alignment, max payload, out of range -> EINVAL
-_K_WRITE: Final = 1  # EPERM if read-only, alignment, max payload, out of range -> ENOSPC
+# Kinds of checks for the commands other than READ and WRITE.
 _K_TRIM: Final = 2  # EPERM if read-only, alignment, out of range -> EINVAL
 _K_ZERO: Final = 3  # EPERM if read-only, alignment, out of range -> ENOSPC
 _K_RANGE: Final = 4  # cache, block status: alignment, out of range -> EINVAL
@@ -213,7 +211,12 @@ class RequestValidator:
     ``size`` is a plain attribute so a resized export can update it.
     """
 
-    __slots__ = ("_mask", "_max_payload", "_read_too_big", "_rules", "size")
+    __slots__ = ("_mask", "_max_payload", "_read_too_big", "_rules", "_set_size", "_size", "check")
+
+    check: Callable[[int, int, int, int], int]
+    """``check(type, flags, offset, length)``: the NBD error for this request, or 0 if it
+    may be executed.  (A per-instance closure rather than a method: READ and WRITE are
+    decided on closure variables alone, about twice as fast as attribute lookups.)"""
 
     def __init__(
         self,
@@ -227,16 +230,15 @@ class RequestValidator:
     ) -> None:
         if min_block_size < 1 or min_block_size & (min_block_size - 1):
             raise ValueError(f"min_block_size must be a power of 2, not {min_block_size}")
-        self.size = size
+        self._size = size
         self._mask = min_block_size - 1
         self._max_payload = max_payload
         self._read_too_big = NBD_EOVERFLOW if structured_replies else NBD_EINVAL
         fua = NBD_CMD_FLAG_FUA if flags & NBD_FLAG_SEND_FUA else 0
         read_only = bool(flags & NBD_FLAG_READ_ONLY)
-        rules: list[tuple[int, int] | None] = [None] * 8
         df = NBD_CMD_FLAG_DF if structured_replies and flags & NBD_FLAG_SEND_DF else 0
-        rules[NBD_CMD_READ] = (fua | df, _K_READ)
-        rules[NBD_CMD_WRITE] = (fua, _K_DENIED if read_only else _K_WRITE)
+        # READ and WRITE never reach the table: the closure built below decides them.
+        rules: list[tuple[int, int] | None] = [None] * 8
         rules[NBD_CMD_DISC] = (fua, _K_DISC)
         if flags & NBD_FLAG_SEND_FLUSH:
             rules[NBD_CMD_FLUSH] = (fua, _K_FLUSH)
@@ -253,34 +255,86 @@ class RequestValidator:
         if structured_replies and block_status:
             rules[NBD_CMD_BLOCK_STATUS] = (fua | NBD_CMD_FLAG_REQ_ONE, _K_RANGE)
         self._rules = rules
+        self.check, self._set_size = _make_check(
+            size,
+            self._mask,
+            max_payload,
+            ~(fua | df),
+            ~fua,
+            read_only,
+            self._read_too_big,
+            self._check_other,
+        )
 
-    def check(self, typ: int, flags: int, offset: int, length: int) -> int:
-        """Return the NBD error for this request, or 0 if it may be executed."""
-        rule = self._rules[typ] if typ < 8 else None
+    @property
+    def size(self) -> int:
+        """Export size; assignable, for a resized export."""
+        return self._size
+
+    @size.setter
+    def size(self, value: int) -> None:
+        self._size = value
+        self._set_size(value)
+
+    def _check_other(self, typ: int, flags: int, offset: int, length: int) -> int:
+        """check() for everything but READ and WRITE, driven by the rule table."""
+        rule = self._rules[typ] if 0 <= typ < 8 else None
         if rule is None:
-            return 22  # NBD_EINVAL
+            return NBD_EINVAL
         allowed, kind = rule
         if flags & ~allowed:
-            return 22
-        if kind > 4:
-            if kind == 5:  # _K_FLUSH
-                return 22 if offset or length else 0
-            if kind == 6:  # _K_DISC
-                return 0
-            return 1  # _K_DENIED: NBD_EPERM
+            return NBD_EINVAL
+        if kind == _K_FLUSH:
+            return NBD_EINVAL if offset or length else 0
+        if kind == _K_DISC:
+            return 0
+        if kind == _K_DENIED:
+            return NBD_EPERM
         if not length or (offset | length) & self._mask:
-            return 22
-        if kind < 2 and length > self._max_payload:
-            return self._read_too_big if kind == 0 else 22
-        if offset + length > self.size:
-            return 28 if kind & 1 else 22  # _K_WRITE and _K_ZERO are odd: NBD_ENOSPC
+            return NBD_EINVAL
+        if offset + length > self._size:
+            return NBD_ENOSPC if kind == _K_ZERO else NBD_EINVAL
         return 0
+
+
+def _make_check(
+    size: int,
+    mask: int,
+    max_payload: int,
+    read_bad: int,
+    write_bad: int,
+    read_only: bool,
+    read_too_big: int,
+    other: Callable[[int, int, int, int], int],
+) -> tuple[Callable[[int, int, int, int], int], Callable[[int], None]]:
+    def check(typ: int, flags: int, offset: int, length: int) -> int:
+        # Literals: 22 NBD_EINVAL, 28 NBD_ENOSPC, 1 NBD_EPERM (asserted below).
+        if typ == 0:  # NBD_CMD_READ
+            if flags & read_bad or not length or (offset | length) & mask:
+                return 22
+            if length > max_payload:
+                return read_too_big
+            return 22 if offset + length > size else 0
+        if typ == 1:  # NBD_CMD_WRITE
+            if flags & write_bad:
+                return 22
+            if read_only:
+                return 1
+            if not length or (offset | length) & mask or length > max_payload:
+                return 22
+            return 28 if offset + length > size else 0
+        return other(typ, flags, offset, length)
+
+    def set_size(value: int) -> None:
+        nonlocal size
+        size = value
+
+    return check, set_size
 
 
 # Keep the literals in check() honest.
 assert (NBD_EINVAL, NBD_EPERM, NBD_ENOSPC) == (22, 1, 28)
-assert _K_WRITE & 1 and _K_ZERO & 1 and not (_K_READ & 1 or _K_TRIM & 1 or _K_RANGE & 1)
-assert NBD_CMD_WRITE == 1 and NBD_REQUEST_MAGIC == 0x25609513
+assert (NBD_CMD_READ, NBD_CMD_WRITE, NBD_REQUEST_MAGIC) == (0, 1, 0x25609513)
 
 
 # ============================================================================================
@@ -402,16 +456,23 @@ def encode_block_status_chunk(
     )
 
 
-def encode_read_reply_header(cookie: int, offset: int, length: int, structured: bool) -> bytes:
+def encode_read_reply_header(
+    cookie: int,
+    offset: int,
+    length: int,
+    structured: bool,
+    _simple: Callable[..., bytes] = SIMPLE_REPLY.pack,
+    _data: Callable[..., bytes] = _DATA_CHUNK_HEADER.pack,
+) -> bytes:
     """Header preceding ``length`` bytes of successful READ data, in the negotiated form.
 
     Simple replies: the 16-byte simple reply.  Structured replies: a final OFFSET_DATA
     chunk header (only valid for ``length`` >= 1, which :class:`RequestValidator`
     guarantees).  Send the data right after it, e.g. ``writelines([header, view])``.
     """
-    if structured:
-        return encode_data_chunk_header(cookie, offset, length, True)
-    return SIMPLE_REPLY.pack(NBD_SIMPLE_REPLY_MAGIC, 0, cookie)
+    if structured:  # a final OFFSET_DATA chunk, packed inline to save a call
+        return _data(0x668E33EF, 1, 1, cookie, length + 8, offset)
+    return _simple(0x67446698, 0, cookie)
 
 
 def encode_error_reply(cookie: int, error: int, structured: bool, message: str = "") -> bytes:
