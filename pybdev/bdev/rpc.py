@@ -85,14 +85,23 @@ def bdev_get_iostat(app: App, p: GetIostatParams) -> dict[str, Any]:
 
 
 class ResetIostatParams(Params):
+    name: Str | None = None
     mode: Literal["all", "maxmin", "error", "none"] = "all"
 
 
 @rpc_method("bdev_reset_iostat", ResetIostatParams, subsystem="bdev",
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
 def bdev_reset_iostat(app: App, p: ResetIostatParams) -> bool:
-    """Reset the I/O statistics of every bdev."""
-    for b in bdev_layer(app):
+    """Reset the I/O statistics of every bdev, or of the one named."""
+    layer = bdev_layer(app)
+    if p.name is None:
+        bdevs = list(layer)
+    else:
+        bdev = layer.get(p.name)
+        if bdev is None or bdev.state is not BdevState.REGISTERED:
+            raise errno_error(errno.ENODEV, f"bdev {p.name} not found")
+        bdevs = [bdev]
+    for b in bdevs:
         b.stat.reset(p.mode)
     return True
 

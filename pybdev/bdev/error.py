@@ -1,0 +1,402 @@
+"""error: a fault-injection vbdev over a whole base bdev (spec §4.12, vbdev_error.c).
+
+``bdev_error_create BASE`` builds ``EE_<BASE>``, claiming the base ``exclusive_write``;
+a missing base defers the creation to examine. Requests pass through to the base until
+``bdev_error_inject_error`` arms an error for an I/O type (read, write, unmap, flush, or
+all of them): the next ``num`` requests of that type, counted only while at least
+``queue_depth`` requests are in flight on the base, then get:
+
+- ``failure``: completed with -EIO, the base never sees them;
+- ``nvme_failure``: the same (pybdev has no NVMe status to carry ``nvme_sct``/``nvme_sc``);
+- ``nomem``: completed with -ENOMEM, which means "out of resources, try again": the
+  request had no effect. SPDK's bdev layer requeues such requests itself and retries them
+  when other I/O completes; pybdev's layer hands -ENOMEM to the consumer instead, which
+  must resubmit it (after other I/O completed or a short delay) rather than fail it.
+  ``bdev_get_iostat`` counts each one under ``io_error.nomem``;
+- ``pending``: held, unanswered, until ``bdev_error_resume_pending`` (which disarms
+  pending injections and submits them again) or a reset (which completes them with
+  -ECANCELED, SPDK's "aborted");
+- ``corrupt_data``: passed through, but a write's data has the byte at
+  ``corrupt_offset`` XORed with ``corrupt_value`` on its way down (on a copy: the
+  caller's buffer is left alone), and a read's data likewise on its way up.
+
+The UUID is the one given, or derived as SPDK's bdev_part does: a version-5 UUID over
+namespace ``976b899e-3e1e-4d71-ab69-c2b08e9df8b8`` and (base UUID bytes, offset 0,
+block count as little-endian u64s). The config entry (base name, given UUID) is kept
+until the error bdev is destroyed, whether by delete or by the base going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import struct
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, Callback, Descriptor
+from pybdev.bdev.passthru import sha1_uuid
+from pybdev.bdev.subsystem import bdev_layer
+from pybdev.rpc.errors import INVALID_PARAMS, OperationError, RpcError
+from pybdev.rpc.registry import rpc_method
+from pybdev.rpc.types import U8, U32, U64, Params, Str, Uuid
+
+if TYPE_CHECKING:
+    from pybdev.app import App
+    from pybdev.bdev.core import BdevLayer
+
+log = logging.getLogger("pybdev.bdev.error")
+
+DECODE_FAILED = "spdk_json_decode_object failed"
+PART_NAMESPACE = uuidlib.UUID("976b899e-3e1e-4d71-ab69-c2b08e9df8b8")
+NVME_MESSAGE = "nvme_sct or nvme_sc should be specified for NVMe error injection"
+IO_TYPES = ("read", "write", "unmap", "flush")
+IoTypeName = Literal["clear", "read", "write", "unmap", "flush", "all"]
+ErrorTypeName = Literal["failure", "pending", "corrupt_data", "nomem", "nvme_failure"]
+
+
+def part_uuid(base_uuid: str, offset_blocks: int, num_blocks: int) -> str:
+    """SPDK's bdev_part UUID for a range of a base (``spdk_bdev_part_construct_ext``)."""
+    name = uuidlib.UUID(base_uuid).bytes + struct.pack("<QQ", offset_blocks, num_blocks)
+    return sha1_uuid(PART_NAMESPACE, name)
+
+
+def nvme_status_invalid(error_type: str, nvme_sct: int, nvme_sc: int) -> bool:
+    """SPDK's check: NVMe status only, and always, with ``nvme_failure``."""
+    if error_type == "nvme_failure":
+        return nvme_sct == 0 and nvme_sc == 0
+    return nvme_sct != 0 or nvme_sc != 0
+
+
+@dataclass
+class ErrorInfo:
+    """One armed injection (SPDK's ``vbdev_error_info``)."""
+
+    error_type: str = "failure"
+    num: int = 0
+    queue_depth: int = 0
+    corrupt_offset: int = 0
+    corrupt_value: int = 0
+    nvme_sct: int = 0
+    nvme_sc: int = 0
+
+
+@dataclass
+class ErrorConfig:
+    base_name: str
+    uuid: str | None
+
+
+def _corrupted(data: Any, offset: int, value: int) -> Any:
+    if data is None or offset >= len(data):
+        return data
+    copy = bytearray(data)
+    copy[offset] ^= value
+    return copy
+
+
+class ErrorBdev(Bdev):
+    product_name = "Error Injection Disk"
+    module_name = "error"
+
+    def __init__(self, name: str, uuid: str, base_desc: Descriptor, config: ErrorConfig,
+                 module: ErrorModule) -> None:
+        base = base_desc.bdev
+        super().__init__(
+            name, base.block_size, base.num_blocks, uuid, io_types=base.io_types,
+            physical_block_size=base.physical_block_size, write_cache=base.write_cache,
+            numa_id=base.numa_id, max_io_bytes=base.max_io_bytes,
+        )
+        self.base_desc = base_desc
+        self.base_name = base.name
+        self.config = config
+        self.module = module
+        self.vector = {t: ErrorInfo() for t in IO_TYPES}
+        self.inflight = 0  # requests passed to the base and not completed yet
+        # Held requests: how to submit each again, and its completion for an abort.
+        self.pending: list[tuple[Callable[[], None], Callback]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- injection --------------------------------------------------------------------
+    def _armed(self, io_type: str) -> ErrorInfo | None:
+        info = self.vector[io_type]
+        if self.inflight < info.queue_depth or info.num == 0:
+            return None
+        info.num -= 1
+        return info
+
+    def _intercept(self, info: ErrorInfo | None, cb: Callback,
+                   resubmit: Callable[[], None]) -> bool:
+        """Complete or hold the request if ``info`` says so; False lets it through."""
+        if info is None or info.error_type == "corrupt_data":
+            return False
+        if info.error_type == "nomem":
+            cb(-errno.ENOMEM, None)
+        elif info.error_type == "pending":
+            self.pending.append((resubmit, cb))
+        else:  # failure, nvme_failure
+            cb(-errno.EIO, None)
+        return True
+
+    def _through(self, cb: Callback, corrupt: ErrorInfo | None = None) -> Callback:
+        self.inflight += 1
+
+        def done(status: int, data: Any) -> None:
+            self.inflight -= 1
+            if corrupt is not None and status == 0:
+                data = _corrupted(data, corrupt.corrupt_offset, corrupt.corrupt_value)
+            cb(status, data)
+
+        return done
+
+    # -- requests ---------------------------------------------------------------------
+    def submit_read(self, offset: int, length: int, cb: Callback) -> None:
+        info = self._armed("read")
+        if self._intercept(info, cb, lambda: self.submit_read(offset, length, cb)):
+            return
+        self.base_desc.read(offset, length, self._through(cb, info))
+
+    def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        info = self._armed("write")
+        if self._intercept(info, cb, lambda: self.submit_write(offset, data, cb, fua)):
+            return
+        if info is not None:
+            data = _corrupted(data, info.corrupt_offset, info.corrupt_value)
+        self.base_desc.write(offset, data, self._through(cb), fua)
+
+    def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
+        info = self._armed("unmap")
+        if self._intercept(info, cb, lambda: self.submit_unmap(offset, length, cb)):
+            return
+        self.base_desc.unmap(offset, length, self._through(cb))
+
+    def submit_flush(self, offset: int, length: int, cb: Callback) -> None:
+        info = self._armed("flush")
+        if self._intercept(info, cb, lambda: self.submit_flush(offset, length, cb)):
+            return
+        self.base_desc.flush(offset, length, self._through(cb))
+
+    def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
+        # Not an injectable type in SPDK; emulated write_zeroes arrive as writes instead.
+        self.base_desc.write_zeroes(offset, length, self._through(cb))
+
+    def submit_reset(self, cb: Callback) -> None:
+        # As SPDK: a reset aborts what is held here and does not reach the base.
+        self._abort_pending()
+        cb(0, None)
+
+    def _abort_pending(self) -> None:
+        held, self.pending = self.pending, []
+        for _resubmit, cb in held:
+            cb(-errno.ECANCELED, None)
+
+    def inject(self, io_type: str, info: ErrorInfo) -> None:
+        if io_type == "clear":
+            for entry in self.vector.values():
+                entry.num = 0
+            return
+        for t in IO_TYPES if io_type == "all" else (io_type,):
+            self.vector[t] = ErrorInfo(**vars(info))
+
+    def resume_pending(self) -> None:
+        for entry in self.vector.values():
+            if entry.error_type == "pending":
+                entry.num = 0
+        held, self.pending = self.pending, []
+        loop = asyncio.get_running_loop()
+        for resubmit, _cb in held:
+            # Asynchronously, as SPDK sends each one as a message to its thread.
+            loop.call_soon(resubmit)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def driver_specific(self) -> dict[str, Any]:
+        return {"error_disk": {"base_bdev": self.base_name}}
+
+    def on_removed(self) -> None:
+        self._abort_pending()
+
+    def on_base_event(self, event: BdevEvent, base: Bdev) -> None:
+        layer = self.layer
+        if layer is None or self.state is not BdevState.REGISTERED:
+            return
+        if event is BdevEvent.REMOVE:
+            task = asyncio.get_running_loop().create_task(layer.unregister(self))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def destruct(self) -> None:
+        self.base_desc.layer.release_claim(self.base_desc.bdev)
+        self.base_desc.close()
+        self.module.forget(self)
+
+
+class ErrorModule(BdevModule):
+    name = "error"
+
+    def __init__(self, layer: BdevLayer) -> None:
+        super().__init__(layer)
+        self.configs: list[ErrorConfig] = []
+
+    def create(self, base_name: str, uuid: str | None = None) -> None:
+        """Create ``EE_<base_name>`` now, or when the base registers (deferred).
+
+        Raises OperationError: -17 when an error bdev is already configured on that base
+        or the name/UUID clashes, -1 when the base is claimed.
+        """
+        if any(c.base_name == base_name for c in self.configs):
+            log.error("vbdev_error_config for bdev %s already exists", base_name)
+            raise OperationError(errno.EEXIST,
+                                 f"an error bdev is already configured on {base_name}")
+        config = ErrorConfig(base_name, uuid)
+        self.configs.append(config)
+        try:
+            self._build(config)
+        except OperationError as e:
+            if e.errno != errno.ENODEV:
+                self.configs.remove(config)
+                raise
+
+    def _build(self, config: ErrorConfig) -> ErrorBdev:
+        layer = self.layer
+        desc = layer.open(config.base_name, write=True)
+        try:
+            base = desc.bdev
+            uuid = config.uuid or part_uuid(base.uuid, 0, base.num_blocks)
+            bdev = ErrorBdev(f"EE_{config.base_name}", uuid, desc, config, self)
+            layer.claim(desc, self.name)
+            try:
+                layer.register(bdev)
+            except BaseException:
+                layer.release_claim(base)
+                raise
+        except BaseException:
+            desc.close()
+            raise
+        desc.event_cb = bdev.on_base_event
+        return bdev
+
+    def examine(self, bdev: Bdev) -> None:
+        for config in list(self.configs):
+            if config.base_name == bdev.name:
+                try:
+                    self._build(config)
+                except OperationError as e:
+                    log.error("could not create error vbdev for bdev %s at examine: %s",
+                              bdev.name, e)
+
+    def forget(self, bdev: ErrorBdev) -> None:
+        if bdev.config in self.configs:
+            self.configs.remove(bdev.config)
+
+    async def delete(self, name: str) -> None:
+        """Unregister an error bdev; its config entry goes with it. -19 if none."""
+        await self.layer.unregister_by_name(name, self.name)
+
+    def _error_bdev(self, name: str) -> ErrorBdev:
+        bdev = self.layer.get(name)
+        if not isinstance(bdev, ErrorBdev) or bdev.state is not BdevState.REGISTERED:
+            raise OperationError(errno.ENODEV, f"no error injection bdev named {name}")
+        return bdev
+
+    def inject_error(self, name: str, io_type: str, error_type: str, *, num: int = 1,
+                     queue_depth: int = 0, corrupt_offset: int = 0, corrupt_value: int = 0,
+                     nvme_sct: int = 0, nvme_sc: int = 0) -> None:
+        """Arm (or with ``io_type="clear"`` disarm) an injection; -22 / -19 as SPDK."""
+        if io_type not in (*IO_TYPES, "clear", "all"):
+            raise OperationError(errno.EINVAL, f"unknown io_type {io_type}")
+        if error_type not in ("failure", "pending", "corrupt_data", "nomem", "nvme_failure"):
+            raise OperationError(errno.EINVAL, f"unknown error_type {error_type}")
+        if nvme_status_invalid(error_type, nvme_sct, nvme_sc):
+            raise OperationError(errno.EINVAL, NVME_MESSAGE)
+        if error_type == "corrupt_data" and corrupt_value == 0:
+            raise OperationError(errno.EINVAL, "corrupt_value should be non-zero")
+        if not 0 <= corrupt_value <= 0xFF:
+            raise OperationError(errno.EINVAL, "corrupt_value must be a byte")
+        self._error_bdev(name).inject(io_type, ErrorInfo(
+            error_type, num, queue_depth, corrupt_offset, corrupt_value, nvme_sct, nvme_sc))
+
+    def resume_pending(self, name: str) -> None:
+        """Submit again every request held by a ``pending`` injection."""
+        self._error_bdev(name).resume_pending()
+
+    def write_config(self) -> list[Any]:
+        out = []
+        for c in self.configs:
+            params: dict[str, Any] = {"base_name": c.base_name}
+            if c.uuid is not None:
+                params["uuid"] = c.uuid
+            out.append({"method": "bdev_error_create", "params": params})
+        return out
+
+    async def fini(self) -> None:
+        self.configs.clear()
+
+
+MODULE = ErrorModule
+
+
+def _module(app: App) -> ErrorModule:
+    module: ErrorModule = bdev_layer(app).module(ErrorModule)
+    return module
+
+
+class ErrorCreateParams(Params):
+    base_name: Str
+    uuid: Uuid | None = None
+
+
+@rpc_method("bdev_error_create", ErrorCreateParams, subsystem="bdev",
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
+def bdev_error_create(app: App, p: ErrorCreateParams) -> bool:
+    """Create the error injection bdev EE_<base_name> (deferred until the base exists)."""
+    _module(app).create(p.base_name, p.uuid)
+    return True
+
+
+class NameParams(Params):
+    name: Str
+
+
+@rpc_method("bdev_error_delete", NameParams, subsystem="bdev",
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
+async def bdev_error_delete(app: App, p: NameParams) -> bool:
+    """Delete an error injection bdev, releasing its base."""
+    await _module(app).delete(p.name)
+    return True
+
+
+class InjectErrorParams(Params):
+    name: Str
+    io_type: IoTypeName
+    error_type: ErrorTypeName
+    nvme_sct: U32 = 0
+    nvme_sc: U32 = 0
+    num: U32 = 1
+    queue_depth: U64 = 0
+    corrupt_offset: U64 = 0
+    corrupt_value: U8 = 0
+
+
+@rpc_method("bdev_error_inject_error", InjectErrorParams, subsystem="bdev",
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
+def bdev_error_inject_error(app: App, p: InjectErrorParams) -> bool:
+    """Arm an error for the next ``num`` requests of an I/O type (``clear`` disarms all)."""
+    if nvme_status_invalid(p.error_type, p.nvme_sct, p.nvme_sc):
+        # SPDK answers this one with its own text instead of strerror.
+        raise RpcError(-errno.EINVAL, NVME_MESSAGE)
+    _module(app).inject_error(
+        p.name, p.io_type, p.error_type, num=p.num, queue_depth=p.queue_depth,
+        corrupt_offset=p.corrupt_offset, corrupt_value=p.corrupt_value, nvme_sct=p.nvme_sct,
+        nvme_sc=p.nvme_sc)
+    return True
+
+
+@rpc_method("bdev_error_resume_pending", NameParams, subsystem="bdev",
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
+def bdev_error_resume_pending(app: App, p: NameParams) -> bool:
+    """Submit again every request held by a ``pending`` injection."""
+    _module(app).resume_pending(p.name)
+    return True

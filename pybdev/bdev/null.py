@@ -1,0 +1,211 @@
+"""null: a bdev with no storage behind it (spec §4.8), for benchmarks and tests.
+
+Writes are accepted and discarded. SPDK's null bdev leaves a read's buffer untouched;
+our read API hands the consumer a buffer instead of filling one, so a read returns
+zeros (a view of a shared zero buffer, valid during the callback, per core's contract).
+
+Metadata (``md_size``) is always interleaved, so the bdev's ``block_size`` is the data
+block size plus ``md_size``, as in SPDK. DIF (``dif_type`` 1-3) is refused with
+-EOPNOTSUPP: pybdev generates and checks no protection information (malloc does the same).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any
+
+from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
+from pybdev.bdev.subsystem import bdev_layer
+from pybdev.rpc.errors import INTERNAL_ERROR, OperationError
+from pybdev.rpc.registry import rpc_method
+from pybdev.rpc.types import I32, U32, U64, Params, Str, Uuid
+
+if TYPE_CHECKING:
+    from pybdev.app import App
+
+DECODE_FAILED = "spdk_json_decode_object failed"
+MD_SIZES = (0, 8, 16, 32, 64, 128)
+MIB = 1 << 20
+# Reads up to this size share one zero buffer; larger ones allocate (rare: exports split).
+_ZEROS = bytes(4 * MIB)
+_ZERO_VIEW = memoryview(_ZEROS)
+
+
+class NullBdev(Bdev):
+    product_name = "Null disk"
+    module_name = "null"
+
+    def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None, *,
+                 physical_block_size: int = 0, md_size: int = 0, dif_type: int = 0,
+                 dif_is_head_of_md: bool = False, dif_pi_format: int = 0,
+                 preferred_write_granularity: int = 0, preferred_write_alignment: int = 0,
+                 optimal_write_size: int = 0, preferred_unmap_granularity: int = 0,
+                 preferred_unmap_alignment: int = 0) -> None:
+        super().__init__(
+            name, block_size + md_size, num_blocks, uuid,
+            io_types=frozenset(("read", "write", "write_zeroes", "reset", "abort")),
+            # SPDK's layer fills a missing physical size with the *data* block size.
+            physical_block_size=physical_block_size or block_size,
+            write_cache=False,
+        )
+        self.data_block_size = block_size
+        self.md_size = md_size
+        self.dif_type = dif_type
+        self.dif_is_head_of_md = dif_is_head_of_md
+        self.dif_pi_format = dif_pi_format
+        self.preferred = {
+            "preferred_write_alignment": preferred_write_alignment,
+            "preferred_write_granularity": preferred_write_granularity,
+            "optimal_write_size": optimal_write_size,
+            "preferred_unmap_alignment": preferred_unmap_alignment,
+            "preferred_unmap_granularity": preferred_unmap_granularity,
+        }
+
+    def submit_read(self, offset: int, length: int, cb: Callback) -> None:
+        cb(0, _ZERO_VIEW[:length] if length <= len(_ZEROS) else bytes(length))
+
+    def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        cb(0, None)
+
+    def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
+        cb(0, None)
+
+    def extra_geometry(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.preferred)
+        if self.md_size:
+            out.update(md_size=self.md_size, md_interleave=True, dif_type=self.dif_type)
+        return out
+
+    def config_params(self) -> dict[str, Any]:
+        # SPDK writes the bdev blocklen (data + metadata) as block_size, which its own
+        # create would then grow by md_size again; the data block size round-trips.
+        return {
+            "name": self.name, "num_blocks": self.num_blocks, "block_size": self.data_block_size,
+            "physical_block_size": self.physical_block_size, "md_size": self.md_size,
+            "dif_type": self.dif_type, "dif_is_head_of_md": self.dif_is_head_of_md,
+            "dif_pi_format": self.dif_pi_format, "uuid": self.uuid,
+            "preferred_write_granularity": self.preferred["preferred_write_granularity"],
+            "preferred_write_alignment": self.preferred["preferred_write_alignment"],
+            "optimal_write_size": self.preferred["optimal_write_size"],
+            "preferred_unmap_granularity": self.preferred["preferred_unmap_granularity"],
+            "preferred_unmap_alignment": self.preferred["preferred_unmap_alignment"],
+        }
+
+
+class NullModule(BdevModule):
+    name = "null"
+
+    def create(self, *, name: str, block_size: int, num_blocks: int, uuid: str | None = None,
+               physical_block_size: int = 0, md_size: int = 0, dif_type: int = 0,
+               dif_is_head_of_md: bool = False, dif_pi_format: int = 0,
+               preferred_write_granularity: int = 0, preferred_write_alignment: int = 0,
+               optimal_write_size: int = 0, preferred_unmap_granularity: int = 0,
+               preferred_unmap_alignment: int = 0) -> NullBdev:
+        """Create and register a null bdev; raises OperationError as SPDK fails (-22, -17)."""
+        if md_size not in MD_SIZES:
+            raise OperationError(errno.EINVAL, f"md_size must be one of {MD_SIZES}")
+        if block_size % 512:
+            raise OperationError(errno.EINVAL, "block_size must be a multiple of 512")
+        if physical_block_size % 512:
+            raise OperationError(errno.EINVAL, "physical_block_size must be a multiple of 512")
+        if num_blocks == 0:
+            raise OperationError(errno.EINVAL, "num_blocks must be greater than 0")
+        if dif_type:
+            if dif_type not in (1, 2, 3) or md_size < 8 or dif_pi_format not in (0, 1, 2):
+                raise OperationError(errno.EINVAL, "invalid DIF configuration")
+            raise OperationError(errno.EOPNOTSUPP, "pybdev has no DIF support")
+        bdev = NullBdev(
+            name, block_size, num_blocks, uuid, physical_block_size=physical_block_size,
+            md_size=md_size, dif_type=dif_type, dif_is_head_of_md=dif_is_head_of_md,
+            dif_pi_format=dif_pi_format, preferred_write_granularity=preferred_write_granularity,
+            preferred_write_alignment=preferred_write_alignment,
+            optimal_write_size=optimal_write_size,
+            preferred_unmap_granularity=preferred_unmap_granularity,
+            preferred_unmap_alignment=preferred_unmap_alignment,
+        )
+        self.layer.register(bdev)
+        return bdev
+
+    async def delete(self, name: str) -> None:
+        """Unregister a null bdev (-19 if ``name`` is not one); returns once it is gone."""
+        await self.layer.unregister_by_name(name, self.name)
+
+    def resize(self, name: str, new_size_mib: int) -> None:
+        """Grow a null bdev to ``new_size_mib`` MiB; shrinking is -22, as in SPDK."""
+        bdev = self.layer.get(name)
+        if bdev is None or bdev.state is not BdevState.REGISTERED:
+            raise OperationError(errno.ENODEV, f"bdev {name} not found")
+        if not isinstance(bdev, NullBdev):
+            raise OperationError(errno.EINVAL, f"bdev {name} is not a null bdev")
+        if new_size_mib < bdev.size // MIB:
+            raise OperationError(errno.EINVAL,
+                                 "the new size must not be smaller than the current size")
+        num_blocks = new_size_mib * MIB // bdev.block_size
+        if num_blocks == bdev.num_blocks:
+            return
+        if num_blocks < bdev.num_blocks and bdev.descriptors:
+            # SPDK's spdk_bdev_notify_blockcnt_change refuses to shrink an open bdev.
+            raise OperationError(errno.EBUSY, f"bdev {name} is open; it cannot shrink")
+        self.layer.resize(bdev, num_blocks)
+
+    def write_config(self) -> list[Any]:
+        batch = [{"method": "bdev_null_create", "params": b.config_params()}
+                 for b in self.layer if isinstance(b, NullBdev)]
+        return [batch]
+
+
+MODULE = NullModule
+
+
+def _module(app: App) -> NullModule:
+    module: NullModule = bdev_layer(app).module(NullModule)
+    return module
+
+
+class NullCreateParams(Params):
+    name: Str
+    block_size: U32
+    num_blocks: U64
+    uuid: Uuid | None = None
+    physical_block_size: U32 = 0
+    md_size: U32 = 0
+    dif_type: I32 = 0
+    dif_pi_format: U32 = 0
+    dif_is_head_of_md: bool = False
+    preferred_write_granularity: U32 = 0
+    preferred_write_alignment: U32 = 0
+    optimal_write_size: U32 = 0
+    preferred_unmap_granularity: U32 = 0
+    preferred_unmap_alignment: U32 = 0
+
+
+@rpc_method("bdev_null_create", NullCreateParams, subsystem="bdev",
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+def bdev_null_create(app: App, p: NullCreateParams) -> str:
+    """Create a null bdev (writes discarded, reads return zeros); answers its name."""
+    return _module(app).create(**p.model_dump()).name
+
+
+class NameParams(Params):
+    name: Str
+
+
+@rpc_method("bdev_null_delete", NameParams, subsystem="bdev",
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+async def bdev_null_delete(app: App, p: NameParams) -> bool:
+    """Delete a null bdev (and whatever is stacked on it)."""
+    await _module(app).delete(p.name)
+    return True
+
+
+class NullResizeParams(Params):
+    name: Str
+    new_size: U64
+
+
+@rpc_method("bdev_null_resize", NullResizeParams, subsystem="bdev",
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+def bdev_null_resize(app: App, p: NullResizeParams) -> bool:
+    """Grow a null bdev to ``new_size`` MiB (shrinking is refused)."""
+    _module(app).resize(p.name, p.new_size)
+    return True
