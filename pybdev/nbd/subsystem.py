@@ -1,8 +1,51 @@
-"""The ``nbd`` subsystem: kernel (/dev/nbdX) and network NBD exports of bdevs."""
+"""The ``nbd`` subsystem: kernel (/dev/nbdX) and network NBD exports of bdevs.
+
+Exports are kept in start order, keyed by their ``nbd_device`` string: a device path for
+a kernel export, an NBD URI for a network export (DESIGN.md D2).  ``nbd_start_disk``
+routes on that string:
+
+* ``nbd://HOST[:PORT]/NAME`` or ``nbd+unix:///NAME?socket=PATH`` -> network export
+  (:mod:`pybdev.nbd.server`); a non-loopback address needs ``--nbd-allow-remote``;
+* a ``/dev/nbdN`` path or nothing -> kernel export from ``pybdev.nbd.kernel`` when that
+  module exists, else ``-ENODEV`` "kernel NBD export not available".
+
+The Python API (:meth:`NbdSubsystem.start_disk`, ``stop_disk``, ``get_disks``) raises
+:class:`OperationError`; :mod:`pybdev.nbd.rpc` maps it to SPDK's codes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pybdev.nbd import uri as nbd_uri
+from pybdev.nbd.export import Export
+from pybdev.nbd.server import NetworkExport, NetworkServer
+from pybdev.rpc.errors import OperationError, RpcError
 from pybdev.subsystem import Config, Subsystem, register_subsystem
+
+if TYPE_CHECKING:
+    from pybdev.app import App
+
+log = logging.getLogger("pybdev.nbd")
+
+KERNEL_MODULE = "pybdev.nbd.kernel"
+STOP_TIMEOUT = 10.0
+
+
+class IllegalDevice(OperationError):
+    """SPDK answers a malformed ``nbd_device`` with -ENODEV "illegal nbd device <path>"."""
+
+    def __init__(self, device: str, reason: str) -> None:
+        super().__init__(errno.ENODEV, f"illegal nbd device {device}: {reason}")
+        self.device = device
+        self.reason = reason
+
+    def to_rpc(self) -> RpcError:
+        return RpcError(-errno.ENODEV, f"illegal nbd device {self.device}: {self.reason}")
 
 
 @register_subsystem
@@ -10,5 +53,109 @@ class NbdSubsystem(Subsystem):
     name = "nbd"
     depends_on = ("bdev",)
 
+    def __init__(self, app: App) -> None:
+        super().__init__(app)
+        self.exports: dict[str, Export] = {}  # nbd_device -> export, start order
+        self._reserved: set[str] = set()
+        self.network = NetworkServer(allow_remote=self.allow_remote)
+
+    @property
+    def allow_remote(self) -> bool:
+        return bool(getattr(self.app.options, "nbd_allow_remote", False))
+
+    # -- Python API ------------------------------------------------------------------------
+    async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> Export:
+        """Export ``bdev_name`` at ``nbd_device`` (URI, device path, or None: auto)."""
+        export = self._make_export(bdev_name, nbd_device)
+        if nbd_device is not None and not self.reserve(nbd_device):
+            raise OperationError(errno.EBUSY, f"{nbd_device} is already exported")
+        try:
+            await export.start()
+        finally:
+            if nbd_device is not None:
+                self.release(nbd_device)
+        key = export.nbd_device
+        if key in self.exports or export.stopping:
+            await export.stop(drain=False)
+            raise OperationError(errno.EBUSY, f"{key} is already exported")
+        self.exports[key] = export
+        log.info("exporting bdev %s at %s", export.bdev_name, key)
+        return export
+
+    async def stop_disk(self, nbd_device: str) -> None:
+        export = self.exports.get(nbd_device)
+        if export is None:
+            raise OperationError(errno.ENODEV, f"{nbd_device} is not exported")
+        try:
+            await asyncio.wait_for(export.stop(drain=True), STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("export %s did not drain in %ss; forced", nbd_device, STOP_TIMEOUT)
+            await export.stop(drain=False)
+        self.forget(export)
+        log.info("stopped export %s", nbd_device)
+
+    def get_disks(self, nbd_device: str | None = None) -> list[dict[str, Any]]:
+        if nbd_device is None:
+            return [e.info() for e in self.exports.values()]
+        export = self.exports.get(nbd_device)
+        if export is None:
+            raise OperationError(errno.ENODEV, f"{nbd_device} is not exported")
+        return [export.info()]
+
+    # -- for Export implementations --------------------------------------------------------
+    def reserve(self, nbd_device: str) -> bool:
+        """Claim a device name while an export starts; False if this target uses it."""
+        if nbd_device in self.exports or nbd_device in self._reserved:
+            return False
+        self._reserved.add(nbd_device)
+        return True
+
+    def release(self, nbd_device: str) -> None:
+        self._reserved.discard(nbd_device)
+
+    def in_use(self, nbd_device: str) -> bool:
+        return nbd_device in self.exports or nbd_device in self._reserved
+
+    def forget(self, export: Export) -> None:
+        if self.exports.get(export.nbd_device) is export:
+            del self.exports[export.nbd_device]
+
+    # -- subsystem hooks -------------------------------------------------------------------
+    async def fini(self) -> None:
+        for export in reversed(list(self.exports.values())):
+            try:
+                await asyncio.wait_for(export.stop(drain=True), STOP_TIMEOUT)
+            except Exception:
+                log.exception("export %s did not stop cleanly", export.nbd_device)
+                await export.stop(drain=False)
+            self.forget(export)
+        await self.network.close()
+
     def write_config(self) -> Config | None:
-        return []
+        return [e.config() for e in self.exports.values()]
+
+    # -- internals -------------------------------------------------------------------------
+    def _make_export(self, bdev_name: str, nbd_device: str | None) -> Export:
+        if nbd_device is not None and nbd_uri.is_uri(nbd_device):
+            try:
+                address = nbd_uri.parse(nbd_device)
+            except nbd_uri.UriError as e:
+                raise IllegalDevice(nbd_device, str(e)) from None
+            self.network.allow_remote = self.allow_remote
+            return NetworkExport(self, bdev_name, nbd_device, address)
+        try:
+            kernel = importlib.import_module(KERNEL_MODULE)
+        except ModuleNotFoundError as e:
+            if e.name != KERNEL_MODULE:
+                raise
+            raise OperationError(
+                errno.ENODEV,
+                "kernel NBD export not available (pybdev.nbd.kernel is not installed); "
+                "give an nbd:// or nbd+unix:// URI for a network export",
+            ) from None
+        export: Export = kernel.KernelExport(self, bdev_name, nbd_device)
+        return export
+
+
+# Last: the RPC module imports this one.
+importlib.import_module("pybdev.nbd.rpc")

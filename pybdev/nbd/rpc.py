@@ -1,0 +1,72 @@
+"""nbd RPCs with SPDK's params, results and codes (spec §5), extended to network exports.
+
+``nbd_start_disk {bdev_name, nbd_device?}``: ``nbd_device`` may be an NBD URI
+(``nbd://HOST[:PORT]/NAME``, ``nbd+unix:///NAME?socket=PATH``) for a network export, or
+a ``/dev/nbdN`` path (or nothing) for a kernel export.  Answers the ``nbd_device`` in
+use (for ``nbd://HOST:0/NAME``, the URI with the port the kernel chose).
+
+Codes: decode failure -32603 "spdk_json_decode_object failed"; unknown bdev or device
+-19; device or export name already used -16; claimed bdev -1; malformed URI -19
+"illegal nbd device ..."; non-loopback address without ``--nbd-allow-remote`` -13.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pybdev.rpc.errors import INTERNAL_ERROR
+from pybdev.rpc.registry import rpc_method
+from pybdev.rpc.types import Params, Str
+
+if TYPE_CHECKING:
+    from pybdev.app import App
+    from pybdev.nbd.subsystem import NbdSubsystem
+
+DECODE_FAILED = "spdk_json_decode_object failed"
+DECODE_ERROR = (INTERNAL_ERROR, DECODE_FAILED)
+DISK_SCHEMA = {
+    "type": "object",
+    "properties": {"nbd_device": {"type": "string"}, "bdev_name": {"type": "string"}},
+}
+
+
+def nbd(app: App) -> NbdSubsystem:
+    from pybdev.nbd.subsystem import NbdSubsystem
+
+    return app.subsystem(NbdSubsystem)
+
+
+class StartDiskParams(Params):
+    bdev_name: Str
+    nbd_device: Str | None = None
+
+
+@rpc_method("nbd_start_disk", StartDiskParams, subsystem="nbd", decode_error=DECODE_ERROR,
+            result={"type": "string"})
+async def nbd_start_disk(app: App, p: StartDiskParams) -> str:
+    """Export a bdev over NBD: to the kernel (/dev/nbdN) or to the network (an NBD URI)."""
+    export = await nbd(app).start_disk(p.bdev_name, p.nbd_device)
+    return export.nbd_device
+
+
+class StopDiskParams(Params):
+    nbd_device: Str
+
+
+@rpc_method("nbd_stop_disk", StopDiskParams, subsystem="nbd", decode_error=DECODE_ERROR,
+            result={"type": "boolean"})
+async def nbd_stop_disk(app: App, p: StopDiskParams) -> bool:
+    """Stop an export: answer requests in flight, close its connections or device."""
+    await nbd(app).stop_disk(p.nbd_device)
+    return True
+
+
+class GetDisksParams(Params):
+    nbd_device: Str | None = None
+
+
+@rpc_method("nbd_get_disks", GetDisksParams, subsystem="nbd", decode_error=DECODE_ERROR,
+            result={"type": "array", "items": DISK_SCHEMA})
+def nbd_get_disks(app: App, p: GetDisksParams) -> list[dict[str, Any]]:
+    """List exports (all, or one by ``nbd_device``) in start order."""
+    return nbd(app).get_disks(p.nbd_device)
