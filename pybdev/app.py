@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpcs-allowed", metavar="LIST",
                    help="comma-separated list of the only RPC methods served")
     p.add_argument("--no-rpc-server", action="store_true", help="do not listen for RPCs")
+    p.add_argument("--nbd-allow-remote", action="store_true",
+                   help="let nbd_start_disk serve NBD on non-loopback addresses "
+                        "(no TLS, no authentication)")
     p.add_argument("-m", "--cpumask", default="0x1", metavar="MASK",
                    help="core mask (hex); the default cpumask of the ublk target")
     p.add_argument("-L", "--logflag", action="append", default=[], metavar="COMPONENT",
