@@ -648,8 +648,8 @@ def test_credentials_check() -> None:
     assert token_only.challenges() == ['Bearer realm="pybdev"']
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None or CURL is None,
-                    reason="needs unshare (util-linux) and curl")
+@pytest.mark.skipif(None in (shutil.which("unshare"), shutil.which("ip"), CURL),
+                    reason="needs unshare (util-linux), ip (iproute2) and curl")
 def test_non_loopback_with_auth_starts_in_netns(secrets: Path, tmp_path: Path) -> None:
     """Bind a non-loopback address, with auth, inside a private network namespace.
 
