@@ -132,7 +132,8 @@ def bench_server_loop(stream: bytes, structured: bool) -> Callable[[], int]:
                 disk[offset : offset + length] = payload  # type: ignore[assignment]
                 out.append(simple(cookie))
         count = len(requests)
-        del requests, payload
+        del requests  # release the views into buf before compacting it
+        payload = None
         del buf[:pos]
         sink.append(out)  # stands for transport.writelines(out)
         return count

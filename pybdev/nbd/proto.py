@@ -87,7 +87,7 @@ Server (network export, asyncio Protocol)::
         elif typ == nbd.NBD_CMD_WRITE:
             disk[offset:offset + length] = payload
             out.append(nbd.encode_simple_reply(cookie))
-    del requests, payload                           # release views into buf
+    requests = payload = None                       # release the views into buf
     del buf[:pos]
     transport.writelines(out)
 
