@@ -53,6 +53,16 @@ Buffers and zero copy
     buffered at all: when ``need`` is large, ``peek_request`` the header and
     ``recv_into`` the destination.
 
+Notes
+    One handshake/parser object per connection; nothing here is thread-safe or blocks.
+    ``TransmissionReady.validator()`` builds the ``RequestValidator`` for what was
+    negotiated.  Under structured replies a READ must be answered with chunks, errors
+    included: ``encode_read_reply_header`` / ``encode_error_reply`` pick the right form.
+    ``NBD_CMD_DISC`` is never answered.  ``ProtocolError.parsed`` / ``.offset`` keep
+    what was decoded before the fault.  ``tests/nbd/test_proto_interop.py`` has a
+    complete blocking server and client on this API, run against libnbd, QEMU and
+    nbdkit.
+
 Server (network export, asyncio Protocol)::
 
     from pybdev.nbd import proto as nbd
