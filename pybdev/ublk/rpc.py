@@ -1,0 +1,167 @@
+"""ublk RPC methods (spec §6.1): thin handlers over :mod:`pybdev.ublk.target`."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING, Any
+
+from pybdev.rpc.errors import INTERNAL_ERROR, OperationError, RpcError, errno_error
+from pybdev.rpc.registry import IGNORE_PARAMS, rpc_method
+from pybdev.rpc.types import U32, Params, Str
+from pybdev.ublk.target import (
+    DEFAULT_NUM_QUEUES,
+    DEFAULT_QUEUE_DEPTH,
+    UblkTarget,
+    parse_cpumask,
+)
+
+if TYPE_CHECKING:
+    from pybdev.app import App
+    from pybdev.ublk.subsystem import UblkSubsystem
+
+DECODE_FAILED = "spdk_json_decode_object failed"
+
+
+def _subsystem(app: App) -> UblkSubsystem:
+    from pybdev.ublk.subsystem import UblkSubsystem
+
+    return app.subsystem(UblkSubsystem)
+
+
+def _target(app: App) -> UblkTarget:
+    target = _subsystem(app).target
+    if target is None:
+        raise errno_error(errno.ENODEV, "no ublk target (call ublk_create_target first)")
+    return target
+
+
+def _internal(err: int, detail: str) -> RpcError:
+    """ublk_create_target/destroy answer -32603 with strerror's text (SPDK)."""
+    return RpcError(INTERNAL_ERROR, f"{os.strerror(err)}: {detail}" if detail
+                    else os.strerror(err))
+
+
+def _os_to_rpc(e: OSError) -> RpcError:
+    err = e.errno or errno.EIO
+    return errno_error(err, e.strerror if e.strerror and e.strerror != os.strerror(err)
+                       else None)
+
+
+class CreateTargetParams(Params):
+    cpumask: Str | None = None
+    disable_user_copy: bool = False
+
+
+@rpc_method("ublk_create_target", CreateTargetParams, subsystem="ublk",
+            decode_error=(INTERNAL_ERROR, os.strerror(errno.EINVAL)),
+            result={"type": "boolean"})
+async def ublk_create_target(app: App, p: CreateTargetParams) -> bool:
+    """Create the ublk target (opens /dev/ublk-control, probes kernel features)."""
+    sub = _subsystem(app)
+    if sub.target is not None or sub.busy:
+        raise _internal(errno.EBUSY, "the ublk target already exists")
+    app_mask = getattr(app.options, "cpumask", None) or "0x1"
+    try:
+        app_cpus = parse_cpumask(app_mask)
+        cpus = parse_cpumask(p.cpumask) if p.cpumask is not None else app_cpus
+    except ValueError as e:
+        raise _internal(errno.EINVAL, f"cpumask: {e}") from None
+    if not cpus <= app_cpus:
+        raise _internal(errno.EINVAL, f"cpumask {p.cpumask} is outside the app's core "
+                                      f"mask {app_mask}")
+    sub.busy = True
+    try:
+        sub.target = UblkTarget.create(sub.layer, cpus, disable_user_copy=p.disable_user_copy)
+    except OSError as e:
+        err = e.errno or errno.EIO
+        raise _internal(err, e.strerror if e.strerror != os.strerror(err) else "") from None
+    finally:
+        sub.busy = False
+    return True
+
+
+@rpc_method("ublk_destroy_target", IGNORE_PARAMS, subsystem="ublk",
+            result={"type": "boolean"})
+async def ublk_destroy_target(app: App) -> bool:
+    """Stop every ublk device and destroy the target."""
+    sub = _subsystem(app)
+    if sub.target is None:
+        raise _internal(errno.ENOENT, "no ublk target")
+    if sub.target.destroying:
+        raise _internal(errno.EBUSY, "the ublk target is being destroyed")
+    await sub.destroy_target()
+    return True
+
+
+class StartDiskParams(Params):
+    bdev_name: Str
+    ublk_id: U32
+    num_queues: U32 = DEFAULT_NUM_QUEUES
+    queue_depth: U32 = DEFAULT_QUEUE_DEPTH
+
+
+@rpc_method("ublk_start_disk", StartDiskParams, subsystem="ublk",
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "integer"})
+async def ublk_start_disk(app: App, p: StartDiskParams) -> int:
+    """Export a bdev as /dev/ublkb<ublk_id>; answers the id once the device exists."""
+    target = _target(app)
+    try:
+        dev = await target.start_disk(p.bdev_name, p.ublk_id, p.num_queues, p.queue_depth)
+    except OperationError:
+        raise
+    except OSError as e:
+        raise _os_to_rpc(e) from None
+    return dev.id
+
+
+class StopDiskParams(Params):
+    ublk_id: U32
+
+
+@rpc_method("ublk_stop_disk", StopDiskParams, subsystem="ublk",
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+async def ublk_stop_disk(app: App, p: StopDiskParams) -> bool:
+    """Stop /dev/ublkb<ublk_id> (STOP_DEV, DEL_DEV) and close its bdev."""
+    target = _subsystem(app).target
+    if target is None:
+        raise errno_error(errno.ENODEV, "no ublk target")
+    await target.stop_disk(p.ublk_id)
+    return True
+
+
+class RecoverDiskParams(Params):
+    bdev_name: Str
+    ublk_id: U32
+
+
+@rpc_method("ublk_recover_disk", RecoverDiskParams, subsystem="ublk",
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "integer"})
+async def ublk_recover_disk(app: App, p: RecoverDiskParams) -> int:
+    """Take over a ublk device whose previous server died (kernel USER_RECOVERY)."""
+    target = _target(app)
+    try:
+        dev = await target.recover_disk(p.bdev_name, p.ublk_id)
+    except OperationError:
+        raise
+    except OSError as e:
+        raise _os_to_rpc(e) from None
+    return dev.id
+
+
+class GetDisksParams(Params):
+    ublk_id: U32 | None = None
+
+
+@rpc_method("ublk_get_disks", GetDisksParams, subsystem="ublk",
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED),
+            result={"type": "array", "items": {"type": "object"}})
+def ublk_get_disks(app: App, p: GetDisksParams) -> list[dict[str, Any]]:
+    """List ublk devices (all, or one by id; id 0 lists all, as in SPDK)."""
+    target = _subsystem(app).target
+    devices = sorted(target.devices.values(), key=lambda d: d.id) if target else []
+    if p.ublk_id:
+        devices = [d for d in devices if d.id == p.ublk_id]
+        if not devices:
+            raise errno_error(errno.ENODEV, f"no ublk device {p.ublk_id}")
+    return [d.info() for d in devices]

@@ -1,0 +1,561 @@
+"""The ublk target and its devices: the Python API behind the ``ublk_*`` RPCs.
+
+``UblkTarget`` is created by ``ublk_create_target``: it opens /dev/ublk-control, probes the
+kernel's features (GET_FEATURES) and decides USER_COPY vs NEED_GET_DATA, ioctl encoding and
+user recovery once. ``UblkDevice`` is one /dev/ublkbN: a bdev descriptor, the cdev, one
+:class:`~pybdev.ublk.queue.UblkQueue` (poller thread) per queue, and the bdev I/O that the
+pollers hand to the event loop.
+
+Errors are ``OperationError(errno, detail)``; the RPC layer maps them to SPDK's codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import functools
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+from pybdev import uring
+from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
+from pybdev.rpc.errors import OperationError
+from pybdev.ublk import uapi
+from pybdev.ublk.control import CONTROL_PATH, Control, ControlError, open_control
+from pybdev.ublk.process import set_io_flusher, unshare_mount_namespace
+from pybdev.ublk.queue import Request, UblkQueue
+
+log = logging.getLogger("pybdev.ublk")
+
+DEFAULT_NUM_QUEUES: Final = 1
+DEFAULT_QUEUE_DEPTH: Final = 128
+MAX_NUM_QUEUES: Final = 32  # SPDK's UBLK_DEV_MAX_QUEUES
+MAX_QUEUE_DEPTH: Final = 1024  # SPDK's UBLK_DEV_MAX_QUEUE_DEPTH
+DEFAULT_MAX_DEVS: Final = 64  # SPDK's UBLK_DEFAULT_MAX_SUPPORTED_DEVS
+# Largest request the kernel sends us. Bigger than SPDK's 64 KiB: every request costs a
+# Python round trip, so fewer, larger ones are cheaper; 512 KiB keeps NEED_GET_DATA's
+# per-tag buffers (depth x this, virtual) reasonable.
+MAX_IO_BYTES: Final = 512 * 1024
+MAX_DISCARD_SECTORS: Final = 32768
+CDEV_OPEN_TIMEOUT: Final = 10.0
+RECOVERY_WAIT: Final = 10.0
+STOP_JOIN_TIMEOUT: Final = 30.0
+
+
+class DeviceState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECOVERING = "recovering"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+# -- cpumask ------------------------------------------------------------------------------
+def parse_cpumask(text: str) -> frozenset[int]:
+    """SPDK's forms: hex with or without 0x, or a list "[0,2-3]". ValueError when invalid."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty cpumask")
+    if text.startswith("["):
+        if not text.endswith("]"):
+            raise ValueError(f"unterminated cpu list {text!r}")
+        cpus: set[int] = set()
+        for part in text[1:-1].split(","):
+            part = part.strip()
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not m:
+                raise ValueError(f"bad cpu list element {part!r}")
+            lo = int(m.group(1))
+            hi = int(m.group(2)) if m.group(2) else lo
+            if hi < lo:
+                raise ValueError(f"bad cpu range {part!r}")
+            cpus.update(range(lo, hi + 1))
+        if not cpus:
+            raise ValueError("empty cpu list")
+        return frozenset(cpus)
+    digits = text[2:] if text.lower().startswith("0x") else text
+    if not digits or not re.fullmatch(r"[0-9a-fA-F]+", digits):
+        raise ValueError(f"cpumask {text!r} is not hexadecimal")
+    value = int(digits, 16)
+    if value == 0:
+        raise ValueError("cpumask selects no CPU")
+    return frozenset(i for i in range(value.bit_length()) if value >> i & 1)
+
+
+def format_cpumask(cpus: frozenset[int]) -> str:
+    """Lowercase hex without 0x, as SPDK's spdk_cpuset_fmt."""
+    return format(sum(1 << c for c in cpus), "x")
+
+
+# -- device parameters ------------------------------------------------------------------------
+def _log2(n: int) -> int:
+    if n <= 0 or n & (n - 1):
+        raise OperationError(errno.EINVAL, f"{n} is not a power of two")
+    return n.bit_length() - 1
+
+
+def device_params(bdev: Bdev, max_io_bytes: int = MAX_IO_BYTES) -> uapi.Params:
+    """The kernel parameters of a device that exports ``bdev``."""
+    bs = bdev.block_size
+    if bs < 512 or bs > uapi.PAGE_SIZE:
+        raise OperationError(errno.EINVAL,
+                             f"bdev block size {bs} unsupported by ublk (512..4096)")
+    lbs = _log2(bs)
+    pbs = max(lbs, _log2(bdev.physical_block_size or bs))
+    opt = max(bdev.optimal_io_boundary * bs, bs)
+    io_opt = opt.bit_length() - 1  # the kernel wants a shift: round down to a power of two
+    max_io = max_io_bytes
+    if bdev.max_io_bytes:
+        max_io = min(max_io, bdev.max_io_bytes)
+    attrs = 0
+    if not bdev.supports("write"):
+        attrs |= uapi.UBLK_ATTR_READ_ONLY
+    if bdev.supports("flush"):
+        # A volatile cache makes the kernel send FLUSH; FUA writes then go through too.
+        attrs |= uapi.UBLK_ATTR_VOLATILE_CACHE | uapi.UBLK_ATTR_FUA
+    discard = None
+    unmap = bdev.supports("unmap")
+    wz = bdev.supports("write_zeroes") and bdev.supports("write")
+    if unmap or wz:
+        discard = (0, bs, MAX_DISCARD_SECTORS if unmap else 0,
+                   MAX_DISCARD_SECTORS if wz else 0, 1)
+    return uapi.Params(
+        logical_bs_shift=lbs, physical_bs_shift=pbs, io_min_shift=lbs, io_opt_shift=io_opt,
+        max_sectors=max_io >> 9, dev_sectors=bdev.size >> 9, attrs=attrs, discard=discard)
+
+
+def ublks_max() -> int:
+    try:
+        with open("/sys/module/ublk_drv/parameters/ublks_max") as f:
+            n = int(f.read().strip())
+    except (OSError, ValueError):
+        return DEFAULT_MAX_DEVS
+    return n if n > 0 else DEFAULT_MAX_DEVS
+
+
+# -- the target -----------------------------------------------------------------------------
+class UblkTarget:
+    """What ``ublk_create_target`` creates. Use :meth:`create` (it probes the kernel)."""
+
+    def __init__(self, layer: BdevLayer, cpus: frozenset[int], control: Control, *,
+                 features: int, disable_user_copy: bool = False) -> None:
+        self.layer = layer
+        self.cpus = cpus
+        self.cpu_list = sorted(cpus)
+        self.control = control
+        self.features = features
+        self.disable_user_copy = disable_user_copy
+        self.user_copy = bool(features & uapi.UBLK_F_USER_COPY) and not disable_user_copy
+        self.recovery = bool(features & uapi.UBLK_F_USER_RECOVERY)
+        self.devices: dict[int, UblkDevice] = {}
+        self.max_devs = ublks_max()
+        self.destroying = False
+        self._next_cpu = 0
+
+    @classmethod
+    def create(cls, layer: BdevLayer, cpus: frozenset[int], *, disable_user_copy: bool = False,
+               control_path: str = CONTROL_PATH, isolate: bool = True) -> UblkTarget:
+        """Probe io_uring and the driver; raises OSError with a reason a user can act on."""
+        if not uring.available():
+            raise OSError(errno.EOPNOTSUPP,
+                          f"io_uring unavailable: {uring.unavailable_reason()}")
+        fd = open_control(control_path)
+        try:
+            if isolate:
+                _isolate_process()
+            executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ublk-ctrl")
+            control = Control(fd, executor)
+            try:
+                features = control.get_features_sync()
+            except ControlError as e:
+                # Kernels before 6.4 lack GET_FEATURES: legacy opcodes, no user copy.
+                log.warning("ublk GET_FEATURES failed (%s): assuming an old kernel", e.strerror)
+                features = 0
+            control.ioctl_encode = bool(features & uapi.UBLK_F_CMD_IOCTL_ENCODE)
+        except BaseException:
+            os.close(fd)
+            raise
+        target = cls(layer, cpus, control, features=features,
+                     disable_user_copy=disable_user_copy)
+        log.info("ublk target on CPUs %s; kernel features %#x (%s); data path %s",
+                 target.cpu_list, features, ",".join(uapi.feature_names(features)),
+                 "USER_COPY" if target.user_copy else "NEED_GET_DATA")
+        return target
+
+    def next_cpu(self) -> int:
+        cpu = self.cpu_list[self._next_cpu % len(self.cpu_list)]
+        self._next_cpu += 1
+        return cpu
+
+    def config(self) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"cpumask": format_cpumask(self.cpus)}
+        if self.disable_user_copy:
+            params["disable_user_copy"] = True
+        out = [{"method": "ublk_create_target", "params": params}]
+        for dev in sorted(self.devices.values(), key=lambda d: d.id):
+            if dev.state in (DeviceState.RUNNING, DeviceState.RECOVERING):
+                out.append({"method": "ublk_start_disk", "params": dev.config_params()})
+        return out
+
+    def _check_new(self, ublk_id: int) -> None:
+        if self.destroying:
+            raise OperationError(errno.ENODEV, "the ublk target is being destroyed")
+        if ublk_id in self.devices:
+            raise OperationError(errno.EBUSY, f"ublk device {ublk_id} already exists")
+        if len(self.devices) >= self.max_devs:
+            raise OperationError(errno.EOPNOTSUPP,
+                                 f"too many ublk devices (ublks_max is {self.max_devs})")
+
+    async def start_disk(self, bdev_name: str, ublk_id: int, num_queues: int = DEFAULT_NUM_QUEUES,
+                         queue_depth: int = DEFAULT_QUEUE_DEPTH) -> UblkDevice:
+        self._check_new(ublk_id)
+        if num_queues > MAX_NUM_QUEUES:
+            log.warning("num_queues %d clamped to %d", num_queues, MAX_NUM_QUEUES)
+            num_queues = MAX_NUM_QUEUES
+        if queue_depth > MAX_QUEUE_DEPTH:
+            log.warning("queue_depth %d clamped to %d", queue_depth, MAX_QUEUE_DEPTH)
+            queue_depth = MAX_QUEUE_DEPTH
+        dev = UblkDevice(self, ublk_id, num_queues, queue_depth)
+        dev.open_bdev(bdev_name)
+        # Listed before ADD_DEV, as SPDK does, so ublk_get_disks shows it while it starts.
+        self.devices[ublk_id] = dev
+        try:
+            await dev.start()
+        except BaseException:
+            self.devices.pop(ublk_id, None)
+            raise
+        return dev
+
+    async def recover_disk(self, bdev_name: str, ublk_id: int) -> UblkDevice:
+        if not self.recovery:
+            raise OperationError(errno.EOPNOTSUPP,
+                                 "User recovery is enabled with kernel version >= 6.4")
+        self._check_new(ublk_id)
+        info = await self.control.get_dev_info(ublk_id)
+        dev = UblkDevice(self, ublk_id, info.nr_hw_queues, info.queue_depth)
+        dev.open_bdev(bdev_name)
+        self.devices[ublk_id] = dev
+        dev.state = DeviceState.RECOVERING
+        # Answer now, as SPDK does; recovery finishes in the background.
+        dev.task = asyncio.get_running_loop().create_task(self._recover(dev))
+        return dev
+
+    async def _recover(self, dev: UblkDevice) -> None:
+        try:
+            await dev.recover()
+        except Exception as e:
+            log.error("recovery of ublk device %d failed: %s", dev.id, e)
+            self.devices.pop(dev.id, None)
+
+    async def stop_disk(self, ublk_id: int) -> None:
+        dev = self.devices.get(ublk_id)
+        if dev is None:
+            raise OperationError(errno.ENODEV, f"no ublk device {ublk_id}")
+        if dev.state is DeviceState.STOPPING:
+            raise OperationError(errno.EBUSY, f"ublk device {ublk_id} is already stopping")
+        if dev.state is not DeviceState.RUNNING:
+            raise OperationError(errno.EBUSY, f"ublk device {ublk_id} is {dev.state.value}")
+        await dev.stop()
+
+    async def destroy(self) -> None:
+        """Stop every device, then release the control device and threads."""
+        self.destroying = True
+        devs = list(self.devices.values())
+        for dev in devs:
+            if dev.task is not None and not dev.task.done():
+                dev.task.cancel()
+        await asyncio.gather(*(d.stop() for d in devs), return_exceptions=True)
+        self.control.close()
+        self.control.executor.shutdown(wait=False)
+        log.info("ublk target destroyed")
+
+
+def _isolate_process() -> None:
+    try:
+        unshare_mount_namespace()
+        log.info("ublk: serving from a private mount namespace")
+    except OSError as e:
+        log.warning("ublk: cannot get a private mount namespace (%s); do not mount ublk "
+                    "devices in this process's namespace", e.strerror)
+    try:
+        set_io_flusher()
+    except OSError as e:
+        log.warning("ublk: %s", e)
+
+
+# -- a device -----------------------------------------------------------------------------
+class UblkDevice:
+    """/dev/ublkb<id> exporting one bdev."""
+
+    def __init__(self, target: UblkTarget, ublk_id: int, num_queues: int,
+                 queue_depth: int) -> None:
+        self.target = target
+        self.id = ublk_id
+        self.num_queues = num_queues
+        self.queue_depth = queue_depth
+        self.state = DeviceState.STARTING
+        self.desc: Descriptor | None = None
+        self.bdev_name = ""
+        self.cdev_fd = -1
+        self.queues: list[UblkQueue] = []
+        self.added = False  # ADD_DEV succeeded: DEL_DEV owed
+        self.task: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self.max_io = MAX_IO_BYTES
+
+    @property
+    def path(self) -> str:
+        return f"/dev/ublkb{self.id}"
+
+    @property
+    def cdev_path(self) -> str:
+        return f"/dev/ublkc{self.id}"
+
+    def info(self) -> dict[str, Any]:
+        return {"ublk_device": self.path, "id": self.id, "queue_depth": self.queue_depth,
+                "num_queues": self.num_queues, "bdev_name": self.bdev_name}
+
+    def config_params(self) -> dict[str, Any]:
+        return {"bdev_name": self.bdev_name, "ublk_id": self.id,
+                "num_queues": self.num_queues, "queue_depth": self.queue_depth}
+
+    def open_bdev(self, name: str) -> None:
+        self.desc = self.target.layer.open(name, write=True, event_cb=self._on_event)
+        self.bdev_name = self.desc.bdev.name
+
+    def _on_event(self, event: BdevEvent, bdev: Bdev) -> None:
+        if event is BdevEvent.REMOVE:
+            log.info("bdev %s removed: stopping ublk device %d", bdev.name, self.id)
+            if self.state in (DeviceState.RUNNING, DeviceState.RECOVERING,
+                              DeviceState.STARTING):
+                asyncio.get_running_loop().create_task(self._stop_quietly())
+        elif event is BdevEvent.RESIZE:
+            log.warning("bdev %s resized; ublk device %d keeps its size", bdev.name, self.id)
+
+    async def _stop_quietly(self) -> None:
+        try:
+            await self.stop()
+        except Exception as e:
+            log.error("ublk device %d did not stop cleanly: %s", self.id, e)
+
+    # -- start ------------------------------------------------------------------------
+    def _dev_flags(self) -> int:
+        t = self.target
+        flags = uapi.UBLK_F_URING_CMD_COMP_IN_TASK
+        flags |= uapi.UBLK_F_USER_COPY if t.user_copy else uapi.UBLK_F_NEED_GET_DATA
+        if t.recovery:
+            flags |= uapi.UBLK_F_USER_RECOVERY | uapi.UBLK_F_USER_RECOVERY_REISSUE
+        if t.control.ioctl_encode:
+            flags |= uapi.UBLK_F_CMD_IOCTL_ENCODE
+        return flags
+
+    async def start(self) -> None:
+        assert self.desc is not None
+        control = self.target.control
+        try:
+            params = device_params(self.desc.bdev)
+            self.max_io = params.max_sectors << 9
+            info = uapi.DevInfo(nr_hw_queues=self.num_queues, queue_depth=self.queue_depth,
+                                max_io_buf_bytes=self.max_io, dev_id=self.id,
+                                ublksrv_pid=os.getpid(), flags=self._dev_flags())
+            await control.add_dev(info)
+            self.added = True
+            await control.set_params(self.id, params)
+            await self._start_queues()
+            await control.start_dev(self.id)
+        except BaseException as e:
+            log.error("ublk device %d failed to start: %s", self.id, e)
+            await self._teardown()
+            self._close_desc()
+            self.state = DeviceState.STOPPED
+            if isinstance(e, OSError) and not isinstance(e, OperationError):
+                raise OperationError(e.errno or errno.EIO, _oserror_text(e)) from None
+            raise
+        self.state = DeviceState.RUNNING
+        log.info("ublk device %s exports bdev %s (%d queues, depth %d)", self.path,
+                 self.bdev_name, self.num_queues, self.queue_depth)
+
+    async def recover(self) -> None:
+        control = self.target.control
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECOVERY_WAIT
+        while True:
+            info = await control.get_dev_info(self.id)
+            if info.state in (uapi.UBLK_S_DEV_QUIESCED, uapi.UBLK_S_DEV_FAIL_IO):
+                break
+            if loop.time() >= deadline:
+                raise OperationError(errno.EBUSY, f"ublk device {self.id} is in state "
+                                                  f"{info.state}, not quiesced")
+            await asyncio.sleep(0.5)
+        self.added = True
+        try:
+            assert self.desc is not None
+            self.max_io = info.max_io_buf_bytes or MAX_IO_BYTES
+            await control.start_user_recovery(self.id)
+            await self._start_queues()
+            await control.end_user_recovery(self.id)
+        except BaseException:
+            self.added = False  # leave the kernel device for another attempt
+            await self._teardown()
+            self._close_desc()
+            self.state = DeviceState.STOPPED
+            raise
+        self.state = DeviceState.RUNNING
+        log.info("ublk device %s recovered on bdev %s", self.path, self.bdev_name)
+
+    async def _open_cdev(self) -> None:
+        # The node appears once udev/devtmpfs processed ADD_DEV's uevent.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CDEV_OPEN_TIMEOUT
+        while True:
+            try:
+                self.cdev_fd = os.open(self.cdev_path, os.O_RDWR | os.O_CLOEXEC)
+                return
+            except FileNotFoundError:
+                if loop.time() >= deadline:
+                    raise OSError(errno.ENOENT, f"{self.cdev_path} did not appear") from None
+                await asyncio.sleep(0.01)
+
+    async def _start_queues(self) -> None:
+        await self._open_cdev()
+        loop = asyncio.get_running_loop()
+        t = self.target
+        for q in range(self.num_queues):
+            queue = UblkQueue(dev_id=self.id, q_id=q, depth=self.queue_depth,
+                              cdev_fd=self.cdev_fd, user_copy=t.user_copy, max_io=self.max_io,
+                              cpu=t.next_cpu(), loop=loop, handler=self._handle_batch)
+            self.queues.append(queue)
+            queue.start()
+        for queue in self.queues:
+            while not queue.ready.is_set():
+                await asyncio.sleep(0.002)
+            if queue.error is not None:
+                raise OSError(getattr(queue.error, "errno", None) or errno.EIO,
+                              f"queue {queue.q_id}: {queue.error}")
+
+    # -- stop -------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """STOP_DEV, wait for the pollers, release the cdev, DEL_DEV, close the bdev."""
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
+            return
+        self._stopped = asyncio.get_running_loop().create_future()
+        self.state = DeviceState.STOPPING
+        try:
+            await self._teardown(graceful=True)
+        finally:
+            self._close_desc()
+            self.state = DeviceState.STOPPED
+            if self.target.devices.get(self.id) is self:
+                del self.target.devices[self.id]
+            self._stopped.set_result(None)
+            log.info("ublk device %s stopped", self.path)
+
+    async def _teardown(self, graceful: bool = False) -> None:
+        control = self.target.control
+        if self.added and graceful and self.queues:
+            try:
+                # Aborts every pending FETCH once in-flight requests were committed.
+                await control.stop_dev(self.id)
+            except OSError as e:
+                log.error("ublk STOP_DEV of device %d: %s", self.id, _oserror_text(e))
+        await self._join_queues(graceful)
+        if self.cdev_fd >= 0:
+            os.close(self.cdev_fd)
+            self.cdev_fd = -1
+        if self.added:
+            # DEL_DEV waits until the cdev is released: every mapping and ring is gone now.
+            try:
+                if not graceful:
+                    await control.stop_dev(self.id)
+            except OSError:
+                pass
+            try:
+                await control.del_dev(self.id)
+            except OSError as e:
+                log.error("ublk DEL_DEV of device %d: %s", self.id, _oserror_text(e))
+            self.added = False
+
+    async def _join_queues(self, graceful: bool) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (STOP_JOIN_TIMEOUT if graceful else 0)
+        for queue in self.queues:
+            while queue.alive and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+            if queue.alive:
+                queue.stop()
+        for queue in self.queues:
+            end = loop.time() + 5
+            while queue.alive and loop.time() < end:
+                await asyncio.sleep(0.005)
+            if queue.alive:
+                log.error("ublk%d q%d poller did not exit", self.id, queue.q_id)
+                continue
+            queue.close()
+        self.queues = [q for q in self.queues if q.alive]
+
+    def _close_desc(self) -> None:
+        if self.desc is not None:
+            self.desc.close()
+            self.desc = None
+
+    # -- the data path (event loop thread) ----------------------------------------------
+    def _handle_batch(self, queue: UblkQueue, batch: list[Request]) -> None:
+        desc = self.desc
+        complete = queue.complete
+        if desc is None:
+            for req in batch:
+                complete(req[0], -errno.EIO)
+            return
+        for tag, op_flags, nr_sectors, start, data in batch:
+            op = op_flags & 0xFF
+            offset = start << 9
+            length = nr_sectors << 9
+            if op == uapi.UBLK_IO_OP_READ:
+                desc.read(offset, length, functools.partial(self._read_done, queue, tag, length))
+                continue
+            cb = functools.partial(_done, complete, tag, length)
+            if op == uapi.UBLK_IO_OP_WRITE:
+                desc.write(offset, data, cb, bool(op_flags & uapi.UBLK_IO_F_FUA))
+            elif op == uapi.UBLK_IO_OP_FLUSH:
+                desc.flush(0, desc.bdev.size, cb)
+            elif op == uapi.UBLK_IO_OP_DISCARD:
+                desc.unmap(offset, length, cb)
+            elif op == uapi.UBLK_IO_OP_WRITE_ZEROES:
+                desc.write_zeroes(offset, length, cb)
+            else:
+                complete(tag, -errno.EIO)
+
+    def _read_done(self, queue: UblkQueue, tag: int, length: int, status: int,
+                   data: Any) -> None:
+        if status:
+            queue.complete(tag, -errno.EIO)
+            return
+        if queue.user_copy:
+            # A copy into the request's pages, bounded by the request size: done here, on
+            # the loop, because `data` is valid only during this callback.
+            try:
+                n = os.pwrite(queue.cdev_fd, data, uapi.user_copy_offset(queue.q_id, tag))
+            except OSError as e:
+                log.error("ublk%d q%d tag %d: user copy failed: %s", self.id, queue.q_id, tag,
+                          e.strerror)
+                n = -1
+            queue.complete(tag, length if n == length else -errno.EIO)
+            return
+        bufs = queue.bufs
+        assert bufs is not None
+        at = tag * queue.max_io
+        bufs[at:at + length] = data
+        queue.complete(tag, length)
+
+
+def _done(complete: Any, tag: int, length: int, status: int, _data: Any) -> None:
+    complete(tag, length if status == 0 else -errno.EIO)
+
+
+def _oserror_text(e: OSError) -> str:
+    return e.strerror or str(e)
