@@ -39,7 +39,7 @@ import socket
 import stat
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.nbd import proto
@@ -383,8 +383,8 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not derive from asyncio.Transport, hence no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer) if peer else "unix"
         self.listener.connections.add(self)
@@ -393,7 +393,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assert self._handshake is not None
-        transport.write(self._handshake.data_to_send())
+        self.transport.write(self._handshake.data_to_send())
         log.debug("NBD client %s connected to %s", self.peer, self.listener.describe())
 
     def get_buffer(self, sizehint: int) -> memoryview:
