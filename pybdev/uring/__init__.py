@@ -113,7 +113,9 @@ through a deque and ``Waker.wake()`` (thread-safe; wakes the blocked
             waker.close()
 
 Each loop pass is one io_uring_enter that submits every queued COMMIT_AND_FETCH and
-sleeps until at least one completion arrives.
+sleeps until at least one completion arrives. To stop the thread: ``stop.set()`` then
+``waker.wake()`` (with ublk, STOP_DEV also completes the fetches with -ENODEV). Close the
+ring before freeing buffers the kernel may still write to.
 
 Example: asyncio
 ----------------

@@ -216,9 +216,7 @@ class Ring:
         "_cqes",
         "_eventfd",
         "_ffi",
-        "_file_refs",
         "_iter_unpack",
-        "_lib",
         "_limit",
         "_pack_any",
         "_pack_cmd",
@@ -275,7 +273,7 @@ class Ring:
         if entries <= 0:
             raise ValueError(f"entries must be positive, not {entries}")
         ffi, lib = native.ffi, native.lib
-        self._ffi, self._lib = ffi, lib
+        self._ffi = ffi
         self._syscall = lib.syscall
         if sqe128:
             flags |= abi.IORING_SETUP_SQE128
@@ -360,7 +358,6 @@ class Ring:
         self._limit = self._tail + self.sq_entries
         self._cq_head = self._cq_u32[self._cq_khead_i]
         self._buffer_refs: list[Any] = []
-        self._file_refs: Any = None
         self.enter_calls = 0
         # Preallocated EXT_ARG block for timed waits: a wait must not allocate.
         self._ts = ffi.new("struct __kernel_timespec *")
@@ -391,7 +388,6 @@ class Ring:
             os.close(self.fd)
             self.fd = -1
         self._buffer_refs = []
-        self._file_refs = None
 
     @property
     def closed(self) -> bool:
