@@ -324,7 +324,10 @@ class KernelExport(Export):
             kernel_end.close()
             if self.conn is None:
                 server.close()
-            await self._teardown(disconnect=self._do_it is not None, drain=False)
+            # The bdev stays open: auto-pick may go on with the next device.
+            await self._release_device(disconnect=self._do_it is not None, drain=False)
+            self.conn = None
+            self._do_it = None
             raise
         self._do_it.add_done_callback(self._do_it_returned)
         log.info("%s: bdev %s, %d x %d bytes, flags 0x%x", self.nbd_device, bdev.name,
@@ -399,6 +402,10 @@ class KernelExport(Export):
     async def _teardown(self, disconnect: bool, drain: bool) -> None:
         """Undo whatever start did, in SPDK's order; never raises."""
         self.stopping = True
+        await self._release_device(disconnect, drain)
+        self.close_bdev()
+
+    async def _release_device(self, disconnect: bool, drain: bool) -> None:
         try:
             await self._disconnect_and_drain(disconnect, drain)
         except Exception:
@@ -412,7 +419,6 @@ class KernelExport(Export):
         if self._flusher:
             self._flusher = False
             io_flusher_release()
-        self.close_bdev()
 
     async def _disconnect_and_drain(self, disconnect: bool, drain: bool) -> None:
         do_it, conn = self._do_it, self.conn
