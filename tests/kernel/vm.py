@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import gzip
@@ -294,9 +295,10 @@ def _run(args: Sequence[str], cwd: Path | None = None) -> str:
         list(args), cwd=cwd, capture_output=True, text=True, check=False, timeout=900
     )
     if proc.returncode != 0:
-        raise VMUnavailable(
-            f"{shlex.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
-        )
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [""]
+        # apt says what went wrong on its first "E:" line; the rest repeats it.
+        why = next((line for line in lines if line.startswith("E:")), lines[-1])
+        raise VMUnavailable(f"{shlex.join(args)} failed ({proc.returncode}): {why}")
     return proc.stdout
 
 
@@ -608,6 +610,12 @@ def _write_control(
     )
 
 
+def _die_with_parent() -> None:
+    # Runs in the child before exec: an emulator orphaned by a killed test run would burn a
+    # core until its guest ends, or for ever if the guest hangs.
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _soft_timeout(timeout: float) -> int:
     # Leave the guest a few seconds to print its blocked tasks before the hard kill.
     return max(1, int(timeout - min(20.0, max(4.0, timeout * 0.12))))
@@ -686,6 +694,7 @@ def run_in_vm(
                 stdout=None if interactive else subprocess.DEVNULL,
                 stderr=stderr,
                 start_new_session=not interactive,
+                preexec_fn=_die_with_parent,
             )
             try:
                 proc.wait(timeout=None if interactive else timeout)
@@ -815,6 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.shell:
         return result.returncode or 0
     sys.stdout.write(result.output)
+    if result.output and not result.output.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
     if opts.console:
         sys.stderr.write(result.console)
     if not result.ok:
