@@ -306,6 +306,9 @@ class UblkDevice:
         self.task: asyncio.Task[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self.max_io = MAX_IO_BYTES
+        # What the kernel created (ADD_DEV / GET_DEV_INFO answer); the pollers serve these.
+        self.hw_queues = num_queues
+        self.hw_depth = queue_depth
 
     @property
     def path(self) -> str:
@@ -356,24 +359,38 @@ class UblkDevice:
     async def start(self) -> None:
         assert self.desc is not None
         control = self.target.control
+        step = "device parameters"
         try:
             params = device_params(self.desc.bdev)
             self.max_io = params.max_sectors << 9
             info = uapi.DevInfo(nr_hw_queues=self.num_queues, queue_depth=self.queue_depth,
                                 max_io_buf_bytes=self.max_io, dev_id=self.id,
                                 ublksrv_pid=os.getpid(), flags=self._dev_flags())
-            await control.add_dev(info)
+            step = "ADD_DEV"
+            got = await control.add_dev(info)
             self.added = True
+            # The kernel caps nr_hw_queues at the number of CPUs (and may adjust the depth);
+            # serve what it created, report what was asked (SPDK's get_disks and config do).
+            self.hw_queues = got.nr_hw_queues or self.num_queues
+            self.hw_depth = got.queue_depth or self.queue_depth
+            if (self.hw_queues, self.hw_depth) != (self.num_queues, self.queue_depth):
+                log.info("ublk device %d: kernel created %d queues of depth %d", self.id,
+                         self.hw_queues, self.hw_depth)
+            step = "SET_PARAMS"
             await control.set_params(self.id, params)
+            step = "queue set-up"
             await self._start_queues()
+            step = "START_DEV"
             await control.start_dev(self.id)
         except BaseException as e:
-            log.error("ublk device %d failed to start: %s", self.id, e)
+            log.error("ublk device %d failed to start (%s): %s", self.id, step, e,
+                      exc_info=not isinstance(e, OSError))
             await self._teardown()
             self._close_desc()
             self.state = DeviceState.STOPPED
             if isinstance(e, OSError) and not isinstance(e, OperationError):
-                raise OperationError(e.errno or errno.EIO, _oserror_text(e)) from None
+                raise OperationError(e.errno or errno.EIO,
+                                     f"{step}: {_oserror_text(e)}") from None
             raise
         self.state = DeviceState.RUNNING
         log.info("ublk device %s exports bdev %s (%d queues, depth %d)", self.path,
@@ -424,8 +441,8 @@ class UblkDevice:
         await self._open_cdev()
         loop = asyncio.get_running_loop()
         t = self.target
-        for q in range(self.num_queues):
-            queue = UblkQueue(dev_id=self.id, q_id=q, depth=self.queue_depth,
+        for q in range(self.hw_queues):
+            queue = UblkQueue(dev_id=self.id, q_id=q, depth=self.hw_depth,
                               cdev_fd=self.cdev_fd, user_copy=t.user_copy, max_io=self.max_io,
                               cpu=t.next_cpu(), loop=loop, handler=self._handle_batch)
             self.queues.append(queue)
