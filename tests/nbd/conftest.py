@@ -100,6 +100,7 @@ def served() -> Iterator[Served]:
     try:
         t.wait_ready()
         yield Served(t, sock)
+        assert "Traceback" not in t.log(), t.log()
     finally:
         if t.proc.poll() is None:
             t.stop()
