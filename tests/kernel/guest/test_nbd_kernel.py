@@ -190,6 +190,7 @@ def test_ext4(targets: list[Target], tmp_path: Path) -> None:
     dev = t.rpc("nbd_start_disk", {"bdev_name": "Malloc0", "nbd_device": "/dev/nbd4"})
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    subprocess.run(["modprobe", "ext4"], check=True, timeout=60)  # no auto-load in the VM
     subprocess.run(["mkfs.ext4", "-q", "-F", dev], check=True, timeout=120)
     payload = os.urandom(3 * MiB + 123)
     subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], check=True, timeout=60)
