@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -63,6 +64,13 @@ _READ = proto.NBD_CMD_READ
 _WRITE = proto.NBD_CMD_WRITE
 _FUA = proto.NBD_CMD_FLAG_FUA
 _REQ_ONE = proto.NBD_CMD_FLAG_REQ_ONE
+_SIMPLE = proto.SIMPLE_REPLY.pack
+# Header of a final NBD_REPLY_TYPE_OFFSET_DATA chunk (structured header + offset); proto's
+# own Struct for it is private.
+_DATA_CHUNK = struct.Struct(">IHHQIQ").pack
+assert (proto.NBD_STRUCTURED_REPLY_MAGIC, proto.NBD_SIMPLE_REPLY_MAGIC) == (0x668E33EF,
+                                                                           0x67446698)
+assert (proto.NBD_REPLY_FLAG_DONE, proto.NBD_REPLY_TYPE_OFFSET_DATA) == (1, 1)
 
 
 class NetworkExport(Export):
@@ -654,6 +662,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         read = desc.read  # type: ignore[union-attr]
         write = desc.write  # type: ignore[union-attr]
         gen = self._buf_gen
+        # Counted locally and added once: completions inside the calls below decrement
+        # the attributes, so they are only right again after the loop.
+        inflight = refs = 0
         self._batching = True
         try:
             for typ, flags, cookie, offset, length, payload in requests:
@@ -665,11 +676,11 @@ class NbdConnection(asyncio.BufferedProtocol):
                     out.append(proto.encode_error_reply(cookie, err, structured))
                     continue
                 if typ == _READ:
-                    self._inflight += 1
+                    inflight += 1
                     read(offset, length, partial(read_done, cookie, offset))
                 elif typ == _WRITE:
-                    self._inflight += 1
-                    self._buf_refs += 1
+                    inflight += 1
+                    refs += 1
                     write(offset, payload, partial(simple_done, cookie, gen), flags & _FUA)
                 else:
                     if typ == proto.NBD_CMD_DISC:
@@ -677,6 +688,8 @@ class NbdConnection(asyncio.BufferedProtocol):
                         break
                     self._submit_other(typ, flags, cookie, offset, length)
         finally:
+            self._inflight += inflight
+            self._buf_refs += refs
             self._batching = False
             self._flush_out()
         self._update_reading()
@@ -727,8 +740,19 @@ class NbdConnection(asyncio.BufferedProtocol):
         if status:
             reply = [self._error_reply(cookie, status)]
         else:
-            hdr = proto.encode_read_reply_header(cookie, offset, len(data), self._structured)
-            reply = [hdr, data if self._zcopy else bytes(data)]
+            # proto.encode_read_reply_header, inlined: this runs for every READ.
+            if self._structured:
+                hdr = _DATA_CHUNK(0x668E33EF, 1, 1, cookie, len(data) + 8, offset)
+            else:
+                hdr = _SIMPLE(0x67446698, 0, cookie)
+            if not self._zcopy:
+                data = bytes(data)
+            if self._batching:
+                out = self._out
+                out.append(hdr)
+                out.append(data)
+                return
+            reply = [hdr, data]
         if self._batching:
             self._out += reply
         else:
@@ -739,7 +763,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._inflight -= 1
         if gen == self._buf_gen:
             self._buf_refs -= 1
-        reply = self._error_reply(cookie, status) if status else proto.encode_simple_reply(cookie)
+        reply = self._error_reply(cookie, status) if status else _SIMPLE(0x67446698, 0, cookie)
         if self._batching:
             self._out.append(reply)
         else:
