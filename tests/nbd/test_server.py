@@ -6,6 +6,7 @@ checked on the wire with :class:`RawClient`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from pybdev.nbd import proto as nbd
 
-from .conftest import MALLOC0_SIZE, MALLOC1_SIZE, Served, nbdsh, need, run, wait_until
+from .conftest import MALLOC0_SIZE, MALLOC1_SIZE, Served, nbdsh, need, run, unix_uri, wait_until
 from .rawclient import RawClient, wait_closed
 
 
@@ -304,3 +305,26 @@ def test_export_survives_client_restarts(exported: tuple) -> None:
     out = run(["qemu-io", "-f", "raw", "-c", "read -P 1 0 64k", "-c", "read -P 2 64k 64k",
                "-c", "read -P 3 128k 64k", uri]).stdout
     assert "Pattern verification failed" not in out
+
+
+@need("qemu-io")
+async def test_stdlib_event_loop(sockdir: Path) -> None:
+    """The target uses uvloop when installed; the server also runs on asyncio's own loop."""
+    from pybdev.app import App, build_parser
+
+    app = App(build_parser().parse_args(["--no-rpc-server"]))
+    await app.start()
+    try:
+        await app.dispatcher.call("bdev_malloc_create",
+                                  {"name": "Malloc0", "num_blocks": 16384, "block_size": 512})
+        uri = await app.dispatcher.call("nbd_start_disk", {
+            "bdev_name": "Malloc0", "nbd_device": unix_uri("Malloc0", sockdir / "s.sock")})
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-io", "-f", "raw", "-c", "write -P 0x6b 0 3M", "-c", "read -P 0x6b 0 3M",
+            "-c", "write -P 0x6c 5M 4k", "-c", "read -P 0x6c 5M 4k", uri,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0 and b"Pattern verification failed" not in out, out
+        assert await app.dispatcher.call("nbd_stop_disk", {"nbd_device": uri}) is True
+    finally:
+        await app.stop()
