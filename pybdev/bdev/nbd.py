@@ -18,11 +18,12 @@ Behaviour: requests are pipelined (any number in flight; replies matched by cook
 requests larger than the server's maximum payload are split; flush, unmap and write
 zeroes are offered only when the server offers them (write zeroes is emulated by the bdev
 layer otherwise); a write asked for with FUA carries ``NBD_CMD_FLAG_FUA`` (or is followed
-by a flush when the server has flush but no FUA).  If the server goes away, every request
-in flight fails with -EIO, later ones too, and the bdev is hot-removed (consumers get
-REMOVE).  The bdev's block size is the server's minimum block size, at least 512.
-``get_block_status`` forwards ``base:allocation`` queries to the server, so a network
-export of this bdev shows the remote allocation map.
+by a flush when the server has flush but no FUA).  If the server goes away (the
+connection closes, the server breaks the protocol, or it answers nothing for 30 s while
+requests wait), every request in flight fails with -EIO, later ones too, and the bdev is
+hot-removed (consumers get REMOVE).  The bdev's block size is the server's minimum block
+size, at least 512.  ``get_block_status`` forwards ``base:allocation`` queries to the
+server, so a network export of this bdev shows the remote allocation map.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ log = logging.getLogger("pybdev.bdev.nbd")
 DECODE_FAILED = "spdk_json_decode_object failed"
 CONNECT_TIMEOUT = 10.0
 DISCONNECT_TIMEOUT = 5.0
+# A server that answers nothing for this long while requests wait is treated as lost
+# (a stopped process keeps its sockets open: without this, I/O would hang forever).
+REQUEST_TIMEOUT = 30.0
 # Commands without payload still carry a 32-bit length: split them below 4 GiB.
 MAX_NO_PAYLOAD = 1 << 31
 
@@ -115,6 +119,9 @@ class NbdClient(asyncio.Protocol):
         self._flush_scheduled = False
         self._idle: asyncio.Future[None] | None = None
         self.allocation_id: int | None = None
+        self.request_timeout = REQUEST_TIMEOUT
+        self._progress = 0.0  # loop time of the last reply, or of the first request
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,6 +131,7 @@ class NbdClient(asyncio.Protocol):
         if self._handshake is not None:
             self._feed_handshake(data)
             return
+        self._progress = self.loop.time()
         buf = self._buf
         buf += data
         try:
@@ -145,6 +153,9 @@ class NbdClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if not self.ready.done():
             self.ready.set_exception(OperationError(
                 errno.ECONNRESET, "the server closed the connection during the handshake"))
@@ -185,11 +196,16 @@ class NbdClient(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------------
     def request(self, typ: int, offset: int, length: int, flags: int, payload: Any,
                 cb: Callback, dest: memoryview | None = None) -> None:
-        if self.dead or self.transport is None:
+        transport = self.transport
+        if self.dead or transport is None or transport.is_closing():
             cb(-errno.EIO, None)
             return
         self._cookie += 1
         cookie = self._cookie
+        if not self._reqs:
+            self._progress = self.loop.time()
+            if self._watchdog is None and self.request_timeout:
+                self._watchdog = self.loop.call_later(self.request_timeout / 4, self._watch)
         self._reqs[cookie] = _Request(typ, offset, length, cb, dest)
         self._keys[cookie] = (typ, offset, length)
         self._pending.append(proto.encode_request(typ, cookie, offset, length, flags))
@@ -207,6 +223,17 @@ class NbdClient(asyncio.Protocol):
         if pending and self.transport is not None:
             self.transport.writelines(pending)
         pending.clear()
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self._reqs or self.dead:
+            return
+        if self.loop.time() - self._progress > self.request_timeout:
+            log.error("NBD server answered nothing for %.0f s with %d requests waiting; "
+                      "giving up on the connection", self.request_timeout, len(self._reqs))
+            self._fail_connection()
+            return
+        self._watchdog = self.loop.call_later(self.request_timeout / 4, self._watch)
 
     def _handle(self, reply: proto.Reply) -> None:
         cookie = reply.cookie
@@ -276,9 +303,10 @@ class NbdClient(asyncio.Protocol):
             self._idle.set_result(None)
 
     def _fail_connection(self) -> None:
-        self.dead = True
         if self.transport is not None:
-            self.transport.abort()
+            self.transport.abort()  # connection_lost fails what waits, and reports the loss
+        else:
+            self.dead = True
 
     async def disconnect(self) -> None:
         """Let requests in flight finish, say NBD_CMD_DISC, close."""

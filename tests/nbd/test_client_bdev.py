@@ -258,3 +258,23 @@ def test_two_pybdev_processes(start_target: Callable[..., Target], sockdir: Path
     wait_until(lambda: b.rpc("bdev_get_bdevs") == [], what="Nbd0 hot-removed")
     wait_until(lambda: b.rpc("nbd_get_disks") == [], what="export of Nbd0 stopped")
     assert json.loads(b.cli("bdev_get_bdevs").stdout) == []
+
+
+@need("nbdkit")
+async def test_silent_server_is_a_lost_server(layer: BdevLayer,
+                                              peers: Callable[..., Peer]) -> None:
+    """A server that keeps the connection open but answers nothing does not hang I/O."""
+    peer = peers("nbdkit", "--filter=delay", "memory", "4M", "rdelay=60")
+    bdev = await create(layer, unix_uri("", peer.sock))
+    bdev.client.request_timeout = 0.5
+    events: list[BdevEvent] = []
+    desc = layer.open("Nbd0", write=True, event_cb=lambda ev, _b: events.append(ev))
+    with pytest.raises(OperationError) as info:
+        await asyncio.wait_for(desc.read_async(0, 4096), 20)
+    assert info.value.errno == errno.EIO
+    for _ in range(200):
+        if events:
+            break
+        await asyncio.sleep(0.05)
+    assert events == [BdevEvent.REMOVE]
+    desc.close()
