@@ -231,7 +231,7 @@ def test_data_user_copy(tgt: Target) -> None:
 def test_data_need_get_data(targets: list[Target], tmp_path: Path) -> None:
     t = start(targets, tmp_path)
     assert t.rpc("ublk_create_target", {"disable_user_copy": True}) is True
-    malloc(t, "Malloc0", 32)
+    malloc(t, "Malloc0", 32, 512)
     assert t.rpc("ublk_start_disk", {"bdev_name": "Malloc0", "ublk_id": 0,
                                      "num_queues": 2, "queue_depth": 32}) == 0
     _data_checks("/dev/ublkb0", 32 * MiB, 2)
@@ -250,6 +250,8 @@ def test_mkfs_mount(tgt: Target, tmp_path: Path) -> None:
     subprocess.run([mkfs, "-q", "-F", "/dev/ublkb0"], check=True, timeout=120)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    # The kernel's own module auto-load runs outside the VM's chroot and cannot find ext4.
+    subprocess.run(["modprobe", "ext4"], check=False, timeout=60)
     subprocess.run(["mount", "-t", "ext4", "/dev/ublkb0", str(mnt)], check=True, timeout=60)
     payload = random.Random(7).randbytes(3 * MiB + 123)
     try:
