@@ -6,7 +6,8 @@ All servers export a RAM-backed disk over a Unix socket: pybdev a malloc bdev
 (so no server pays first-write allocation in the timed runs), then the workloads run
 ``--rounds`` times, servers interleaved within a round; the median round counts.  Printed:
 IOPS, MiB/s, mean and p99 latency, the server's CPU time per I/O, and ratios to the
-peers.  An SVG of the IOPS ratios goes to docs/img/.
+peers.  An SVG of the IOPS ratios goes to docs/img/ (and a PNG when rsvg-convert, from
+librsvg2-bin, is installed).
 
     python bench/nbd_fio.py [--runtime 5] [--rounds 1] [--size 1G] [--json out.json]
                             [--servers pybdev,nbdkit,qemu-nbd] [--profile out.prof]
@@ -305,6 +306,9 @@ def main() -> int:
     if args.svg:
         svg(results, Path(args.svg), f"fio nbd engine, Unix socket, {args.size} RAM disk: "
                                      f"IOPS relative to nbdkit memory (median of {args.rounds})")
+        if shutil.which("rsvg-convert"):  # librsvg2-bin: a PNG beside the SVG
+            subprocess.run(["rsvg-convert", args.svg, "-o", str(Path(args.svg).with_suffix(
+                ".png"))], check=False)
     if args.profile:
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
     return 0
