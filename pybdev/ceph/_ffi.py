@@ -73,7 +73,10 @@ int rbd_get_id(rbd_image_t image, char *id, size_t id_len);
 
 int rbd_aio_create_completion(void *cb_arg, rbd_callback_t complete_cb, rbd_completion_t *c);
 ssize_t rbd_aio_get_return_value(rbd_completion_t c);
+void *rbd_aio_get_arg(rbd_completion_t c);
 void rbd_aio_release(rbd_completion_t c);
+int rbd_set_image_notification(rbd_image_t image, int fd, int type);
+int rbd_poll_io_events(rbd_image_t image, rbd_completion_t *comps, int numcomp);
 int rbd_aio_write(rbd_image_t image, uint64_t off, size_t len, const char *buf,
                   rbd_completion_t c);
 int rbd_aio_read(rbd_image_t image, uint64_t off, size_t len, char *buf, rbd_completion_t c);

@@ -1,19 +1,23 @@
 """librbd: image management (blocking) and asynchronous image I/O delivered to asyncio.
 
-Threading model. ``rbd_aio_*`` calls return at once; librbd completes each request on one
-of its own threads by calling a C callback. That callback (one ``ffi.callback`` for the
-whole process, told apart by a ``ffi.new_handle`` argument) only reads the return value,
-releases the completion, appends the request to its image's queue, and, when the queue was
-idle, wakes the event loop with ``call_soon_threadsafe``. So a burst of completions costs one
-wake-up, and user callbacks always run on the loop thread, never on librbd's.
+How completions reach the event loop. Each open image has an eventfd registered with librbd
+(``rbd_set_image_notification``); requests are made with a NULL C callback, so when one
+completes librbd's thread only queues it inside librbd and bumps the eventfd — no Python,
+no GIL on librbd's threads. The loop watches the eventfd (``add_reader``) and, on the loop
+thread, collects finished requests in batches with ``rbd_poll_io_events`` and runs their
+callbacks. A cffi callback per completion was measured first: every completion then took
+the GIL on a librbd thread, and the GIL handoffs between that thread and the loop cost more
+CPU and latency than the rest of the binding (docs/decisions/rbd-binding.md).
 
-Every request keeps what librbd may still touch (its handle and its buffer) reachable from
-the image's in-flight set until its callback ran, and every callback runs exactly once:
-errors found at submission (closed image, librbd refusing the request) are delivered the same
-way, on the loop, with a negative errno.
+Every request keeps what librbd may still touch (its buffer, its ``ffi.new_handle``) in the
+image's in-flight set until it was collected, and every callback runs exactly once, on the
+loop: errors found at submission (closed image, librbd refusing the request) are delivered
+the same way, later, with a negative errno. ``close()`` stops new requests, collects the
+ones still owed and only then frees the image.
 
-Blocking calls (open, close, create, remove, resize, stat, get_size — which may refresh the
-image header over the network) are plain methods: run them in a thread from a loop.
+Submit from the loop thread only. Blocking calls (open, close, create, remove, resize, stat,
+get_size — which may refresh the image header over the network) are plain methods: run them
+in a thread from a loop. Header-change watches (``watch``) are rare and use a cffi callback.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
+import select
 import threading
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,30 +55,24 @@ class ImageInfo:
     order: int
 
 
+EVENT_TYPE_EVENTFD = 2  # librbd.h: rbd_set_image_notification's fd type
+_POLL_BATCH = 64
+
+
 class _Runtime:
-    """The process-wide C callbacks and hot-path function references, made once."""
+    """The process-wide watch callback and library references, made once."""
 
     def __init__(self) -> None:
         L = libs()
         self.ffi = ffi = L.ffi
-        self.rbd = rbd = L.rbd
+        self.rbd = L.rbd
         self.has_write_zeroes = L.has_write_zeroes
         from_handle = ffi.from_handle
-        get_ret = rbd.rbd_aio_get_return_value
-        release = rbd.rbd_aio_release
 
-        # Runs on a librbd thread with the GIL taken by cffi: keep it short.
-        def on_complete(c: Any, arg: Any) -> None:
-            req = from_handle(arg)
-            req.ret = get_ret(c)
-            release(c)
-            req.sink.push(req)
-
-        def on_update(arg: Any) -> None:
+        def on_update(arg: Any) -> None:  # a librbd thread
             from_handle(arg).fire()
 
-        # These two objects are never freed: librbd may call them until the process ends.
-        self.complete_cb = ffi.callback("rbd_callback_t", on_complete)
+        # Never freed: librbd may call it until the process ends.
         self.update_cb = ffi.callback("rbd_update_callback_t", on_update)
 
 
@@ -91,55 +90,20 @@ def _runtime() -> _Runtime:
 
 
 class _Req:
-    __slots__ = ("cb", "handle", "keep", "ret", "sink")
+    __slots__ = ("cb", "handle", "keep", "ret")
 
-    def __init__(self, sink: _Sink, cb: Callback, keep: Any) -> None:
-        self.sink = sink
+    def __init__(self, cb: Callback, keep: Any) -> None:
         self.cb = cb
         self.keep = keep
         self.ret = 0
         self.handle: Any = None
 
 
-class _Sink:
-    """Completions of one image on their way to one event loop."""
-
-    __slots__ = ("armed", "inflight", "loop", "ready")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.ready: deque[_Req] = deque()
-        self.armed = False
-        self.inflight: set[_Req] = set()
-
-    def push(self, req: _Req) -> None:
-        # Any thread. Appending before testing ``armed`` (and drain clearing it before
-        # popping) means no request can be left in the queue without a drain scheduled.
-        self.ready.append(req)
-        if not self.armed:
-            self.armed = True
-            try:  # noqa: SIM105 - cheaper than contextlib.suppress on the I/O path
-                self.loop.call_soon_threadsafe(self.drain)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is left to tell
-
-    def drain(self) -> None:
-        self.armed = False
-        ready = self.ready
-        inflight = self.inflight
-        while ready:
-            req = ready.popleft()
-            inflight.discard(req)
-            # Drop the buffer (ends a bytearray's export) and the handle (breaks the
-            # req <-> handle cycle so the request is freed now, not by the cyclic GC).
-            req.keep = None
-            req.handle = None
-            try:
-                req.cb(req.ret)
-            except Exception as e:  # one bad callback must not lose the others
-                self.loop.call_exception_handler(
-                    {"message": "exception in an rbd completion callback", "exception": e}
-                )
+def _write_zeroes(rbd: Any) -> Callable[..., int]:
+    # rbd_aio_write_zeroes takes flags after the completion; _start appends the completion.
+    def call(h: Any, off: int, length: int, c: Any) -> int:
+        return int(rbd.rbd_aio_write_zeroes(h, off, length, c, 0, 0))
+    return call
 
 
 class _Watch:
@@ -210,7 +174,17 @@ def open_image(
     rc = fn(ioctx.handle, name.encode(), pimg, L.ffi.NULL)
     if rc < 0:
         raise CephError(rc, "rbd_open", f"{ioctx.pool}/{name}")
-    img = Image(ioctx, name, pimg[0], read_only, loop)
+    try:
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    except OSError:
+        L.rbd.rbd_close(pimg[0])
+        raise
+    rc = L.rbd.rbd_set_image_notification(pimg[0], efd, EVENT_TYPE_EVENTFD)
+    if rc < 0:
+        L.rbd.rbd_close(pimg[0])
+        os.close(efd)
+        raise CephError(rc, "rbd_set_image_notification", f"{ioctx.pool}/{name}")
+    img = Image(ioctx, name, pimg[0], efd, read_only, loop)
     ioctx._adopt(img)
     return img
 
@@ -223,6 +197,7 @@ class Image:
         ioctx: Ioctx,
         name: str,
         handle: Any,
+        efd: int,
         read_only: bool,
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
@@ -231,18 +206,27 @@ class Image:
         self.name = name
         self.read_only = read_only
         self._h: Any = handle
-        # Held around every call that uses the handle, so close() cannot free it while
-        # another thread is inside librbd with it. Uncontended on the I/O path.
+        self._efd = efd
+        # Held around every use of the handle and of the completion queue, so close() in
+        # another thread cannot free the image under a request. Uncontended on the I/O path.
         self._lock = threading.Lock()
-        self._sink: _Sink | None = _Sink(loop) if loop is not None else None
+        self._closing = False
+        self._pending = 0  # submitted to librbd and not yet collected
+        self._inflight: set[_Req] = set()
+        self._loop = loop
+        self._reading = False  # the loop watches the eventfd
         self._watches: dict[int, tuple[_Watch, Any]] = {}
-        self._ffi = rt.ffi
-        self._rbd = rt.rbd
-        self._new = rt.ffi.new
-        self._new_handle = rt.ffi.new_handle
-        self._from_buffer = rt.ffi.from_buffer
-        self._create_completion = rt.rbd.rbd_aio_create_completion
-        self._complete_cb = rt.complete_cb
+        ffi, rbd = rt.ffi, rt.rbd
+        self._ffi = ffi
+        self._rbd = rbd
+        self._new = ffi.new
+        self._new_handle = ffi.new_handle
+        self._from_handle = ffi.from_handle
+        self._from_buffer = ffi.from_buffer
+        self._null = ffi.NULL
+        self._create_completion = rbd.rbd_aio_create_completion
+        self._release = rbd.rbd_aio_release
+        self._comps = ffi.new("rbd_completion_t[]", _POLL_BATCH)
         self.write_zeroes_native = rt.has_write_zeroes
 
     def __repr__(self) -> str:
@@ -256,7 +240,7 @@ class Image:
     @property
     def inflight(self) -> int:
         """Requests submitted whose callback has not run yet."""
-        return len(self._sink.inflight) if self._sink is not None else 0
+        return len(self._inflight)
 
     # ---- blocking calls -------------------------------------------------------------
 
@@ -307,22 +291,63 @@ class Image:
             raise CephError(rc, "rbd_resize", f"{self.name} to {size}")
 
     def close(self) -> None:
-        """Unregister watches, wait for in-flight requests (librbd completes them all, their
-        callbacks then run on the loop) and close. Idempotent."""
+        """Refuse new requests, wait until librbd finished every request in flight (their
+        callbacks run on the loop afterwards), unregister watches and close. Blocks for as
+        long as the slowest request (bounded by ``osd_op_timeout`` when it is set).
+        Idempotent."""
+        with self._lock:
+            if self._h is None or self._closing:
+                return
+            self._closing = True
+        # A completion left in librbd's queue when the image is freed would be lost with
+        # its callback, so collect until librbd owes nothing.
+        while True:
+            with self._lock:
+                reqs = self._reap(self._h)
+                pending = self._pending
+            if reqs:
+                self._post(reqs)
+            if pending == 0:
+                break
+            select.select([self._efd], [], [], 0.05)
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._efd)
         with self._lock:
             h, self._h = self._h, None
-        if h is None:
-            return
         for handle in list(self._watches):
             self._rbd.rbd_update_unwatch(h, handle)
         self._watches.clear()
         rc = self._rbd.rbd_close(h)
         self.ioctx._forget(self)
+        self._drop_eventfd()
         if rc < 0:
             raise CephError(rc, "rbd_close", self.name)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+    def _drop_eventfd(self) -> None:
+        efd, self._efd = self._efd, -1
+        loop = self._loop
+        if not self._reading or loop is None or loop.is_closed():
+            os.close(efd)
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+
+        def drop() -> None:
+            loop.remove_reader(efd)
+            os.close(efd)
+
+        if running is loop:
+            drop()
+        else:
+            try:
+                loop.call_soon_threadsafe(drop)
+            except RuntimeError:  # closed meanwhile
+                os.close(efd)
 
     # ---- resize and other header changes ----------------------------------------------
 
@@ -330,8 +355,9 @@ class Image:
         """Call ``cb()`` on the loop whenever the image header changes (resize by anyone,
         snapshots, features...). Returns a handle for ``unwatch``. ``get_size()`` after it
         may refresh the header over the network, so call that in a thread."""
-        sink = self._sink or self._bind()
-        w = _Watch(sink.loop, cb)
+        loop = self._loop or self._running_loop()
+        self._loop = loop
+        w = _Watch(loop, cb)
         arg = self._new_handle(w)
         ph = self._new("uint64_t *")
         rt = _runtime()
@@ -357,41 +383,120 @@ class Image:
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Deliver completions to ``loop`` (before the first request only)."""
-        if self._sink is not None and self._sink.loop is not loop:
+        if self._loop is not None and self._loop is not loop:
             raise RuntimeError("this image already delivers to another event loop")
-        if self._sink is None:
-            self._sink = _Sink(loop)
+        self._loop = loop
 
-    def _bind(self) -> _Sink:
+    @staticmethod
+    def _running_loop() -> asyncio.AbstractEventLoop:
         try:
-            loop = asyncio.get_running_loop()
+            return asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
                 "rbd aio needs an event loop: open the image with loop=, call bind_loop(), "
                 "or make the first request from a coroutine"
             ) from None
-        self._sink = _Sink(loop)
-        return self._sink
 
-    def _prepare(self, cb: Callback, keep: Any) -> tuple[_Req, Any]:
-        sink = self._sink or self._bind()
-        req = _Req(sink, cb, keep)
-        req.handle = self._new_handle(req)
+    def _start_reading(self) -> None:
+        # On the loop thread, at the first request: add_reader is not thread-safe, and
+        # open_image usually runs in a worker thread.
+        loop = self._loop or self._running_loop()
+        self._loop = loop
+        if self._efd >= 0:
+            loop.add_reader(self._efd, self._on_event)
+        self._reading = True
+
+    def _on_event(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._efd)
+        with self._lock:
+            h = self._h
+            if h is None:
+                return
+            reqs = self._reap(h)
+        self._deliver(reqs)
+
+    def _reap(self, h: Any) -> list[_Req]:
+        """Collect finished requests from librbd. Caller holds the lock."""
+        out: list[_Req] = []
+        if h is None or self._pending == 0:
+            return out
+        comps = self._comps
+        rbd = self._rbd
+        poll, get_arg, get_ret, release = (
+            rbd.rbd_poll_io_events, rbd.rbd_aio_get_arg, rbd.rbd_aio_get_return_value,
+            self._release,
+        )
+        from_handle = self._from_handle
+        while True:
+            n = poll(h, comps, _POLL_BATCH)
+            if n <= 0:
+                break
+            for i in range(n):
+                c = comps[i]
+                req = from_handle(get_arg(c))
+                req.ret = get_ret(c)
+                release(c)
+                out.append(req)
+            self._pending -= n
+            if n < _POLL_BATCH:
+                break
+        return out
+
+    def _deliver(self, reqs: Iterable[_Req]) -> None:
+        """Run callbacks (loop thread)."""
+        inflight = self._inflight
+        for req in reqs:
+            inflight.discard(req)
+            # Drop the buffer now (ends a bytearray's export) and the handle (breaks the
+            # req <-> handle cycle so the request is freed at once, not by the cyclic GC).
+            req.keep = None
+            req.handle = None
+            try:
+                req.cb(req.ret)
+            except Exception as e:  # one bad callback must not lose the others
+                loop = self._loop
+                if loop is not None:
+                    loop.call_exception_handler(
+                        {"message": "exception in an rbd completion callback",
+                         "exception": e}
+                    )
+
+    def _post(self, reqs: list[_Req]) -> None:
+        """Have the loop run these callbacks (any thread)."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is left to tell
+            loop.call_soon_threadsafe(self._deliver, reqs)
+
+    def _start(self, cb: Callback, keep: Any, call: Callable[..., int], *args: Any) -> None:
+        """Submit ``call(image, *args, completion)``; ``cb`` runs exactly once."""
+        if not self._reading:
+            self._start_reading()
+        req = _Req(cb, keep)
+        req.handle = handle = self._new_handle(req)
         pc = self._new("rbd_completion_t *")
-        rc = self._create_completion(req.handle, self._complete_cb, pc)
+        rc = self._create_completion(handle, self._null, pc)
         if rc < 0:
             req.ret = rc
-            sink.inflight.add(req)
-            sink.push(req)
-            return req, None
-        sink.inflight.add(req)
-        return req, pc[0]
-
-    def _failed(self, req: _Req, c: Any, rc: int) -> None:
-        # librbd refused the request, so it will never complete it.
-        self._rbd.rbd_aio_release(c)
-        req.ret = rc
-        req.sink.push(req)
+            self._post([req])
+            return
+        c = pc[0]
+        with self._lock:
+            h = self._h
+            if h is None or self._closing:
+                rc = -errno.EBADF
+            else:
+                rc = call(h, *args, c)
+                if rc >= 0:
+                    self._pending += 1
+                    self._inflight.add(req)
+        if rc < 0:
+            # librbd refused the request, so it will never complete it.
+            self._release(c)
+            req.ret = rc
+            self._post([req])
 
     def aio_read(self, offset: int, buf: Any, cb: Callback) -> None:
         """Read ``len(buf)`` bytes at ``offset`` into the writable buffer ``buf``; ``cb(n)``
@@ -399,17 +504,7 @@ class Image:
         if offset < 0:
             raise ValueError("negative offset")
         cbuf = self._from_buffer(buf, require_writable=True)
-        req, c = self._prepare(cb, (cbuf, buf))
-        if c is None:
-            return
-        with self._lock:
-            h = self._h
-            rc = (
-                self._rbd.rbd_aio_read(h, offset, len(cbuf), cbuf, c)
-                if h is not None else -errno.EBADF
-            )
-        if rc < 0:
-            self._failed(req, c, rc)
+        self._start(cb, (cbuf, buf), self._rbd.rbd_aio_read, offset, len(cbuf), cbuf)
 
     def aio_write(self, offset: int, data: Any, cb: Callback) -> None:
         """Write the bytes-like ``data`` at ``offset``; ``cb(0)`` or ``cb(-errno)``.
@@ -417,34 +512,14 @@ class Image:
         if offset < 0:
             raise ValueError("negative offset")
         cbuf = self._from_buffer(data)
-        req, c = self._prepare(cb, (cbuf, data))
-        if c is None:
-            return
-        with self._lock:
-            h = self._h
-            rc = (
-                self._rbd.rbd_aio_write(h, offset, len(cbuf), cbuf, c)
-                if h is not None else -errno.EBADF
-            )
-        if rc < 0:
-            self._failed(req, c, rc)
+        self._start(cb, (cbuf, data), self._rbd.rbd_aio_write, offset, len(cbuf), cbuf)
 
     def aio_discard(self, offset: int, length: int, cb: Callback) -> None:
         """Discard (unmap). With librbd's defaults (``rbd_skip_partial_discard``) only whole
         objects are guaranteed to read back as zeros; use ``aio_write_zeroes`` for zeros."""
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
-        req, c = self._prepare(cb, None)
-        if c is None:
-            return
-        with self._lock:
-            h = self._h
-            rc = (
-                self._rbd.rbd_aio_discard(h, offset, length, c)
-                if h is not None else -errno.EBADF
-            )
-        if rc < 0:
-            self._failed(req, c, rc)
+        self._start(cb, None, self._rbd.rbd_aio_discard, offset, length)
 
     def aio_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
         """Make the range read back as zeros (``rbd_aio_write_zeroes``, Ceph >= 16; on older
@@ -454,27 +529,10 @@ class Image:
         if not self.write_zeroes_native:
             self.aio_write(offset, bytes(length), cb)
             return
-        req, c = self._prepare(cb, None)
-        if c is None:
-            return
-        with self._lock:
-            h = self._h
-            rc = (
-                self._rbd.rbd_aio_write_zeroes(h, offset, length, c, 0, 0)
-                if h is not None else -errno.EBADF
-            )
-        if rc < 0:
-            self._failed(req, c, rc)
+        self._start(cb, None, _write_zeroes(self._rbd), offset, length)
 
     def aio_flush(self, cb: Callback) -> None:
-        req, c = self._prepare(cb, None)
-        if c is None:
-            return
-        with self._lock:
-            h = self._h
-            rc = self._rbd.rbd_aio_flush(h, c) if h is not None else -errno.EBADF
-        if rc < 0:
-            self._failed(req, c, rc)
+        self._start(cb, None, self._rbd.rbd_aio_flush)
 
     # ---- asynchronous I/O: coroutines (raise CephError) -----------------------------
 
