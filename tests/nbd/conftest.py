@@ -125,7 +125,8 @@ class Peer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                # nbdkit waits for its clients to leave; they may be stopped after it.
+                self.proc.wait(1)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -10,13 +10,25 @@ import asyncio
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pybdev.nbd import proto as nbd
+from tests.conftest import Target
 
-from .conftest import MALLOC0_SIZE, MALLOC1_SIZE, Served, nbdsh, need, run, unix_uri, wait_until
+from .conftest import (
+    MALLOC0_SIZE,
+    MALLOC1_SIZE,
+    Peer,
+    Served,
+    nbdsh,
+    need,
+    run,
+    unix_uri,
+    wait_until,
+)
 from .rawclient import RawClient, wait_closed
 
 
@@ -328,3 +340,27 @@ async def test_stdlib_event_loop(sockdir: Path) -> None:
         assert await app.dispatcher.call("nbd_stop_disk", {"nbd_device": uri}) is True
     finally:
         await app.stop()
+
+
+@need("nbdkit")
+def test_requests_run_concurrently_and_answer_out_of_order(
+        start_target: Callable[..., Target], peers: Callable[..., Peer], sockdir: Path) -> None:
+    """An export of an asynchronous bdev (an NBD client bdev whose server delays reads):
+    a write sent after a slow read is answered first, and the buffers stay intact."""
+    peer = peers("nbdkit", "--filter=delay", "memory", "4M", "rdelay=500ms")
+    t = start_target()
+    t.rpc("bdev_nbd_create", {"name": "Slow0", "uri": unix_uri("", peer.sock)})
+    uri = t.rpc("nbd_start_disk", {"bdev_name": "Slow0",
+                                   "nbd_device": unix_uri("Slow0", sockdir / "s.sock")})
+    c = RawClient(uri.split("socket=")[1], "Slow0")
+    first = os.urandom(4096)
+    c.write(0, first)
+    slow = c.send(nbd.NBD_CMD_READ, 0, 4096)
+    blobs = {c.send(nbd.NBD_CMD_WRITE, 4096 * i, 4096, 0, os.urandom(4096)): i
+             for i in range(1, 9)}
+    order: list[int] = []
+    while c.inflight:
+        order += c.pump()
+    assert order[-1] == slow and set(order[:-1]) == set(blobs)
+    assert c.results[slow]["data"] == first
+    c.disconnect()
