@@ -341,7 +341,8 @@ class Image:
             loop.remove_reader(efd)
             os.close(efd)
 
-        if running is loop:
+        if running is loop or not loop.is_running():
+            # On the loop, or nobody runs it: its selector is not in use elsewhere.
             drop()
         else:
             try:

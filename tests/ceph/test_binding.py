@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +54,23 @@ def name(ioctx: ceph.Ioctx) -> Iterator[str]:
         ceph.remove_image(ioctx, n)
     except ceph.CephError as e:
         assert e.rc == -errno.ENOENT
+
+
+@pytest.fixture
+def make_name(ioctx: ceph.Ioctx) -> Iterator[Callable[[], str]]:
+    """Like ``name``, for tests that need several."""
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(f"t-{uuid.uuid4().hex[:12]}")
+        return names[-1]
+
+    yield make
+    for n in names:
+        try:
+            ceph.remove_image(ioctx, n)
+        except ceph.CephError as e:
+            assert e.rc == -errno.ENOENT
 
 
 @pytest.fixture
@@ -368,6 +385,7 @@ async def test_close_with_io_in_flight_completes_everything(
     ioctx: ceph.Ioctx, name: str
 ) -> None:
     ceph.create_image(ioctx, name, SIZE)
+    fds_before = len(os.listdir("/proc/self/fd"))
     img = await asyncio.to_thread(ceph.open_image, ioctx, name)
     rets: list[int] = []
     n = 128
@@ -381,6 +399,7 @@ async def test_close_with_io_in_flight_completes_everything(
         await asyncio.sleep(0.01)
     assert len(rets) == n
     assert rets == [0] * n
+    assert len(os.listdir("/proc/self/fd")) <= fds_before  # the eventfd is gone too
     # After close: every request still gets exactly one callback, with -EBADF.
     late: list[int] = []
     img.aio_write(0, block, late.append)
@@ -391,6 +410,37 @@ async def test_close_with_io_in_flight_completes_everything(
         img.get_size()
     assert ei.value.rc == -errno.EBADF
     img.close()  # idempotent
+
+
+async def test_close_on_the_loop_thread(ioctx: ceph.Ioctx, name: str) -> None:
+    # Blocking the loop is the caller's choice; the callbacks still run, after close.
+    ceph.create_image(ioctx, name, SIZE)
+    img = ceph.open_image(ioctx, name)
+    rets: list[int] = []
+    for i in range(16):
+        img.aio_write(i * 4096, b"q" * 4096, rets.append)
+    img.close()
+    assert rets == []
+    await asyncio.sleep(0.05)
+    assert rets == [0] * 16 and img.inflight == 0
+
+
+async def test_two_images_interleaved(ioctx: ceph.Ioctx, make_name: Callable[[], str]) -> None:
+    names = [make_name(), make_name()]
+    imgs = []
+    for n in names:
+        ceph.create_image(ioctx, n, SIZE)
+        imgs.append(await asyncio.to_thread(ceph.open_image, ioctx, n))
+    try:
+        blocks = {(i, k): os.urandom(4096) for i in range(2) for k in range(32)}
+        await asyncio.gather(
+            *(imgs[i].write(k * 4096, b) for (i, k), b in blocks.items())
+        )
+        got = await asyncio.gather(*(imgs[i].read(k * 4096, 4096) for (i, k) in blocks))
+        assert [bytes(g) for g in got] == list(blocks.values())
+    finally:
+        for img in imgs:
+            await img.aclose()
 
 
 def test_shutdown_closes_what_is_open(ceph_cluster: CephCluster, name: str,
