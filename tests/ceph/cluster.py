@@ -86,7 +86,7 @@ class CephCluster:
     root: Path
     objectstore: str = "memstore"
     memstore_bytes: int = 2 << 30
-    start_timeout: float = 60.0
+    start_timeout: float = 120.0
     fsid: str = field(default_factory=lambda: str(uuid.uuid4()))
     port: int = 0
     keys: dict[str, str] = field(default_factory=dict)
@@ -374,6 +374,10 @@ admin socket = {d}/run/$name.asok
 log file = {d}/log/$name.log
 pid file = {d}/run/$name.pid
 crash dir = {d}/crash
+
+[client]
+# Every client process (CLIs, librados in tests) would try to bind the same socket.
+admin socket =
 
 [mon]
 mon data = {d}/mon
