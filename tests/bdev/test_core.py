@@ -211,3 +211,37 @@ async def test_read_data_is_the_bytes_written(layer: BdevLayer) -> None:
     assert complete(lambda cb: desc.write(4096, pattern, cb)) == (0, None)
     assert complete(lambda cb: desc.read(4096, 4096, cb)) == (0, pattern)
     desc.close()
+
+
+async def test_every_module_refuses_out_of_range_and_misaligned(layer: BdevLayer,
+                                                               tmp_path: Any) -> None:
+    from pybdev.bdev.aio import AioModule
+    from pybdev.bdev.error import ErrorModule
+    from pybdev.bdev.null import NullModule
+    from pybdev.bdev.passthru import PassthruModule
+
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(64 * 4096))
+    module(layer, MallocModule).create(name="M", block_size=4096, num_blocks=64)
+    module(layer, MallocModule).create(name="M2", block_size=4096, num_blocks=64)
+    module(layer, MallocModule).create(name="M0", block_size=4096, num_blocks=64)
+    module(layer, NullModule).create(name="N", block_size=4096, num_blocks=64)
+    await module(layer, AioModule).create(name="A", filename=str(img), block_size=4096,
+                                          fallocate=True)
+    module(layer, PassthruModule).create(base_bdev_name="M", name="PT")
+    module(layer, ErrorModule).create("M2")
+    end = 64 * 4096
+    for name in ("M0", "N", "A", "PT", "EE_M2"):
+        desc = layer.open(name, write=True)
+        for offset, length in ((end, 4096), (end - 4096, 8192), (512, 4096), (0, 1000),
+                               (0, 0), (-4096, 4096)):
+            for op in (desc.read_async(offset, length),
+                       desc.write_async(offset, bytes(max(length, 0))),
+                       desc.write_zeroes_async(offset, length)):
+                with pytest.raises(OperationError) as e:
+                    await op
+                assert e.value.errno == errno.EINVAL, (name, offset, length)
+        await desc.write_async(end - 4096, b"\x01" * 4096)
+        assert await desc.read_async(end - 4096, 4096) == (
+            bytes(4096) if name == "N" else b"\x01" * 4096)
+        desc.close()

@@ -430,3 +430,23 @@ def test_bad_input_is_refused_and_changes_nothing(t: Target, method: str, params
     assert err["message"].startswith(f"{DECODE}: "), err
     assert t.rpc("framework_get_config", {"name": "bdev"}) == before
     assert names(t) == []
+
+
+def test_manual_examine(start_target: Any, short_dir: Path) -> None:
+    """With auto examine off, a deferred passthru waits for bdev_examine of its base."""
+    t = start_target("--wait-for-rpc", sock=short_dir / "s.sock")
+    assert rpc_error(t, "bdev_set_options", {"bdev_io_pool_size": 10,
+                                             "bdev_io_cache_size": 256})["code"] == -32602
+    t.spdk("bdev_set_options", "--no-auto-examine")
+    t.spdk("framework_start_init")
+    t.spdk("bdev_passthru_create", "-b", "M", "-p", "PT")
+    t.rpc("bdev_malloc_create", {"name": "M", "num_blocks": 8, "block_size": 512})
+    assert names(t) == ["M"]  # not examined: the passthru is not built
+    assert t.rpc("bdev_examine", {"name": "M"}) is True
+    assert names(t) == ["M", "PT"]
+    assert rpc_error(t, "bdev_examine", {"name": "M"})["code"] == -17
+    bdev = json.loads(t.spdk("save_config").stdout)["subsystems"]
+    config = next(s["config"] for s in bdev if s["subsystem"] == "bdev")
+    assert config[0]["params"]["bdev_auto_examine"] is False
+    assert config[1] == {"method": "bdev_examine", "params": {"name": "M"}}
+    assert t.stop() == 0
