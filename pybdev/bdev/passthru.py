@@ -103,9 +103,15 @@ class PassthruBdev(Bdev):
         if event is BdevEvent.REMOVE:
             task = asyncio.get_running_loop().create_task(layer.unregister(self))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._unregistered)
         elif event is BdevEvent.RESIZE:
             layer.resize(self, base.num_blocks)
+
+    def _unregistered(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s did not unregister after its base went away: %s", self.name,
+                      task.exception())
 
     async def destruct(self) -> None:
         self.base_desc.layer.release_claim(self.base_desc.bdev)
