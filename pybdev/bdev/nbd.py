@@ -136,6 +136,7 @@ class NbdClient(asyncio.Protocol):
         buf += data
         try:
             replies, pos, _need = self._parser.parse(buf)  # type: ignore[union-attr]
+            reply: Any = None
         except proto.ProtocolError as e:
             log.error("NBD server broke the protocol: %s; disconnecting", e)
             for reply in e.parsed:
@@ -144,7 +145,7 @@ class NbdClient(asyncio.Protocol):
             return
         for reply in replies:
             self._handle(reply)
-        del replies
+        del replies, reply  # drop the views into buf before resizing it
         try:
             del buf[:pos]
         except BufferError:
