@@ -48,8 +48,8 @@ def bdev_get_bdevs(a: argparse.Namespace) -> None:
 
 
 def bdev_get_iostat(a: argparse.Namespace) -> None:
-    print_dict(_call(a, "bdev_get_iostat", per_channel=a.per_channel, reset_mode=a.reset_mode,
-                     names=a.names))
+    print_dict(_call(a, "bdev_get_iostat", name=a.name, per_channel=a.per_channel,
+                     reset_mode=a.reset_mode, names=a.names))
 
 
 def bdev_reset_iostat(a: argparse.Namespace) -> None:
@@ -177,6 +177,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    help="with -b: milliseconds to wait for the bdev to appear (default 0)")
 
     p = cmd("bdev_get_iostat", bdev_get_iostat, "I/O statistics of all or some bdevs")
+    # -b is the form of SPDK's rpc.py before v26.05 (it sends "name", which pybdev accepts).
+    p.add_argument("-b", "--name", help="one bdev name (older form of --names)")
     p.add_argument("-c", "--per-channel", dest="per_channel", action="store_true",
                    default=False, help="per-channel statistics of one bdev")
     p.add_argument("--reset-mode", choices=IO_STAT_MODES,

@@ -334,6 +334,8 @@ def test_get_bdevs_field_by_field(t: Target, tmp_path: Path) -> None:
     assert json.loads(t.cli("bdev_get_bdevs", "-b", "PT0").stdout) == [p]
     iostat = t.rpc("bdev_get_iostat", {"names": ["PT0", "AIO0"], "per_channel": False})
     assert [b["name"] for b in iostat["bdevs"]] == ["PT0", "AIO0"]
+    # rpc.py's older -b form (SPDK before v26.05) still works against pybdev.
+    assert json.loads(t.cli("bdev_get_iostat", "-b", "PT0", "-c").stdout)["name"] == "PT0"
     assert server(t, "spdk", "bdev_passthru_delete PT0", "bdev_error_delete EE_Null0",
                   "bdev_aio_delete AIO0", "bdev_null_delete Null0",
                   "bdev_malloc_delete Malloc7") == [(0, "")] * 5
