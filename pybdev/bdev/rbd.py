@@ -348,7 +348,7 @@ class RbdModule(BdevModule):
             raise OperationError(errno.EPERM, f"cluster {name} is still used by bdev(s) "
                                               f"{', '.join(sorted(entry.users))}")
         del self.clusters[name]
-        await _in_thread_bounded(entry.conn.shutdown, f"shutdown of cluster {name}")
+        await _in_thread_bounded(entry.conn.shutdown, what=f"shutdown of cluster {name}")
         log.info("rbd cluster %s unregistered", name)
 
     def clusters_info(self, name: str | None) -> Any:
@@ -491,7 +491,7 @@ class RbdModule(BdevModule):
         clusters, self.clusters = list(self.clusters.values()), {}
         for c in clusters:
             if c.conn is not None:
-                await _in_thread_bounded(c.conn.shutdown, f"shutdown of cluster {c.name}")
+                await _in_thread_bounded(c.conn.shutdown, what=f"shutdown of cluster {c.name}")
 
 
 def _check_core_mask(mask: str) -> None:
