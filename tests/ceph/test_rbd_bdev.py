@@ -310,6 +310,13 @@ def test_bad_input_leaves_no_state(start_target: Callable[..., Target],
     no_secret(t, cc)
 
 
+def _proc_state(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("State:"):
+            return line.split()[1]
+    return "?"
+
+
 def gen_bad_key() -> str:
     from .cluster import gen_key
     return gen_key()
@@ -335,6 +342,8 @@ def test_stalled_osd_fails_io_and_delete_completes(start_target: Callable[..., T
     osd = cc.pids()["osd.0"]
     os.kill(osd, signal.SIGSTOP)
     try:
+        # The signal lands asynchronously; a read racing it would still be answered.
+        wait_until(lambda: _proc_state(osd) in ("T", "t"), what="OSD stopped")
         t0 = time.monotonic()
         out = qemu_io(uri, "read 8M 64k", check=False)
         elapsed = time.monotonic() - t0
