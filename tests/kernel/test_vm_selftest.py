@@ -51,8 +51,12 @@ def test_filesystems():
     Path(os.environ["SELFTEST_MARKER"]).write_text("guest\\n")
     Path(os.environ["PYBDEV_VM_SHARE"], "from-guest.txt").write_text("hello from the guest\\n")
 
-def test_modprobe_other_modules():
-    subprocess.run(["modprobe", "ext4"], check=True)
+def test_other_modules():
+    subprocess.run(["modprobe", "loop"], check=True)
+    assert Path("/sys/module/loop").is_dir()
+    # The kernel's own auto-load: mount fails (no block device) after loading ext4.
+    os.mkdir("/tmp/mnt")
+    subprocess.run(["mount", "-t", "ext4", "/dev/null", "/tmp/mnt"], check=False)
     assert "\\text4\\n" in Path("/proc/filesystems").read_text()
 """
 GUEST_TESTS = 5
@@ -92,7 +96,8 @@ def test_failing_command_is_reported(kernel_vm: KernelVM) -> None:
     assert "to-stderr" in str(info.value) and "guest console" in str(info.value)
 
 
-HANG_TIMEOUT = 40.0
+# Generous: on a busy machine the boot alone can take half a minute.
+HANG_TIMEOUT = 60.0
 
 
 def test_hanging_guest_is_killed_at_timeout(kernel_vm: KernelVM) -> None:
@@ -101,9 +106,9 @@ def test_hanging_guest_is_killed_at_timeout(kernel_vm: KernelVM) -> None:
     assert HANG_TIMEOUT <= result.duration < HANG_TIMEOUT + 15
     assert "started" in result.output  # written before the hang, kept after the kill
     # The guest's own dump shortly before the kill: the clue for a real hang.
-    assert "soft timeout" in result.console, result.describe()
+    assert "timeout is near" in result.console, result.describe()
     assert "sysrq: Show Blocked State" in result.console, result.describe()
-    with pytest.raises(AssertionError, match="killed at the 40 s timeout"):
+    with pytest.raises(AssertionError, match="killed at the 60 s timeout"):
         result.assert_ok()
 
 

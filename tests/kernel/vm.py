@@ -144,18 +144,22 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount --move /share /newroot/pybdev-share || die "cannot move the share"
-if [ -n "$VM_SOFT_TIMEOUT" ]; then
-    # Shortly before the host kills the VM, show what is stuck: the best clue to a hang.
+if [ -n "$VM_WATCHDOG" ]; then
+    # The host asks, a few seconds before it kills the VM, for what is stuck: the best clue
+    # to a hang. It asks through the share because the guest's clock can lag far behind
+    # the host's on a busy machine (TSC calibration under load).
     (
-        up=$(cut -d. -f1 /proc/uptime)
-        [ "$up" -lt "$VM_SOFT_TIMEOUT" ] && sleep $((VM_SOFT_TIMEOUT - up))
-        say "soft timeout at ${VM_SOFT_TIMEOUT}s uptime: blocked tasks and processes follow"
+        while [ ! -e /newroot/pybdev-share/CONTROL/dump ]; do sleep 1; done
+        say "the host's timeout is near: blocked tasks and processes follow"
         echo 7 > /proc/sys/kernel/printk
         echo w > /proc/sysrq-trigger
-        ps
+        ps -o pid,stat,args | grep -v ' \[[^]]*\]$'  # user processes; D state = blocked
     ) &
 fi
-say "running the command"
+# The kernel's module auto-load (mount -t ext4, ...) runs its helper in the initramfs's root,
+# not in the chroot below: point it at a wrapper that runs the host's modprobe in there.
+echo /bin/modprobe-newroot > /proc/sys/kernel/modprobe
+say "running the command (guest uptime $(cut -d" " -f1 /proc/uptime) s)"
 chroot /newroot /bin/sh /pybdev-share/CONTROL/run.sh
 say "command finished"
 sync
@@ -164,6 +168,10 @@ poweroff -f
     .replace("CONTROL", CONTROL)
     .replace("HUNG_TASK_SECS", str(HUNG_TASK_SECS))
 )
+
+MODPROBE_WRAPPER = """#!/bin/busybox sh
+exec /bin/busybox chroot /newroot /sbin/modprobe "$@"
+"""
 
 BASE_GUEST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -460,6 +468,7 @@ def _build_initrd(kdir: Path, kver: str, busybox: Path, cpio: Path) -> Path:
     modules = _module_order(moddir)
     digest = hashlib.sha256()
     digest.update(INIT_SCRIPT.encode())
+    digest.update(MODPROBE_WRAPPER.encode())
     digest.update(busybox.read_bytes())
     for name, path in modules:
         digest.update(f"{name}:{path}".encode())
@@ -473,6 +482,8 @@ def _build_initrd(kdir: Path, kver: str, busybox: Path, cpio: Path) -> Path:
         shutil.copy2(busybox, tmp / "bin" / "busybox")
         (tmp / "init").write_text(INIT_SCRIPT)
         (tmp / "init").chmod(0o755)
+        (tmp / "bin" / "modprobe-newroot").write_text(MODPROBE_WRAPPER)
+        (tmp / "bin" / "modprobe-newroot").chmod(0o755)
         for name, path in modules:
             # busybox insmod passes the file to init_module, which wants it uncompressed.
             data = path.read_bytes()
@@ -577,11 +588,10 @@ def _write_control(
     image: GuestImage,
     cwd: str | Path,
     env: Mapping[str, str] | None,
-    soft_timeout: int | None,
     interactive: bool,
 ) -> None:
     control.mkdir(parents=True)
-    (control / "config.sh").write_text(f"VM_SOFT_TIMEOUT={soft_timeout or ''}\n")
+    (control / "config.sh").write_text(f"VM_WATCHDOG={'' if interactive else 1}\n")
     guest_env = {**BASE_GUEST_ENV, **(env or {})}
     if interactive:
         guest_env["TERM"] = os.environ.get("TERM", "vt100")
@@ -616,9 +626,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _soft_timeout(timeout: float) -> int:
-    # Leave the guest a few seconds to print its blocked tasks before the hard kill.
-    return max(1, int(timeout - min(20.0, max(4.0, timeout * 0.12))))
+def _dump_margin(timeout: float) -> float:
+    # Time left to the guest, after the host asks, to print its blocked tasks before the kill.
+    return min(20.0, max(4.0, timeout * 0.12))
 
 
 def run_in_vm(
@@ -658,7 +668,6 @@ def run_in_vm(
             image,
             cwd,
             env,
-            None if interactive else _soft_timeout(timeout),
             interactive,
         )
         console_path = control / "console.log"
@@ -697,7 +706,15 @@ def run_in_vm(
                 preexec_fn=_die_with_parent,
             )
             try:
-                proc.wait(timeout=None if interactive else timeout)
+                if interactive:
+                    proc.wait()
+                else:
+                    margin = _dump_margin(timeout)
+                    try:
+                        proc.wait(timeout=max(0.0, timeout - margin))
+                    except subprocess.TimeoutExpired:
+                        (control / "dump").touch()
+                        proc.wait(timeout=min(margin, timeout))
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
