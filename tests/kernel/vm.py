@@ -22,15 +22,18 @@ What the guest looks like to a command run by :func:`run_in_vm`:
   ``MODULE.PARAM=VALUE`` ones also reach ``nbd``/``ublk_drv`` (e.g. ``nbd.nbds_max=4``);
 - no network device; 2 vCPUs, 2 GiB; software emulation (correctness only, never timings);
 - hung-task warnings come after 30 s (not 120) so they show up in the console log, and a
-  few seconds before the hard timeout the guest prints its blocked tasks and processes to the
-  console; then the host kills QEMU. A run costs ~20 s of wall time: group checks per boot.
+  few seconds before the hard timeout the host asks the guest to print its blocked tasks and
+  processes to the console; then it kills QEMU. A boot costs 10-40 s of wall time on an idle
+  machine, two to three times that on a busy one: group checks per boot.
 
 API (all in this module)::
 
     run_in_vm(command, *, timeout=180.0, env=None, cwd=REPO_ROOT, share_dir=None,
-              kernel_args=(), image=None) -> VMResult
-    run_guest_pytest(*pytest_args, timeout=240.0, **run_in_vm_kwargs) -> VMResult
-    prepare(cache_dir=None) -> GuestImage        # download + cache, once per kernel version
+              kernel_args=(), image=None, interactive=False) -> VMResult
+    run_guest_pytest(*pytest_args, timeout=240.0, env=None, share_dir=None,
+                     kernel_args=(), image=None) -> VMResult
+    prepare(cache=None) -> GuestImage            # download + cache, once per kernel version
+    default_image() -> GuestImage                # prepare() once per process
     unavailable_reason() -> str | None           # why no VM can run here, or None
     VMResult: returncode (int | None), output, console, timed_out, duration, share_dir,
               pytest (PytestCounts | None), ok, describe(), assert_ok(allow_skipped=False)
@@ -144,6 +147,15 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount --move /share /newroot/pybdev-share || die "cannot move the share"
+# Host folders under /tmp that the run needs (a checkout there, as CI may have) would be
+# hidden by the fresh /tmp: give each back, with an overlay of its own.
+while read -r p; do
+    [ -n "$p" ] || continue
+    k="/ovl/tmpkeep$p"
+    mkdir -p "/newroot$p" "$k/upper" "$k/work"
+    mount -t overlay -o "lowerdir=/host$p,upperdir=$k/upper,workdir=$k/work" overlay "/newroot$p" \
+        || die "cannot mount $p"
+done < /newroot/pybdev-share/CONTROL/tmp-keep
 if [ -n "$VM_WATCHDOG" ]; then
     # The host asks, a few seconds before it kills the VM, for what is stuck: the best clue
     # to a hang. It asks through the share because the guest's clock can lag far behind
@@ -582,6 +594,16 @@ def _qemu_opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
+def _hidden_by_guest_tmp(paths: Sequence[Path]) -> list[str]:
+    """Those of ``paths`` that the guest's fresh /tmp would hide, outermost only."""
+    tmp = Path("/tmp")
+    keep: list[Path] = []
+    for p in sorted({Path(os.path.realpath(p)) for p in paths}, key=lambda p: len(p.parts)):
+        if p != tmp and p.is_relative_to(tmp) and not any(p.is_relative_to(k) for k in keep):
+            keep.append(p)
+    return [str(p) for p in keep]
+
+
 def _write_control(
     control: Path,
     command: str,
@@ -592,6 +614,9 @@ def _write_control(
 ) -> None:
     control.mkdir(parents=True)
     (control / "config.sh").write_text(f"VM_WATCHDOG={'' if interactive else 1}\n")
+    (control / "tmp-keep").write_text(
+        "".join(f"{p}\n" for p in _hidden_by_guest_tmp([REPO_ROOT, Path(cwd), image.modules_dir]))
+    )
     guest_env = {**BASE_GUEST_ENV, **(env or {})}
     if interactive:
         guest_env["TERM"] = os.environ.get("TERM", "vt100")
