@@ -25,12 +25,10 @@ from tests.conftest import Target
 from .cluster import CephCluster
 
 _reason = ceph.unavailable_reason()
-pytestmark = [
-    pytest.mark.ceph,
-    pytest.mark.skipif(_reason is not None, reason=f"librbd not loadable: {_reason}"),
-    pytest.mark.skipif(shutil.which("qemu-io") is None, reason="needs qemu-io (qemu-utils)"),
-    pytest.mark.timeout(180),
-]
+_why = (f"librbd not loadable: {_reason}" if _reason is not None
+        else "needs qemu-io (qemu-utils)" if shutil.which("qemu-io") is None else "")
+pytestmark = [pytest.mark.ceph, pytest.mark.timeout(180)]
+needs_cluster = pytest.mark.skipif(bool(_why), reason=_why)
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -111,6 +109,7 @@ def no_secret(t: Target, cc: CephCluster, *texts: str) -> None:
         assert cc.client_key not in text
 
 
+@needs_cluster
 def test_create_io_passthru_delete(start_target: Callable[..., Target], ceph_cluster: CephCluster,
                                    images: Callable[..., str], sockdir: Path,
                                    tmp_path: Path) -> None:
@@ -179,6 +178,7 @@ def test_create_io_passthru_delete(start_target: Callable[..., Target], ceph_clu
     no_secret(t, cc, cli_out)
 
 
+@needs_cluster
 def test_resize_by_rpc_and_by_rbd_cli(start_target: Callable[..., Target],
                                       ceph_cluster: CephCluster,
                                       images: Callable[..., str]) -> None:
@@ -207,6 +207,7 @@ def test_resize_by_rpc_and_by_rbd_cli(start_target: Callable[..., Target],
     no_secret(t, cc)
 
 
+@needs_cluster
 def test_config_round_trip(start_target: Callable[..., Target], ceph_cluster: CephCluster,
                            images: Callable[..., str], tmp_path: Path) -> None:
     cc = ceph_cluster
@@ -241,6 +242,7 @@ def test_config_round_trip(start_target: Callable[..., Target], ceph_cluster: Ce
     assert cc.client_key not in json.dumps(saved)
 
 
+@needs_cluster
 def test_two_targets_one_cluster(start_target: Callable[..., Target],
                                  ceph_cluster: CephCluster, images: Callable[..., str],
                                  sockdir: Path, tmp_path: Path) -> None:
@@ -269,6 +271,7 @@ def test_two_targets_one_cluster(start_target: Callable[..., Target],
     assert expect[MiB:2 * MiB] == b"\xbb" * MiB
 
 
+@needs_cluster
 def test_bad_input_leaves_no_state(start_target: Callable[..., Target],
                                    ceph_cluster: CephCluster,
                                    images: Callable[..., str]) -> None:
@@ -322,6 +325,7 @@ def gen_bad_key() -> str:
     return gen_key()
 
 
+@needs_cluster
 def test_stalled_osd_fails_io_and_delete_completes(start_target: Callable[..., Target],
                                                    ceph_cluster: CephCluster,
                                                    images: Callable[..., str],
@@ -362,3 +366,22 @@ def test_stalled_osd_fails_io_and_delete_completes(start_target: Callable[..., T
         os.kill(osd, signal.SIGCONT)
     assert [b["name"] for b in t.rpc("bdev_get_bdevs")] == ["M0"]
     no_secret(t, cc)
+
+
+def test_rpcs_without_librbd_say_why(start_target: Callable[..., Target],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYBDEV_LIBRBD", "/nonexistent/librbd.so.1")
+    t = start_target()
+    for method, params in [
+        ("bdev_rbd_register_cluster", {"name": "c1"}),
+        ("bdev_rbd_create", {"pool_name": "rbd", "rbd_name": "x", "block_size": 512}),
+        ("bdev_rbd_get_clusters_info", None),
+        ("bdev_rbd_resize", {"name": "x", "new_size": 1}),
+    ]:
+        err = t.rpc_error(method, params)
+        assert err["code"] == -95, (method, err)
+        assert "librbd not available" in err["message"] and "/nonexistent" in err["message"]
+    # The rest of the target works.
+    t.rpc("bdev_malloc_create", {"name": "M0", "num_blocks": 64, "block_size": 512})
+    assert [b["name"] for b in t.rpc("bdev_get_bdevs")] == ["M0"]
+    assert "bdev_rbd_create" in t.rpc("rpc_get_methods")
