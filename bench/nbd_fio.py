@@ -4,7 +4,8 @@ All servers export a RAM-backed disk over a Unix socket: pybdev a malloc bdev
 (``nbd_start_disk``), ``nbdkit memory`` (sparse allocator, as in shared/spec/nbd-perf.md),
 ``qemu-nbd`` on a file in /dev/shm (``--cache=writeback``).  Each disk is filled once
 (so no server pays first-write allocation in the timed runs), then the workloads run
-``--rounds`` times, servers interleaved within a round; the median round counts.  Printed:
+``--rounds`` times, servers interleaved within a round; figures are medians over rounds,
+ratios the median of the per-round ratios.  Printed:
 IOPS, MiB/s, mean and p99 latency, the server's CPU time per I/O, and ratios to the
 peers.  An SVG of the IOPS ratios goes to docs/img/ (and a PNG when rsvg-convert, from
 librsvg2-bin, is installed).
@@ -212,6 +213,12 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def ratio(runs: list[dict[str, Any]], peer: list[dict[str, Any]]) -> float:
+    """Median over rounds of the per-round IOPS ratio: servers in one round ran back to
+    back, so the ratio cancels most of the machine's load of that moment."""
+    return statistics.median(r["iops"] / p["iops"] for r, p in zip(runs, peer, strict=True))
+
+
 def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     lines = []
     for w, by_server in results.items():
@@ -227,7 +234,7 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             row = [n, f"{iops:.0f}", f"{median(runs, 'mib_s'):.0f}",
                    f"{median(runs, 'lat_us'):.1f}", f"{median(runs, 'p99_us'):.0f}",
                    f"{median(runs, 'server_cpu'):.0f}", f"{median(runs, 'server_us_io'):.1f}"]
-            row += [f"{iops / median(by_server[p], 'iops'):.2f}" for p in peers]
+            row += [f"{ratio(runs, by_server[p]):.2f}" for p in peers]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -237,8 +244,8 @@ def svg(results: dict[str, dict[str, list[dict[str, Any]]]], path: Path, title: 
     workloads = list(results)
     names = list(next(iter(results.values())))
     base = "nbdkit" if "nbdkit" in names else names[0]
-    ratios = {w: {n: median(results[w][n], "iops") / median(results[w][base], "iops")
-                  for n in names} for w in workloads}
+    ratios = {w: {n: ratio(results[w][n], results[w][base]) for n in names}
+              for w in workloads}
     top = max(2.0, max(v for r in ratios.values() for v in r.values()) * 1.1)
     width, height, left, bottom, plot_top = 860, 420, 60, 70, 50
     plot_h = height - bottom - plot_top

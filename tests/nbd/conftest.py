@@ -112,6 +112,7 @@ class Peer:
 
     def __init__(self, argv: list[str], sock: Path) -> None:
         self.sock = sock
+        self.stderr = ""
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
@@ -130,7 +131,8 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stderr:
+        if self.proc.stderr and not self.proc.stderr.closed:
+            self.stderr = self.proc.stderr.read().decode(errors="replace")
             self.proc.stderr.close()
 
 

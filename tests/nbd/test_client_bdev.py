@@ -278,3 +278,15 @@ async def test_silent_server_is_a_lost_server(layer: BdevLayer,
         await asyncio.sleep(0.05)
     assert events == [BdevEvent.REMOVE]
     desc.close()
+
+
+@need("nbdkit")
+async def test_delete_says_disc(layer: BdevLayer, peers: Callable[..., Peer]) -> None:
+    peer = peers("nbdkit", "-v", "memory", "1M")
+    bdev = await create(layer, unix_uri("", peer.sock))
+    desc = layer.open("Nbd0", write=True)
+    await desc.write_async(0, bytes(4096))
+    desc.close()
+    await layer.unregister(bdev)
+    peer.stop()
+    assert "client sent NBD_CMD_DISC" in peer.stderr
