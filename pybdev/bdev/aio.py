@@ -46,10 +46,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_layer
-from pybdev.rpc.errors import INTERNAL_ERROR, OperationError
+from pybdev.bdev.subsystem import bdev_layer, bdev_module
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
-from pybdev.rpc.types import U32, Params, Str, Uuid
+from pybdev.rpc.types import U32, NameParams, Params, Str, Uuid
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pybdev.bdev.aio")
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 POOL_THREADS = 4
 BLKSSZGET = 0x1268
 BLKGETSIZE64 = 0x80081272
@@ -416,10 +415,6 @@ class AioModule(BdevModule):
 MODULE = AioModule
 
 
-def _module(app: App) -> AioModule:
-    module: AioModule = bdev_layer(app).module(AioModule)
-    return module
-
 
 class AioCreateParams(Params):
     name: Str
@@ -436,20 +431,17 @@ class AioCreateParams(Params):
 async def bdev_aio_create(app: App, p: AioCreateParams) -> str:
     """Create a bdev on a file or block device; answers its name once examine is done."""
     layer = bdev_layer(app)
-    bdev = await _module(app).create(**p.model_dump())
+    bdev = await bdev_module(app, AioModule).create(**p.model_dump())
     await layer.wait_for_examine()
     return bdev.name
 
-
-class NameParams(Params):
-    name: Str
 
 
 @rpc_method("bdev_aio_delete", NameParams, subsystem="bdev",
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
 async def bdev_aio_delete(app: App, p: NameParams) -> bool:
     """Delete an aio bdev (and whatever is stacked on it)."""
-    await _module(app).delete(p.name)
+    await bdev_module(app, AioModule).delete(p.name)
     return True
 
 
@@ -457,5 +449,5 @@ async def bdev_aio_delete(app: App, p: NameParams) -> bool:
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
 async def bdev_aio_rescan(app: App, p: NameParams) -> bool:
     """Re-read the size of an aio bdev's file and resize the bdev to it."""
-    await _module(app).rescan(p.name)
+    await bdev_module(app, AioModule).rescan(p.name)
     return True

@@ -35,7 +35,7 @@ import logging
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pybdev.rpc.errors import OperationError
 
@@ -431,6 +431,9 @@ class BdevModule:
         """Shutdown: the layer already unregistered every bdev."""
 
 
+M = TypeVar("M", bound=BdevModule)
+
+
 class BdevLayer:
     """All bdevs of one target, in registration order, and the modules, in module order."""
 
@@ -451,7 +454,7 @@ class BdevLayer:
     def add_module(self, module: BdevModule) -> None:
         self.modules.append(module)
 
-    def module(self, cls: type[Any]) -> Any:
+    def module(self, cls: type[M]) -> M:
         for m in self.modules:
             if isinstance(m, cls):
                 return m

@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, Callback, Descriptor
 from pybdev.bdev.passthru import sha1_uuid
-from pybdev.bdev.subsystem import bdev_layer
-from pybdev.rpc.errors import INVALID_PARAMS, OperationError, RpcError
+from pybdev.bdev.subsystem import bdev_module
+from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, OperationError, RpcError
 from pybdev.rpc.registry import rpc_method
-from pybdev.rpc.types import U8, U32, U64, Params, Str, Uuid
+from pybdev.rpc.types import U8, U32, U64, NameParams, Params, Str, Uuid
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pybdev.bdev.error")
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 PART_NAMESPACE = uuidlib.UUID("976b899e-3e1e-4d71-ab69-c2b08e9df8b8")
 NVME_MESSAGE = "nvme_sct or nvme_sc should be specified for NVMe error injection"
 IO_TYPES = ("read", "write", "unmap", "flush")
@@ -344,10 +343,6 @@ class ErrorModule(BdevModule):
 MODULE = ErrorModule
 
 
-def _module(app: App) -> ErrorModule:
-    module: ErrorModule = bdev_layer(app).module(ErrorModule)
-    return module
-
 
 class ErrorCreateParams(Params):
     base_name: Str
@@ -358,19 +353,16 @@ class ErrorCreateParams(Params):
             decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
 def bdev_error_create(app: App, p: ErrorCreateParams) -> bool:
     """Create the error injection bdev EE_<base_name> (deferred until the base exists)."""
-    _module(app).create(p.base_name, p.uuid)
+    bdev_module(app, ErrorModule).create(p.base_name, p.uuid)
     return True
 
-
-class NameParams(Params):
-    name: Str
 
 
 @rpc_method("bdev_error_delete", NameParams, subsystem="bdev",
             decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
 async def bdev_error_delete(app: App, p: NameParams) -> bool:
     """Delete an error injection bdev, releasing its base."""
-    await _module(app).delete(p.name)
+    await bdev_module(app, ErrorModule).delete(p.name)
     return True
 
 
@@ -393,7 +385,7 @@ def bdev_error_inject_error(app: App, p: InjectErrorParams) -> bool:
     if nvme_status_invalid(p.error_type, p.nvme_sct, p.nvme_sc):
         # SPDK answers this one with its own text instead of strerror.
         raise RpcError(-errno.EINVAL, NVME_MESSAGE)
-    _module(app).inject_error(
+    bdev_module(app, ErrorModule).inject_error(
         p.name, p.io_type, p.error_type, num=p.num, queue_depth=p.queue_depth,
         corrupt_offset=p.corrupt_offset, corrupt_value=p.corrupt_value, nvme_sct=p.nvme_sct,
         nvme_sc=p.nvme_sc)
@@ -404,5 +396,5 @@ def bdev_error_inject_error(app: App, p: InjectErrorParams) -> bool:
             decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
 def bdev_error_resume_pending(app: App, p: NameParams) -> bool:
     """Submit again every request held by a ``pending`` injection."""
-    _module(app).resume_pending(p.name)
+    bdev_module(app, ErrorModule).resume_pending(p.name)
     return True

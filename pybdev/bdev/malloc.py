@@ -11,16 +11,15 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, Callback
-from pybdev.bdev.subsystem import bdev_layer
-from pybdev.rpc.errors import INTERNAL_ERROR, OperationError
+from pybdev.bdev.subsystem import bdev_layer, bdev_module
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
-from pybdev.rpc.types import I32, U32, U64, Params, Str, Uuid
+from pybdev.rpc.types import I32, U32, U64, NameParams, Params, Str, Uuid
 
 if TYPE_CHECKING:
     from pybdev.app import App
     from pybdev.bdev.core import BdevLayer
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 MD_SIZES = (0, 8, 16, 32, 64, 128)
 ZEROS = bytes(1 << 20)
 
@@ -144,16 +143,13 @@ class MallocCreateParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
 def bdev_malloc_create(app: App, p: MallocCreateParams) -> str:
     """Create a RAM bdev of ``num_blocks`` x ``block_size``; answers its name."""
-    module = bdev_layer(app).module(MallocModule)
+    module = bdev_module(app, MallocModule)
     return module.create(
         name=p.name, block_size=p.block_size, num_blocks=p.num_blocks, uuid=p.uuid,
         physical_block_size=p.physical_block_size, optimal_io_boundary=p.optimal_io_boundary,
         md_size=p.md_size, dif_type=p.dif_type, numa_id=p.numa_id,
     ).name
 
-
-class NameParams(Params):
-    name: Str
 
 
 @rpc_method("bdev_malloc_delete", NameParams, subsystem="bdev",

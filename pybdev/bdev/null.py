@@ -15,15 +15,14 @@ import errno
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_layer
-from pybdev.rpc.errors import INTERNAL_ERROR, OperationError
+from pybdev.bdev.subsystem import bdev_module
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
-from pybdev.rpc.types import I32, U32, U64, Params, Str, Uuid
+from pybdev.rpc.types import I32, U32, U64, NameParams, Params, Str, Uuid
 
 if TYPE_CHECKING:
     from pybdev.app import App
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 MD_SIZES = (0, 8, 16, 32, 64, 128)
 MIB = 1 << 20
 # Reads up to this size share one zero buffer; larger ones allocate (rare: exports split).
@@ -157,10 +156,6 @@ class NullModule(BdevModule):
 MODULE = NullModule
 
 
-def _module(app: App) -> NullModule:
-    module: NullModule = bdev_layer(app).module(NullModule)
-    return module
-
 
 class NullCreateParams(Params):
     name: Str
@@ -183,18 +178,15 @@ class NullCreateParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
 def bdev_null_create(app: App, p: NullCreateParams) -> str:
     """Create a null bdev (writes discarded, reads return zeros); answers its name."""
-    return _module(app).create(**p.model_dump()).name
+    return bdev_module(app, NullModule).create(**p.model_dump()).name
 
-
-class NameParams(Params):
-    name: Str
 
 
 @rpc_method("bdev_null_delete", NameParams, subsystem="bdev",
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
 async def bdev_null_delete(app: App, p: NameParams) -> bool:
     """Delete a null bdev (and whatever is stacked on it)."""
-    await _module(app).delete(p.name)
+    await bdev_module(app, NullModule).delete(p.name)
     return True
 
 
@@ -207,5 +199,5 @@ class NullResizeParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
 def bdev_null_resize(app: App, p: NullResizeParams) -> bool:
     """Grow a null bdev to ``new_size`` MiB (shrinking is refused)."""
-    _module(app).resize(p.name, p.new_size)
+    bdev_module(app, NullModule).resize(p.name, p.new_size)
     return True

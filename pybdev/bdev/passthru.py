@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, Callback, Descriptor
-from pybdev.bdev.subsystem import bdev_layer
-from pybdev.rpc.errors import INTERNAL_ERROR, OperationError
+from pybdev.bdev.subsystem import bdev_module
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
-from pybdev.rpc.types import Params, Str, Uuid
+from pybdev.rpc.types import NameParams, Params, Str, Uuid
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pybdev.bdev.passthru")
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 NAMESPACE = uuidlib.UUID("7e25812e-c8c0-4d3f-8599-16d790555b85")
 
 
@@ -206,10 +205,6 @@ class PassthruModule(BdevModule):
 MODULE = PassthruModule
 
 
-def _module(app: App) -> PassthruModule:
-    module: PassthruModule = bdev_layer(app).module(PassthruModule)
-    return module
-
 
 class PassthruCreateParams(Params):
     name: Str
@@ -221,16 +216,14 @@ class PassthruCreateParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
 def bdev_passthru_create(app: App, p: PassthruCreateParams) -> str:
     """Create a passthru vbdev on a base (deferred until the base exists); answers its name."""
-    return _module(app).create(base_bdev_name=p.base_bdev_name, name=p.name, uuid=p.uuid)
+    return bdev_module(app, PassthruModule).create(
+        base_bdev_name=p.base_bdev_name, name=p.name, uuid=p.uuid)
 
-
-class NameParams(Params):
-    name: Str
 
 
 @rpc_method("bdev_passthru_delete", NameParams, subsystem="bdev",
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
 async def bdev_passthru_delete(app: App, p: NameParams) -> bool:
     """Delete a passthru vbdev, releasing its base."""
-    await _module(app).delete(p.name)
+    await bdev_module(app, PassthruModule).delete(p.name)
     return True

@@ -11,14 +11,13 @@ from pydantic import Field
 
 from pybdev.bdev.core import BdevState
 from pybdev.bdev.subsystem import bdev_layer
-from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError, errno_error
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, INVALID_PARAMS, RpcError, errno_error
 from pybdev.rpc.registry import State, rpc_method
 from pybdev.rpc.types import U32, U64, Params, Str
 
 if TYPE_CHECKING:
     from pybdev.app import App
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 TICK_RATE = 1_000_000_000  # latencies are counted in nanoseconds
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import BdevLayer
+from pybdev.bdev.core import BdevLayer, M
 from pybdev.subsystem import Config, Subsystem, register_subsystem
 
 if TYPE_CHECKING:
@@ -44,4 +44,9 @@ class BdevSubsystem(Subsystem):
 
 def bdev_layer(app: App) -> BdevLayer:
     return app.subsystem(BdevSubsystem).layer
+
+
+def bdev_module(app: App, cls: type[M]) -> M:
+    """The target's instance of bdev module ``cls`` (for RPC handlers)."""
+    return app.subsystem(BdevSubsystem).layer.module(cls)
 

@@ -16,6 +16,9 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 INVALID_STATE = -1
 
+# SPDK's text for params that fail to decode, in most bdev, nbd and ublk handlers.
+DECODE_FAILED = "spdk_json_decode_object failed"
+
 ENVELOPE_MESSAGES = {
     PARSE_ERROR: "Parse error",
     INVALID_REQUEST: "Invalid request",

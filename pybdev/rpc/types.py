@@ -46,3 +46,9 @@ class Params(BaseModel):
     """Base of every RPC params model: strict, unknown keys refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NameParams(Params):
+    """``{"name": ...}``: the params of every delete and of several lookups."""
+
+    name: Str

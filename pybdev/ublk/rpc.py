@@ -6,7 +6,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
-from pybdev.rpc.errors import INTERNAL_ERROR, OperationError, RpcError, errno_error
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError, RpcError, errno_error
 from pybdev.rpc.registry import IGNORE_PARAMS, rpc_method
 from pybdev.rpc.types import U32, Params, Str
 from pybdev.ublk.target import (
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from pybdev.app import App
     from pybdev.ublk.subsystem import UblkSubsystem
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 
 
 def _subsystem(app: App) -> UblkSubsystem:
