@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from pybdev import ceph
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_layer
-from pybdev.rpc.errors import INTERNAL_ERROR, OperationError
+from pybdev.bdev.subsystem import bdev_layer, bdev_module
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
 from pybdev.rpc.types import U32, U64, Params, Str, Uuid
 
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pybdev.bdev.rbd")
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 PRODUCT_NAME = "Ceph Rbd Disk"
 MiB = 1 << 20
 
@@ -537,10 +536,6 @@ async def _in_thread_bounded(fn: Callable[..., None], *args: Any, what: str = ""
 MODULE = RbdModule
 
 
-def _module(app: App) -> RbdModule:
-    module: RbdModule = bdev_layer(app).module(RbdModule)
-    return module
-
 
 def _run(err: OperationError | None) -> None:
     if err is not None:
@@ -565,7 +560,7 @@ class RegisterClusterParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
 async def bdev_rbd_register_cluster(app: App, p: RegisterClusterParams) -> str:
     """Connect to a Ceph cluster and keep the connection for rbd bdevs to share."""
-    return await _module(app).register_cluster(**p.model_dump())
+    return await bdev_module(app, RbdModule).register_cluster(**p.model_dump())
 
 
 class ClusterNameParams(Params):
@@ -577,7 +572,7 @@ class ClusterNameParams(Params):
 async def bdev_rbd_unregister_cluster(app: App, p: ClusterNameParams) -> bool:
     """Disconnect a registered cluster that no rbd bdev uses."""
     _run(_unavailable())
-    await _module(app).unregister_cluster(p.name)
+    await bdev_module(app, RbdModule).unregister_cluster(p.name)
     return True
 
 
@@ -592,7 +587,7 @@ class GetClustersInfoParams(Params):
 async def bdev_rbd_get_clusters_info(app: App, p: GetClustersInfoParams) -> Any:
     """Registered clusters (one object for ``name``, else an array), secrets redacted."""
     _run(_unavailable())
-    return _module(app).clusters_info(p.name)
+    return bdev_module(app, RbdModule).clusters_info(p.name)
 
 
 class RbdCreateParams(Params):
@@ -611,7 +606,7 @@ class RbdCreateParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
 async def bdev_rbd_create(app: App, p: RbdCreateParams) -> str:
     """Create a bdev on a Ceph RBD image; answers its name."""
-    bdev = await _module(app).create(**p.model_dump())
+    bdev = await bdev_module(app, RbdModule).create(**p.model_dump())
     await bdev_layer(app).wait_for_examine()
     return bdev.name
 
@@ -624,7 +619,7 @@ class RbdDeleteParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
 async def bdev_rbd_delete(app: App, p: RbdDeleteParams) -> bool:
     """Delete an rbd bdev (the image stays in the cluster)."""
-    await _module(app).delete(p.name)
+    await bdev_module(app, RbdModule).delete(p.name)
     return True
 
 
@@ -637,5 +632,5 @@ class RbdResizeParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
 async def bdev_rbd_resize(app: App, p: RbdResizeParams) -> bool:
     """Grow an rbd bdev and its image to ``new_size`` MiB."""
-    await _module(app).resize(p.name, p.new_size)
+    await bdev_module(app, RbdModule).resize(p.name, p.new_size)
     return True
