@@ -364,3 +364,40 @@ def test_requests_run_concurrently_and_answer_out_of_order(
     assert order[-1] == slow and set(order[:-1]) == set(blobs)
     assert c.results[slow]["data"] == first
     c.disconnect()
+
+
+@need("nbdkit")
+def test_stop_answers_requests_in_flight(start_target: Callable[..., Target],
+                                         peers: Callable[..., Peer], sockdir: Path) -> None:
+    """nbd_stop_disk while reads wait on a slow bdev: each gets its reply, then EOF."""
+    peer = peers("nbdkit", "--filter=delay", "memory", "4M", "rdelay=300ms")
+    t = start_target()
+    t.rpc("bdev_nbd_create", {"name": "Slow0", "uri": unix_uri("", peer.sock)})
+    uri = t.rpc("nbd_start_disk", {"bdev_name": "Slow0",
+                                   "nbd_device": unix_uri("Slow0", sockdir / "s.sock")})
+    c = RawClient(uri.split("socket=")[1], "Slow0")
+    c.write(0, b"\x5c" * 4096)
+    cookies = [c.send(nbd.NBD_CMD_READ, 0, 4096) for _ in range(4)]
+    assert t.rpc("nbd_stop_disk", {"nbd_device": uri}) is True
+    for ck in cookies:
+        res = c.wait(ck)
+        assert res["error"] == 0 and res["data"] == b"\x5c" * 4096
+    wait_closed(c.sock)
+    assert t.rpc("nbd_get_disks") == []
+
+
+@need("nbdkit", "nbdinfo", "qemu-io")
+def test_nbdinfo_map_shows_holes_through_the_hint(start_target: Callable[..., Target],
+                                                  peers: Callable[..., Peer],
+                                                  sockdir: Path) -> None:
+    """Re-exporting an NBD bdev: its get_block_status hint asks the server behind it."""
+    peer = peers("nbdkit", "memory", "4M")
+    run(["qemu-io", "-f", "raw", "-c", "write -P 1 0 64k", unix_uri("", peer.sock)])
+    t = start_target()
+    t.rpc("bdev_nbd_create", {"name": "Nbd0", "uri": unix_uri("", peer.sock)})
+    uri = t.rpc("nbd_start_disk", {"bdev_name": "Nbd0",
+                                   "nbd_device": unix_uri("Nbd0", sockdir / "s.sock")})
+    extents = json.loads(run(["nbdinfo", "--map", "--json", uri]).stdout)
+    assert extents[0] == {"offset": 0, "length": 65536, "type": 0, "description": "data"}
+    assert extents[-1]["type"] == 3  # hole, reads as zeroes
+    assert sum(e["length"] for e in extents) == 4 * 1024 * 1024
