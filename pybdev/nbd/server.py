@@ -96,6 +96,10 @@ class NetworkExport(Export):
         except BaseException:
             self.close_bdev()
             raise
+        if self.stopping:
+            # The bdev went away while the listener was being set up.
+            await self.subsystem.network.detach(self)
+            raise OperationError(errno.ENODEV, f"bdev {self.bdev_name} was removed")
         if self.listener.port_chosen:
             self.nbd_device = self.address.with_port(self.listener.port).uri()
 

@@ -75,7 +75,10 @@ class NbdSubsystem(Subsystem):
             if nbd_device is not None:
                 self.release(nbd_device)
         key = export.nbd_device
-        if key in self.exports or export.stopping:
+        if export.stopping:  # hot-removed while it started
+            await export.stop(drain=False)
+            raise OperationError(errno.ENODEV, f"bdev {bdev_name} was removed")
+        if key in self.exports:  # an auto-picked or port-0 name another start took
             await export.stop(drain=False)
             raise OperationError(errno.EBUSY, f"{key} is already exported")
         self.exports[key] = export
