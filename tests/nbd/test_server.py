@@ -356,13 +356,18 @@ def test_requests_run_concurrently_and_answer_out_of_order(
     first = os.urandom(4096)
     c.write(0, first)
     slow = c.send(nbd.NBD_CMD_READ, 0, 4096)
-    blobs = {c.send(nbd.NBD_CMD_WRITE, 4096 * i, 4096, 0, os.urandom(4096)): i
-             for i in range(1, 9)}
+    data = {i: os.urandom(4096) for i in range(1, 9)}
+    blobs = {c.send(nbd.NBD_CMD_WRITE, 4096 * i, 4096, 0, data[i]): i for i in data}
     order: list[int] = []
     while c.inflight:
         order += c.pump()
     assert order[-1] == slow and set(order[:-1]) == set(blobs)
     assert c.results[slow]["data"] == first
+    # The payloads of writes that were still in flight when the next requests arrived
+    # (their receive buffer was left to them) reached the bdev intact.
+    reads = {c.send(nbd.NBD_CMD_READ, 4096 * i, 4096): i for i in data}
+    for ck, i in reads.items():
+        assert c.wait(ck)["data"] == data[i]
     c.disconnect()
 
 
