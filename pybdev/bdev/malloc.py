@@ -66,7 +66,9 @@ class MallocBdev(Bdev):
         cb(0, None)
 
     async def destruct(self) -> None:
-        self.view.release()
+        # Drop, don't release: an export may still hold a view of a read being sent, and
+        # releasing the buffer under it would fail; the memory goes with the last view.
+        self.view = memoryview(b"")
         self.memory = bytearray()
 
     def config_params(self) -> dict[str, Any]:

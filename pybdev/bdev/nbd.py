@@ -38,7 +38,7 @@ from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
 from pybdev.bdev.subsystem import bdev_layer
 from pybdev.nbd import proto
 from pybdev.nbd import uri as nbd_uri
-from pybdev.rpc.errors import INTERNAL_ERROR, OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
 from pybdev.rpc.types import Params, Str
 
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pybdev.bdev.nbd")
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 CONNECT_TIMEOUT = 10.0
 DISCONNECT_TIMEOUT = 5.0
 # A server that answers nothing for this long while requests wait is treated as lost

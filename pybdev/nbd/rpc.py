@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pybdev.rpc.errors import INTERNAL_ERROR
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import rpc_method
 from pybdev.rpc.types import Params, Str
 
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from pybdev.app import App
     from pybdev.nbd.subsystem import NbdSubsystem
 
-DECODE_FAILED = "spdk_json_decode_object failed"
 DECODE_ERROR = (INTERNAL_ERROR, DECODE_FAILED)
 DISK_SCHEMA = {
     "type": "object",
