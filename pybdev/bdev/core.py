@@ -239,6 +239,72 @@ class Bdev:
         return f"<{type(self).__name__} {self.name} {self.num_blocks}x{self.block_size}>"
 
 
+class VirtualBdev(Bdev):
+    """A bdev stacked on a base (passthru, error): forwards I/O to the base's descriptor.
+
+    The module opens the base for write, claims it, builds the vbdev, sets the descriptor's
+    ``event_cb`` to :meth:`on_base_event` and registers the vbdev. When the base goes away
+    the vbdev unregisters itself (so stacks come down from the top); when it is destroyed it
+    releases the claim and closes the descriptor, which lets the base's delete complete.
+    """
+
+    #: Follow the base's size changes (SPDK's passthru ignores them; ours follows).
+    follows_resize: ClassVar[bool] = True
+
+    def __init__(self, name: str, uuid: str | None, base_desc: Descriptor) -> None:
+        base = base_desc.bdev
+        super().__init__(
+            name, base.block_size, base.num_blocks, uuid,
+            io_types=base.io_types, physical_block_size=base.physical_block_size,
+            write_cache=base.write_cache, optimal_io_boundary=base.optimal_io_boundary,
+            numa_id=base.numa_id, max_io_bytes=base.max_io_bytes,
+        )
+        self.base_desc = base_desc
+        self.base_name = base.name
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # Requests were checked by our descriptor against the same geometry; the base's
+    # descriptor checks them again, which is cheap, and counts them in the base's stats.
+    def submit_read(self, offset: int, length: int, cb: Callback) -> None:
+        self.base_desc.read(offset, length, cb)
+
+    def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        self.base_desc.write(offset, data, cb, fua)
+
+    def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
+        self.base_desc.unmap(offset, length, cb)
+
+    def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
+        self.base_desc.write_zeroes(offset, length, cb)
+
+    def submit_flush(self, offset: int, length: int, cb: Callback) -> None:
+        self.base_desc.flush(offset, length, cb)
+
+    def submit_reset(self, cb: Callback) -> None:
+        self.base_desc.reset(cb)
+
+    def on_base_event(self, event: BdevEvent, base: Bdev) -> None:
+        layer = self.layer
+        if layer is None or self.state is not BdevState.REGISTERED:
+            return
+        if event is BdevEvent.REMOVE:
+            task = asyncio.get_running_loop().create_task(layer.unregister(self))
+            self._tasks.add(task)
+            task.add_done_callback(self._unregistered)
+        elif event is BdevEvent.RESIZE and self.follows_resize:
+            layer.resize(self, base.num_blocks)
+
+    def _unregistered(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s did not unregister after its base went away: %s", self.name,
+                      task.exception())
+
+    async def destruct(self) -> None:
+        self.base_desc.layer.release_claim(self.base_desc.bdev)
+        self.base_desc.close()
+
+
 def _emulate_write_zeroes(bdev: Bdev, offset: int, length: int, cb: Callback) -> None:
     """Write zeros chunk by chunk, each write issued when the previous one completed."""
     zeros = bytes(min(length, ZERO_CHUNK))

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, Callback, Descriptor
+from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, Descriptor, VirtualBdev
 from pybdev.bdev.passthru import sha1_uuid
 from pybdev.bdev.subsystem import bdev_module
 from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, OperationError, RpcError
@@ -97,27 +97,20 @@ def _corrupted(data: Any, offset: int, value: int) -> Any:
     return copy
 
 
-class ErrorBdev(Bdev):
+class ErrorBdev(VirtualBdev):
     product_name = "Error Injection Disk"
     module_name = "error"
+    follows_resize = False  # a bdev_part keeps the geometry it was built with, as SPDK's
 
     def __init__(self, name: str, uuid: str, base_desc: Descriptor, config: ErrorConfig,
                  module: ErrorModule) -> None:
-        base = base_desc.bdev
-        super().__init__(
-            name, base.block_size, base.num_blocks, uuid, io_types=base.io_types,
-            physical_block_size=base.physical_block_size, write_cache=base.write_cache,
-            numa_id=base.numa_id, max_io_bytes=base.max_io_bytes,
-        )
-        self.base_desc = base_desc
-        self.base_name = base.name
+        super().__init__(name, uuid, base_desc)
         self.config = config
         self.module = module
         self.vector = {t: ErrorInfo() for t in IO_TYPES}
         self.inflight = 0  # requests passed to the base and not completed yet
         # Held requests: how to submit each again, and its completion for an abort.
         self.pending: list[tuple[Callable[[], None], Callback]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- injection --------------------------------------------------------------------
     def _armed(self, io_type: str) -> ErrorInfo | None:
@@ -217,24 +210,8 @@ class ErrorBdev(Bdev):
     def on_removed(self) -> None:
         self._abort_pending()
 
-    def on_base_event(self, event: BdevEvent, base: Bdev) -> None:
-        layer = self.layer
-        if layer is None or self.state is not BdevState.REGISTERED:
-            return
-        if event is BdevEvent.REMOVE:
-            task = asyncio.get_running_loop().create_task(layer.unregister(self))
-            self._tasks.add(task)
-            task.add_done_callback(self._unregistered)
-
-    def _unregistered(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s did not unregister after its base went away: %s", self.name,
-                      task.exception())
-
     async def destruct(self) -> None:
-        self.base_desc.layer.release_claim(self.base_desc.bdev)
-        self.base_desc.close()
+        await super().destruct()
         self.module.forget(self)
 
 

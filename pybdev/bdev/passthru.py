@@ -18,7 +18,6 @@ passthru ignores the event and keeps the old size).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import hashlib
 import logging
@@ -26,7 +25,7 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, Callback, Descriptor
+from pybdev.bdev.core import Bdev, BdevModule, BdevState, Descriptor, VirtualBdev
 from pybdev.bdev.subsystem import bdev_module
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
@@ -54,67 +53,20 @@ class Association:
     uuid: str | None
 
 
-class PassthruBdev(Bdev):
+class PassthruBdev(VirtualBdev):
     product_name = "passthru"
     module_name = "passthru"
 
     def __init__(self, name: str, uuid: str, base_desc: Descriptor,
                  module: PassthruModule) -> None:
-        base = base_desc.bdev
-        super().__init__(
-            name, base.block_size, base.num_blocks, uuid,
-            io_types=base.io_types, physical_block_size=base.physical_block_size,
-            write_cache=base.write_cache, optimal_io_boundary=base.optimal_io_boundary,
-            numa_id=base.numa_id, max_io_bytes=base.max_io_bytes,
-        )
-        self.base_desc = base_desc
-        self.base_name = base.name
+        super().__init__(name, uuid, base_desc)
         self.module = module
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    # Requests were checked by our descriptor against the same geometry; the base's
-    # descriptor checks them again, which is cheap, and counts them in the base's stats.
-    def submit_read(self, offset: int, length: int, cb: Callback) -> None:
-        self.base_desc.read(offset, length, cb)
-
-    def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
-        self.base_desc.write(offset, data, cb, fua)
-
-    def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
-        self.base_desc.unmap(offset, length, cb)
-
-    def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
-        self.base_desc.write_zeroes(offset, length, cb)
-
-    def submit_flush(self, offset: int, length: int, cb: Callback) -> None:
-        self.base_desc.flush(offset, length, cb)
-
-    def submit_reset(self, cb: Callback) -> None:
-        self.base_desc.reset(cb)
 
     def driver_specific(self) -> dict[str, Any]:
         return {"passthru": {"name": self.name, "base_bdev_name": self.base_name}}
 
-    def on_base_event(self, event: BdevEvent, base: Bdev) -> None:
-        layer = self.layer
-        if layer is None or self.state is not BdevState.REGISTERED:
-            return
-        if event is BdevEvent.REMOVE:
-            task = asyncio.get_running_loop().create_task(layer.unregister(self))
-            self._tasks.add(task)
-            task.add_done_callback(self._unregistered)
-        elif event is BdevEvent.RESIZE:
-            layer.resize(self, base.num_blocks)
-
-    def _unregistered(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s did not unregister after its base went away: %s", self.name,
-                      task.exception())
-
     async def destruct(self) -> None:
-        self.base_desc.layer.release_claim(self.base_desc.bdev)
-        self.base_desc.close()
+        await super().destruct()
         self.module.forget(self)
 
 
