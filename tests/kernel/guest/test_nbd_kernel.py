@@ -10,54 +10,23 @@ the target, and a config round trip through ``--json``.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import mmap
 import os
 import signal
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import Target
+from tests.kernel.guest.blockdev import MiB, dev_size, start, wait_for
 
-BLKGETSIZE64 = 0x80081272
-MiB = 1 << 20
 SIZE = 64 * MiB
-
-
-@pytest.fixture
-def targets(tmp_path: Path) -> Iterator[list[Target]]:
-    started: list[Target] = []
-    yield started
-    for t in started:
-        if t.proc.poll() is None:
-            t.stop(timeout=60)
-
-
-def start(targets: list[Target], tmp_path: Path, *args: str) -> Target:
-    n = len(targets)
-    t = Target(tmp_path / f"t{n}.sock", list(args), tmp_path / f"t{n}.log")
-    targets.append(t)
-    return t.wait_ready(timeout=90)
 
 
 def malloc(t: Target, name: str, size: int = SIZE, block_size: int = 512) -> None:
     assert t.rpc("bdev_malloc_create", {"name": name, "num_blocks": size // block_size,
                                         "block_size": block_size}) == name
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def sys_int(dev: str, attr: str) -> int:
@@ -73,16 +42,6 @@ def connected(dev: str) -> bool:
 
 def is_free(dev: str) -> bool:
     return not connected(dev) and sys_int(dev, "size") == 0
-
-
-def dev_size(dev: str) -> int:
-    fd = os.open(dev, os.O_RDONLY)
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, BLKGETSIZE64, buf)
-        return int.from_bytes(buf, "little")
-    finally:
-        os.close(fd)
 
 
 def direct_round_trip(dev: str, length: int = 4 * MiB, offset: int = 0) -> None:

@@ -20,36 +20,17 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Target
-
-BLKDISCARD = 0x1277
-BLKZEROOUT = 0x127F
-BLKGETSIZE64 = 0x80081272
-MiB = 1 << 20
-
-
-@pytest.fixture
-def targets(tmp_path: Path) -> Iterator[list[Target]]:
-    started: list[Target] = []
-    yield started
-    for t in started:
-        if t.proc.poll() is None:
-            t.stop(timeout=60)
-        # Shown by pytest only when the test failed.
-        print(f"---- log of target {t.sock.name} ----\n{t.log()}")
+from tests.kernel.guest import blockdev
+from tests.kernel.guest.blockdev import BLKDISCARD, BLKZEROOUT, MiB, dev_size, wait_for
 
 
 def start(targets: list[Target], tmp_path: Path, *args: str) -> Target:
-    n = len(targets)
-    t = Target(tmp_path / f"t{n}.sock", ["-m", "0x3", "-L", "ublk", *args],
-               tmp_path / f"t{n}.log")
-    targets.append(t)
-    return t.wait_ready(timeout=60)
+    return blockdev.start(targets, tmp_path, "-m", "0x3", "-L", "ublk", *args, timeout=60)
 
 
 @pytest.fixture
@@ -59,30 +40,11 @@ def tgt(targets: list[Target], tmp_path: Path) -> Target:
     return t
 
 
-def wait_for(pred, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def is_blockdev(path: str) -> bool:
     try:
         return stat.S_ISBLK(os.stat(path).st_mode)
     except FileNotFoundError:
         return False
-
-
-def dev_size(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, BLKGETSIZE64, buf)
-        return int.from_bytes(buf, "little")
-    finally:
-        os.close(fd)
 
 
 def aligned(data: bytes) -> mmap.mmap:
