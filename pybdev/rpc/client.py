@@ -64,9 +64,15 @@ class SocketTransport(Transport):
 def open_transport(addr: str, port: int, timeout: float, retries: int,
                    **http_options: Any) -> Transport:
     if addr.startswith(("http://", "https://")):
-        from pybdev.rpc.http_client import HttpTransport  # type: ignore[import-not-found]
+        from pybdev.rpc.http_client import HttpTransport
 
-        return HttpTransport(addr, timeout=timeout, **http_options)  # type: ignore[no-any-return]
+        for attempt in range(retries + 1):
+            try:
+                return HttpTransport(addr, timeout=timeout, **http_options)
+            except JsonRpcException:
+                if attempt == retries:
+                    raise
+                time.sleep(0.2)
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:

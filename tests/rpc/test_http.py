@@ -437,6 +437,24 @@ def test_rpc_py_connection_refused() -> None:
     assert res.returncode == 1 and "Error while connecting" in res.stderr
 
 
+def test_rpc_py_retries_connecting(tmp_path: Path) -> None:
+    """``-r N`` waits for a target that is still starting, over HTTP as over the socket."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = subprocess.Popen(
+        [sys.executable, str(RPC_PY), "-r", "150", "-s", f"http://127.0.0.1:{port}",
+         "spdk_get_version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=_env())
+    target = HttpTarget(tmp_path, "--http", f"127.0.0.1:{port}")
+    try:
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err
+        assert "pybdev" in out
+    finally:
+        assert target.stop() == 0
+
+
 # --- authentication ------------------------------------------------------------------------
 
 
