@@ -104,6 +104,18 @@ class Target:
         return self.proc.returncode
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def start_target(tmp_path: Path) -> Iterator[Callable[..., Target]]:
     """``start_target(*args, sock=None, wait=True)`` -> a started Target, stopped at teardown."""

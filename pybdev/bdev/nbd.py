@@ -35,12 +35,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_layer
+from pybdev.bdev.subsystem import bdev_layer, bdev_module
 from pybdev.nbd import proto
 from pybdev.nbd import uri as nbd_uri
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
-from pybdev.rpc.types import Params, Str
+from pybdev.rpc.types import NameParams, Params, Str
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -533,17 +533,13 @@ class NbdCreateParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
 async def bdev_nbd_create(app: App, p: NbdCreateParams) -> str:
     """Attach a remote NBD export (nbd://, nbd+unix:// or QEMU's nbd: syntax) as a bdev."""
-    bdev = await bdev_layer(app).module(NbdModule).create(p.name, p.uri)
+    bdev = await bdev_module(app, NbdModule).create(p.name, p.uri)
     return bdev.name
 
 
-class NbdDeleteParams(Params):
-    name: Str
-
-
-@rpc_method("bdev_nbd_delete", NbdDeleteParams, subsystem="bdev",
+@rpc_method("bdev_nbd_delete", NameParams, subsystem="bdev",
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_nbd_delete(app: App, p: NbdDeleteParams) -> bool:
+async def bdev_nbd_delete(app: App, p: NameParams) -> bool:
     """Detach an NBD bdev: finish its requests, disconnect from the server."""
     await bdev_layer(app).unregister_by_name(p.name, "nbd")
     return True

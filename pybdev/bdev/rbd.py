@@ -46,7 +46,7 @@ from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
 from pybdev.bdev.subsystem import bdev_layer, bdev_module
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
-from pybdev.rpc.types import U32, U64, Params, Str, Uuid
+from pybdev.rpc.types import U32, U64, NameParams, Params, Str, Uuid
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -563,13 +563,9 @@ async def bdev_rbd_register_cluster(app: App, p: RegisterClusterParams) -> str:
     return await bdev_module(app, RbdModule).register_cluster(**p.model_dump())
 
 
-class ClusterNameParams(Params):
-    name: Str
-
-
-@rpc_method("bdev_rbd_unregister_cluster", ClusterNameParams, subsystem="bdev",
+@rpc_method("bdev_rbd_unregister_cluster", NameParams, subsystem="bdev",
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_rbd_unregister_cluster(app: App, p: ClusterNameParams) -> bool:
+async def bdev_rbd_unregister_cluster(app: App, p: NameParams) -> bool:
     """Disconnect a registered cluster that no rbd bdev uses."""
     _run(_unavailable())
     await bdev_module(app, RbdModule).unregister_cluster(p.name)
@@ -611,13 +607,9 @@ async def bdev_rbd_create(app: App, p: RbdCreateParams) -> str:
     return bdev.name
 
 
-class RbdDeleteParams(Params):
-    name: Str
-
-
-@rpc_method("bdev_rbd_delete", RbdDeleteParams, subsystem="bdev",
+@rpc_method("bdev_rbd_delete", NameParams, subsystem="bdev",
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_rbd_delete(app: App, p: RbdDeleteParams) -> bool:
+async def bdev_rbd_delete(app: App, p: NameParams) -> bool:
     """Delete an rbd bdev (the image stays in the cluster)."""
     await bdev_module(app, RbdModule).delete(p.name)
     return True

@@ -13,7 +13,7 @@ from pybdev.bdev.core import BdevState
 from pybdev.bdev.subsystem import bdev_layer
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, INVALID_PARAMS, RpcError, errno_error
 from pybdev.rpc.registry import State, rpc_method
-from pybdev.rpc.types import U32, U64, Params, Str
+from pybdev.rpc.types import U32, U64, NameParams, Params, Str
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -128,13 +128,9 @@ def bdev_set_options(app: App, p: SetOptionsParams) -> bool:
     return True
 
 
-class ExamineParams(Params):
-    name: Str
-
-
-@rpc_method("bdev_examine", ExamineParams, subsystem="bdev",
+@rpc_method("bdev_examine", NameParams, subsystem="bdev",
             decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
-def bdev_examine(app: App, p: ExamineParams) -> bool:
+def bdev_examine(app: App, p: NameParams) -> bool:
     """Allow examine of one bdev (only when auto examine is off)."""
     layer = bdev_layer(app)
     if layer.options["bdev_auto_examine"]:

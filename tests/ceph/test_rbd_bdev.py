@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from pybdev import ceph
-from tests.conftest import Target
+from tests.conftest import Target, wait_until
 
 from .cluster import CephCluster
 
@@ -53,15 +53,6 @@ def qemu_io(uri: str, *cmds: str, check: bool = True) -> str:
     return out
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.1)
 
 
 @pytest.fixture

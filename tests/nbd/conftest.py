@@ -168,15 +168,6 @@ def exported(start_target: Callable[..., Target], sockdir: Path) -> tuple[Target
     return t, uri
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
 
 
 os.environ.setdefault("LIBNBD_DEBUG", "0")

@@ -21,9 +21,9 @@ from pybdev.bdev.core import BdevEvent, BdevLayer
 from pybdev.bdev.nbd import NbdBdev, NbdModule
 from pybdev.nbd import proto as nbd
 from pybdev.rpc.errors import OperationError
-from tests.conftest import Target
+from tests.conftest import Target, wait_until
 
-from .conftest import Peer, need, run, unix_uri, wait_until
+from .conftest import Peer, need, run, unix_uri
 from .rawclient import RawClient
 
 pytestmark = pytest.mark.timeout(120)

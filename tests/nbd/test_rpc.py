@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Target
+from tests.conftest import Target, wait_until
 
-from .conftest import need, run, unix_uri, wait_until
+from .conftest import need, run, unix_uri
 from .rawclient import RawClient
 
 DECODE = {"code": -32603, "message": "spdk_json_decode_object failed"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pybdev.nbd import proto as nbd
-from tests.conftest import Target
+from tests.conftest import Target, wait_until
 
 from .conftest import (
     MALLOC0_SIZE,
@@ -27,7 +27,6 @@ from .conftest import (
     need,
     run,
     unix_uri,
-    wait_until,
 )
 from .rawclient import RawClient, wait_closed
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import Target
+from tests.conftest import wait_until as wait_for  # noqa: F401  (re-exported)
 
 BLKDISCARD = 0x1277
 BLKZEROOUT = 0x127F
@@ -23,14 +22,6 @@ def start(targets: list[Target], tmp_path: Path, *args: str, timeout: float = 90
     targets.append(t)
     return t.wait_ready(timeout=timeout)
 
-
-def wait_for(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def dev_size(path: str) -> int:
