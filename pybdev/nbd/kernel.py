@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.nbd import proto
+from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import Export
-from pybdev.nbd.subsystem import IllegalDevice
 from pybdev.rpc.errors import OperationError, RpcError
 
 if TYPE_CHECKING:
