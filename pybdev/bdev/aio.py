@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, NameParams, Params, Str, Uuid
 

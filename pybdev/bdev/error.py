@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, Descriptor, VirtualBdev
 from pybdev.bdev.passthru import sha1_uuid
-from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, OperationError, RpcError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, RpcError
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U8, U32, U64, NameParams, Params, Str, Uuid
 

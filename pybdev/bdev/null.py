@@ -15,7 +15,8 @@ import errno
 from typing import Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import I32, U32, U64, NameParams, Params, Str, Uuid
 

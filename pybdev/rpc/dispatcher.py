@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from pybdev.errors import OperationError
 from pybdev.rpc import errors
-from pybdev.rpc.errors import OperationError, RpcError
+from pybdev.rpc.errors import RpcError
 from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, Method, Registry, State
 
 log = logging.getLogger("pybdev.rpc")
@@ -184,7 +185,7 @@ class Dispatcher:
         except RpcError:
             raise
         except OperationError as e:
-            raise e.to_rpc() from None
+            raise RpcError(-e.errno, e.message) from None
         except Exception:
             log.exception("RPC %s failed", method_name)
             raise RpcError(errors.INTERNAL_ERROR) from None
