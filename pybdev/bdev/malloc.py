@@ -143,7 +143,8 @@ class MallocCreateParams(Params):
 
 
 @RPC.method("bdev_malloc_create", MallocCreateParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_malloc_bdev",))
 def bdev_malloc_create(module: MallocModule, p: MallocCreateParams) -> str:
     """Create a RAM bdev of ``num_blocks`` x ``block_size``; answers its name."""
     module = module
@@ -156,7 +157,8 @@ def bdev_malloc_create(module: MallocModule, p: MallocCreateParams) -> str:
 
 
 @RPC.method("bdev_malloc_delete", NameParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_malloc_bdev",))
 async def bdev_malloc_delete(module: MallocModule, p: NameParams) -> bool:
     """Delete a malloc bdev (and whatever is stacked on it)."""
     await module.layer.unregister_by_name(p.name, "malloc")

@@ -175,7 +175,8 @@ class NullCreateParams(Params):
 
 
 @RPC.method("bdev_null_create", NullCreateParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_null_bdev",))
 def bdev_null_create(module: NullModule, p: NullCreateParams) -> str:
     """Create a null bdev (writes discarded, reads return zeros); answers its name."""
     return module.create(**p.model_dump()).name
@@ -183,7 +184,8 @@ def bdev_null_create(module: NullModule, p: NullCreateParams) -> str:
 
 
 @RPC.method("bdev_null_delete", NameParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_null_bdev",))
 async def bdev_null_delete(module: NullModule, p: NameParams) -> bool:
     """Delete a null bdev (and whatever is stacked on it)."""
     await module.delete(p.name)

@@ -166,7 +166,8 @@ class PassthruCreateParams(Params):
 
 
 @RPC.method("bdev_passthru_create", PassthruCreateParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_passthru_bdev",))
 def bdev_passthru_create(module: PassthruModule, p: PassthruCreateParams) -> str:
     """Create a passthru vbdev on a base (deferred until the base exists); answers its name."""
     return module.create(
@@ -175,7 +176,8 @@ def bdev_passthru_create(module: PassthruModule, p: PassthruCreateParams) -> str
 
 
 @RPC.method("bdev_passthru_delete", NameParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_passthru_bdev",))
 async def bdev_passthru_delete(module: PassthruModule, p: NameParams) -> bool:
     """Delete a passthru vbdev, releasing its base."""
     await module.delete(p.name)

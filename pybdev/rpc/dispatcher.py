@@ -105,6 +105,7 @@ class Dispatcher:
         self.ctx = ctx
         self.registry = registry
         self.allowed = allowed
+        self._warned_aliases: set[str] = set()
 
     def is_allowed(self, name: str) -> bool:
         return self.allowed is None or name in self.allowed
@@ -170,6 +171,10 @@ class Dispatcher:
         method = self.lookup(method_name)
         if method is None:
             raise RpcError(errors.METHOD_NOT_FOUND)
+        if method.alias_of is not None and method_name not in self._warned_aliases:
+            self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
+            log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
+                        method.alias_of)
         state = self.ctx.state
         if not method.states & state:
             message = RUNTIME_ONLY_MESSAGE if state == State.STARTUP else STARTUP_ONLY_MESSAGE
