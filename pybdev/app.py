@@ -19,9 +19,10 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pybdev import __version__, framework, spdk_tgt_options
+from pybdev import __version__, framework, notify, spdk_tgt_options
 from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
+from pybdev.cpus import CoreLocks, app_cores
 from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.http import HttpConfigError, HttpRpcServer, add_http_options, configure_http
 from pybdev.rpc.registry import Registry, State
@@ -106,6 +107,8 @@ class App:
         self.initialized = asyncio.Event()
         self.serving = asyncio.Event()
         self.shutdown_requested = asyncio.Event()
+        self.notifier = notify.Notifier()
+        self.core_locks = CoreLocks(app_cores(options.cpumask))
         self.subsystems: list[Subsystem] = []
         for cls in self.assembly.subsystems:
             sub = cls(self)
@@ -113,6 +116,7 @@ class App:
             self.subsystems.append(sub)
         self.registry = Registry()
         self.registry.add_table(self.rpc, self, "framework")
+        self.registry.add_table(notify.RPC, self.notifier, "notify")
         for sub in self.subsystems:
             for table, owner in sub.rpc_tables():
                 self.registry.add_table(table, owner, sub.name)
@@ -184,6 +188,7 @@ class App:
                 await sub.fini()
             except Exception:
                 self.log.exception("subsystem %s failed to finish", sub.name)
+        self.core_locks.release()
 
     def request_shutdown(self, signame: str = "") -> None:
         if not self.shutdown_requested.is_set():

@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pybdev.cpus import WorkerThread
 from pybdev.rpc.registry import RpcTable
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ class Subsystem:
     def write_config(self) -> Config | None:
         """The calls that recreate the current state, in replay order (None: no writer)."""
         return []
+
+    def threads(self) -> Iterable[WorkerThread]:
+        """Threads this subsystem runs besides the event loop (``framework_get_reactors``)."""
+        return ()
 
 
 def init_order(classes: Iterable[type[Subsystem]]) -> list[type[Subsystem]]:

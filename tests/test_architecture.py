@@ -17,9 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pybdev"
 # Lowest first. Keep in step with docs/architecture.md.
 LAYERS: list[set[str]] = [
     {"pybdev", "errors", "listener", "proto", "uring", "ceph", "spdk_tgt_options"},  # leaves
-    {"rpc"},  # JSON-RPC: registry, dispatcher, transports, client
-    {"cli", "subsystem"},  # rpc.py's commands; the subsystem base
-    {"bdev"},  # the bdev layer and its modules
+    {"rpc", "cpus"},  # JSON-RPC: registry, dispatcher, transports, client; core masks
+    {"cli", "subsystem", "notify"},  # rpc.py's commands; the subsystem base; notifications
+    {"bdev", "iobuf", "accel", "scheduler"},  # the bdev layer and its modules; iobuf, accel
     {"export"},  # the base of every export
     {"nbd", "ublk", "nvmf"},  # exports and their subsystems
     {"framework", "config", "assembly"},  # framework RPCs, --json replay, what a target holds
