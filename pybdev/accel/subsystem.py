@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from pybdev.accel.software import OPERATIONS
 from pybdev.errors import OperationError
-from pybdev.rpc.errors import INVALID_PARAMS, PARSE_ERROR, RpcError
+from pybdev.rpc.errors import INVALID_PARAMS, PARSE_ERROR, RpcError, errno_error
 from pybdev.rpc.registry import RpcTable, State
-from pybdev.rpc.types import Params, Str
+from pybdev.rpc.types import U32, Params, Str
 from pybdev.subsystem import Config, Subsystem
 
 if TYPE_CHECKING:
@@ -34,6 +34,13 @@ OPCODES = (
     "encrypt", "decrypt", "xor", "dif_verify", "dif_verify_copy", "dif_generate",
     "dif_generate_copy", "dix_generate", "dix_verify",
 )
+#: accel_set_options' defaults (lib/accel/accel.c): per-channel caches and pools that
+#: SPDK's accel framework preallocates. pybdev has no accel task pools, so they are kept and
+#: saved, so that SPDK's configs replay, and bound nothing (docs/guide.md).
+DEFAULT_OPTIONS = {"small_cache_size": 128, "large_cache_size": 16, "task_count": 2048,
+                   "sequence_count": 2048, "buf_count": 2048}
+TASKS_IN_SEQUENCE_LIMIT = 8
+
 #: Module name -> the opcodes it implements.
 MODULES: dict[str, tuple[str, ...]] = {
     "software": tuple(op for op in OPCODES if op in OPERATIONS),
@@ -47,6 +54,7 @@ class AccelSubsystem(Subsystem):
 
     def __init__(self, app: App) -> None:
         super().__init__(app)
+        self.options = dict(DEFAULT_OPTIONS)
         self.overrides: dict[str, str] = {}  # opcode -> module, as assigned before init
         self.assignments: dict[str, str] = {}
         self.started = False
@@ -68,8 +76,11 @@ class AccelSubsystem(Subsystem):
         self.started = False
 
     def write_config(self) -> Config | None:
-        return [{"method": "accel_assign_opc", "params": {"opname": op, "module": module}}
-                for op, module in sorted(self.overrides.items(), key=lambda i: OPCODES.index(i[0]))]
+        # spdk_accel_write_config_json: the options first, then each assignment.
+        config: Config = [{"method": "accel_set_options", "params": dict(self.options)}]
+        config += [{"method": "accel_assign_opc", "params": {"opname": op, "module": module}}
+                   for op in OPCODES if (module := self.overrides.get(op)) is not None]
+        return config
 
 
 @RPC.method("accel_get_opc_assignments",
@@ -104,4 +115,24 @@ def accel_assign_opc(sub: AccelSubsystem, p: AssignOpcParams) -> bool:
         raise RpcError(INVALID_PARAMS, "error assigning opcode")
     sub.overrides[p.opname] = p.module
     log.info("Operation %s will be assigned to module %s", p.opname, p.module)
+    return True
+
+
+class SetOptionsParams(Params):
+    small_cache_size: U32 | None = None
+    large_cache_size: U32 | None = None
+    task_count: U32 | None = None
+    sequence_count: U32 | None = None
+    buf_count: U32 | None = None
+
+
+@RPC.method("accel_set_options", SetOptionsParams, states=State.STARTUP,
+            decode_error=(PARSE_ERROR, "spdk_json_decode_object failed"),
+            result={"type": "boolean"})
+def accel_set_options(sub: AccelSubsystem, p: SetOptionsParams) -> bool:
+    """Set the accel framework's cache and pool sizes; kept and saved (no pools here)."""
+    new = {**sub.options, **p.model_dump(exclude_none=True)}
+    if new["task_count"] < TASKS_IN_SEQUENCE_LIMIT:
+        raise errno_error(errno.EINVAL)
+    sub.options = new
     return True
