@@ -45,17 +45,31 @@ class SchedulerSubsystem(Subsystem):
         self.scheduler: str | None = None
         self.period = 0
         self.cores = frozenset({0})
+        self._first_load = True
 
     def configure(self, options: argparse.Namespace) -> None:
         self.cores = app_cores(options.cpumask)
 
+    def select(self, name: str) -> None:
+        """SPDK's spdk_scheduler_set for ``static``: its init resets the period."""
+        if name == self.scheduler:
+            return
+        if self.scheduler is not None:
+            self._first_load = False
+        # lib/event/scheduler_static.c init_static: no period on the first load (static
+        # never rebalances), one immediate balance when switched back to.
+        self.period = 0 if self._first_load else 1
+        self.scheduler = name
+
     async def init(self) -> None:
         if self.scheduler is None:
-            self.scheduler = "static"
+            self.select("static")
 
     async def fini(self) -> None:
-        self.scheduler = None
         self.period = 0
+        if self.scheduler is not None:
+            self._first_load = False
+        self.scheduler = None
 
     def write_config(self) -> Config | None:
         if self.scheduler is None:
@@ -102,7 +116,7 @@ def framework_set_scheduler(sub: SchedulerSubsystem, p: SetSchedulerParams) -> b
     if p.name not in SCHEDULERS:
         log.error("Requested scheduler is missing")
         raise RpcError(INTERNAL_ERROR, os.strerror(errno.EINVAL))
-    sub.scheduler = p.name
+    sub.select(p.name)
     if p.mappings is not None:
         _check_mappings(sub, p.mappings)
     return True

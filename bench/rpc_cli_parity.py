@@ -1,0 +1,138 @@
+"""Compare every command of scripts/rpc.py with SPDK's rpc.py (PyPI ``spdk``): options, drift.
+
+Usage: ``.venv/bin/python bench/rpc_cli_parity.py`` prints, for every command both have,
+how its arguments differ (option strings, destination, type, choices, nargs, required,
+action), then a summary. ``tests/cli/test_parity.py`` fails on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Differences that are pybdev's documented choice, not drift: (command, argument) -> why.
+ACCEPTED: dict[tuple[str, str], str] = {
+    ("bdev_get_iostat", "--name/-b"):
+        "SPDK's rpc.py had -b until v26.05; pybdev keeps it for older scripts",
+    ("bdev_rbd_create", "--user"): "pybdev also accepts --user-id (docs/ceph.md)",
+    ("bdev_rbd_create", "--user/--user-id"): "pybdev also accepts --user-id (docs/ceph.md)",
+    ("bdev_rbd_register_cluster", "--user"): "pybdev also accepts --user-id (docs/ceph.md)",
+    ("bdev_rbd_register_cluster", "--user/--user-id"):
+        "pybdev also accepts --user-id (docs/ceph.md)",
+}
+PROBES = ("1", "a,b", "0x10")
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _type(action: argparse.Action) -> Any:
+    """The type by what it makes of a few probes (two spellings of one conversion agree)."""
+    t = action.type
+    if t is None or t is str:
+        return "str"
+    if t in (int, float):
+        return t.__name__
+    results = []
+    for probe in PROBES:
+        try:
+            results.append(repr(t(probe)))
+        except Exception as e:
+            results.append(type(e).__name__)
+    return results
+
+
+def describe(action: argparse.Action) -> dict[str, Any]:
+    """What a user can type and what it becomes: the parts two CLIs must agree on."""
+    kind = type(action).__name__
+    takes_value = kind in ("_StoreAction", "_AppendAction")
+    return {
+        "dest": action.dest,
+        "action": kind,
+        "type": _type(action) if takes_value else None,
+        "choices": sorted(map(str, action.choices)) if action.choices else None,
+        "nargs": action.nargs,
+        "required": action.required,
+        "const": action.const if kind == "_StoreConstAction" else None,
+    }
+
+
+def signature(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """{"-b/--name": {...}, "#0": {...positional...}} of one command."""
+    out: dict[str, Any] = {}
+    pos = 0
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if action.option_strings:
+            out["/".join(sorted(action.option_strings))] = describe(action)
+        else:
+            out[f"#{pos}"] = describe(action)
+            pos += 1
+    return out
+
+
+def diff(ours: dict[str, Any], theirs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(argument, what differs) for every argument the two commands do not share alike."""
+    problems = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key), theirs.get(key)
+        if a is None:
+            problems.append((key, f"missing {key} ({b['dest']})"))
+        elif b is None:
+            problems.append((key, f"extra {key} ({a['dest']})"))
+        elif a != b:
+            fields = [f"{k}: {a[k]!r} != SPDK {b[k]!r}" for k in a if a[k] != b.get(k)]
+            problems.append((key, f"{key}: " + "; ".join(fields)))
+    return problems
+
+
+def spdk_parser() -> argparse.ArgumentParser:
+    from spdk import spdk_rpc
+
+    parser, _ = spdk_rpc.create_parser()
+    return parser
+
+
+def pybdev_parser() -> argparse.ArgumentParser:
+    sys.path.insert(0, str(ROOT))
+    from pybdev.cli import build_parser
+
+    return build_parser()
+
+
+def compare() -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """(drift per shared command, commands only pybdev has, commands only SPDK has)."""
+    ours, theirs = subcommands(pybdev_parser()), subcommands(spdk_parser())
+    drift = {}
+    for name in sorted(set(ours) & set(theirs)):
+        problems = [text for key, text in diff(signature(ours[name]), signature(theirs[name]))
+                    if (name, key) not in ACCEPTED]
+        if problems:
+            drift[name] = problems
+    return drift, sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+
+
+def main() -> int:
+    drift, only_ours, only_theirs = compare()
+    for name, problems in drift.items():
+        print(name)
+        for p in problems:
+            print("   ", p)
+    shared = len(subcommands(pybdev_parser())) - len(only_ours)
+    print(f"\ncommands in both: {shared}; with differing options: {len(drift)}; "
+          f"only in pybdev: {len(only_ours)}; only in SPDK: {len(only_theirs)}")
+    print("only in pybdev:", " ".join(only_ours))
+    return 1 if drift else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
