@@ -8,6 +8,9 @@ action), then a summary. ``tests/cli/test_parity.py`` fails on any difference.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,17 +124,108 @@ def compare() -> tuple[dict[str, list[str]], list[str], list[str]]:
     return drift, sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
 
 
+def sample_argv(parser: argparse.ArgumentParser, with_options: bool) -> list[str]:
+    """A command line that sets every positional and, ``with_options``, every option."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        kind = type(action).__name__
+        if action.choices:
+            value = str(sorted(map(str, action.choices))[0])
+        elif action.type in (int, float):
+            value = "2"
+        else:
+            value = "x2"
+        if not action.option_strings:
+            argv += [value] * (2 if action.nargs in ("+", "*") else 1)
+        elif with_options or action.required:
+            flag = max(action.option_strings, key=len)
+            if kind in ("_StoreAction", "_AppendAction"):
+                argv += [flag, value]
+            elif kind in ("_StoreTrueAction", "_StoreFalseAction", "_StoreConstAction",
+                          "BooleanOptionalAction"):
+                argv.append(flag)
+    return argv
+
+
+def _capture(run: Any) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            run()
+        except BaseException as e:  # argparse exits; a command may refuse its arguments
+            return f"<{type(e).__name__}>"
+    return out.getvalue()
+
+
+def requests_of(text: str) -> Any:
+    """The requests a dry run printed ("Request:" then JSON), without their ids."""
+    reqs = []
+    for chunk in text.split("Request:\n")[1:]:
+        value, _ = json.JSONDecoder().raw_decode(chunk)
+        for r in value if isinstance(value, list) else [value]:
+            r.pop("id", None)
+            reqs.append(r)
+    return reqs
+
+
+def payload_drift() -> tuple[dict[str, str], int]:
+    """Commands whose dry-run request differs from SPDK's for the same command line, and
+    how many commands sent at least one request that was compared."""
+    from spdk import spdk_rpc
+    from spdk.rpc.client import JSONRPCDryRunClient
+
+    from pybdev import cli
+    from pybdev.cli import output
+
+    ours, theirs = subcommands(pybdev_parser()), subcommands(spdk_parser())
+    spdk_parser_full = spdk_parser()
+    drift = {}
+    compared = 0
+    for name in sorted(set(ours) & set(theirs)):
+        for with_options in (True, False):
+            argv = [name, *sample_argv(theirs[name], with_options)]
+
+            def run_spdk(argv: list[str] = argv) -> None:
+                args = spdk_parser_full.parse_args(argv)
+                args.client = JSONRPCDryRunClient()
+                spdk_rpc.suppress_cli_prints()
+                args.func(args)
+
+            def run_ours(argv: list[str] = argv) -> None:
+                try:
+                    cli.main(["--dry-run", *argv])
+                finally:
+                    output.suppressed = False
+
+            a, b = _capture(run_ours), _capture(run_spdk)
+            if b.startswith("<") and with_options:
+                continue  # SPDK refuses every option at once; try positionals only
+            if requests_of(a) != requests_of(b) or (a.startswith("<") != b.startswith("<")):
+                drift[name] = f"{' '.join(argv)}\n      pybdev: {a.strip()[:300]}\n" \
+                              f"      SPDK:   {b.strip()[:300]}"
+            elif requests_of(b):
+                compared += 1
+            break
+    return drift, compared
+
+
 def main() -> int:
     drift, only_ours, only_theirs = compare()
     for name, problems in drift.items():
         print(name)
         for p in problems:
             print("   ", p)
+    payloads, compared = payload_drift()
+    for name, text in payloads.items():
+        print(f"{name} (request differs): {text}")
     shared = len(subcommands(pybdev_parser())) - len(only_ours)
     print(f"\ncommands in both: {shared}; with differing options: {len(drift)}; "
+          f"requests compared: {compared}, differing: {len(payloads)}; "
           f"only in pybdev: {len(only_ours)}; only in SPDK: {len(only_theirs)}")
     print("only in pybdev:", " ".join(only_ours))
-    return 1 if drift else 0
+    return 1 if drift or payloads else 0
 
 
 if __name__ == "__main__":

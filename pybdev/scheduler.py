@@ -33,7 +33,6 @@ RPC = RpcTable()
 log = logging.getLogger("pybdev.scheduler")
 
 SCHEDULERS = ("static",)
-DEFAULT_PERIOD_US = 1_000_000  # set on the first framework_set_scheduler without a period
 
 
 class SchedulerSubsystem(Subsystem):
@@ -109,10 +108,11 @@ def _check_mappings(sub: SchedulerSubsystem, mappings: str) -> None:
             result={"type": "boolean"})
 def framework_set_scheduler(sub: SchedulerSubsystem, p: SetSchedulerParams) -> bool:
     """Select the thread scheduler (``static`` only) and its period in microseconds."""
+    # SPDK also sets a 1 s period here when none was given and none is set; pybdev keeps
+    # the period as it is, so that a saved config loaded again saves the same (static never
+    # rebalances, so the period changes nothing). See docs/guide.md.
     if p.period:
         sub.period = p.period
-    elif sub.period == 0:
-        sub.period = DEFAULT_PERIOD_US
     if p.name not in SCHEDULERS:
         log.error("Requested scheduler is missing")
         raise RpcError(INTERNAL_ERROR, os.strerror(errno.EINVAL))
