@@ -1,6 +1,6 @@
 """The target process: options, start-up, STARTUP -> RUNTIME, signals, shutdown.
 
-Start-up order (spec §2): parse options -> STARTUP part of ``--json`` -> RPC socket ->
+Start-up order (docs/architecture.md): parse options -> STARTUP part of ``--json`` -> RPC socket ->
 (``--wait-for-rpc``: wait for ``framework_start_init``) -> subsystem init -> RUNTIME ->
 RUNTIME part of ``--json`` -> serve. Requests that arrive before RUNTIME wait, as they do
 on SPDK's paused socket. Shutdown (SIGINT, SIGTERM, ``spdk_kill_instance``) closes the RPC

@@ -49,7 +49,7 @@ EventCallback = Callable[["BdevEvent", "Bdev"], None]
 # SPDK's lib/bdev/bdev.c calls spdk_notify_send (the notify ring subscribes here).
 Observer = Callable[[str, str], None]
 
-# Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (spec §4.4).
+# Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (lib/bdev/bdev_rpc.c).
 IO_TYPE_NAMES = (
     "read", "write", "unmap", "flush", "reset", "nvme_admin", "nvme_io", "nvme_io_md",
     "write_zeroes", "zcopy", "get_zone_info", "zone_management", "zone_append", "compare",
@@ -171,7 +171,7 @@ class Bdev:
         return self.block_size * self.num_blocks
 
     def supports(self, io_type: str) -> bool:
-        # write_zeroes is emulated with writes where the module lacks it (spec §4.4).
+        # write_zeroes is emulated with writes where the module lacks it, as SPDK's bdev layer does.
         if io_type == "write_zeroes":
             return "write_zeroes" in self.io_types or "write" in self.io_types
         return io_type in self.io_types

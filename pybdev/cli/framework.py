@@ -71,7 +71,7 @@ def _call_entry(client: Any, elem: Any) -> None:
 
 
 def load_config(client: Any, source: Any, include_aliases: bool = False) -> None:
-    """Replay a saved config as SPDK's rpc.py does (spec §3.4), pass after pass."""
+    """Replay a saved config as SPDK's rpc.py does (spdk/rpc/config.py), pass after pass."""
     subsystems = [s for s in load(source)["subsystems"] if s.get("config")]
     allowed = client.call("rpc_get_methods", {"include_aliases": include_aliases})
     if not subsystems and "framework_start_init" in allowed:

@@ -1,8 +1,8 @@
 """The bdev RPCs on a real target, through SPDK's own client (spdk-rpc) and scripts/rpc.py.
 
-Covers SPDK's rpc_integrity sequence (spec §7), deferred passthru, deleting a claimed
+Covers SPDK's rpc_integrity sequence (test/rpc/rpc.sh), deferred passthru, deleting a claimed
 base, duplicate names and UUIDs, the documented error codes of every method, and
-``bdev_get_bdevs`` field by field (spec §4.4). Tests on ``shared_target`` leave it empty.
+``bdev_get_bdevs`` field by field (lib/bdev/bdev_rpc.c). Tests on ``shared_target`` leave it empty.
 """
 
 from __future__ import annotations
