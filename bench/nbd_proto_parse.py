@@ -1,4 +1,4 @@
-"""Requests per second through the sans-IO NBD request parser (pybdev.nbd.proto).
+"""Requests per second through the sans-IO NBD request parser (pybdev.proto.nbd).
 
 Batches of 4 KiB READs and WRITEs, as a server sees them at queue depth 32, go through:
 
@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Callable
 
-from pybdev.nbd import proto as nbd
+from pybdev.proto import nbd
 
 BLOCK = 4096
 DISK_SIZE = 64 * 1024 * 1024

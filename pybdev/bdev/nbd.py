@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
 from pybdev.bdev.subsystem import bdev_layer, bdev_module
-from pybdev.nbd import proto
 from pybdev.nbd import uri as nbd_uri
+from pybdev.proto import nbd as proto
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
 from pybdev.rpc.types import NameParams, Params, Str

@@ -19,7 +19,7 @@ import pytest
 
 from pybdev.bdev.core import BdevEvent, BdevLayer
 from pybdev.bdev.nbd import NbdBdev, NbdModule
-from pybdev.nbd import proto as nbd
+from pybdev.proto import nbd
 from pybdev.rpc.errors import OperationError
 from tests.conftest import Target, wait_until
 

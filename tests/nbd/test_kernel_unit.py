@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from pybdev.nbd import kernel, proto
+from pybdev.nbd import kernel
 from pybdev.nbd.subsystem import IllegalDevice
+from pybdev.proto import nbd as proto
 from pybdev.rpc.errors import OperationError
 from tests.conftest import Target
 
