@@ -59,6 +59,13 @@ from .handshake_common import U16, U32, decode_string, is_pow2
 
 #: Default cap on one option reply the client accepts.
 DEFAULT_MAX_OPTION_REPLY_LENGTH: Final = 1 << 20
+#: Default cap on the number of option replies one handshake accepts.  The client asks for
+#: a handful of options; only a listing (one reply per export) needs many.  A server
+#: flooding replies (NBD_REP_META_CONTEXT, NBD_REP_INFO, NBD_REP_SERVER) would otherwise
+#: grow the client without bound until its timeout.
+DEFAULT_MAX_HANDSHAKE_REPLIES: Final = 1 << 14
+#: Default cap on the bytes of all option replies of one handshake (headers included).
+DEFAULT_MAX_HANDSHAKE_BYTES: Final = 1 << 24
 
 
 def encode_option(option: int, data: bytes = b"") -> bytes:
@@ -167,6 +174,12 @@ class ClientHandshake:
     request if the server demands it.  With ``list_exports`` it lists exports with
     ``NBD_OPT_LIST`` instead and ends with :class:`ExportList`.
 
+    What a server can make the client hold is bounded: one option reply is at most
+    ``max_reply_length`` bytes, and the whole handshake accepts at most
+    ``max_replies`` option replies totalling ``max_reply_bytes`` bytes (headers
+    included); past either bound it ends with :class:`ClientFailed`.  ``replies`` and
+    ``reply_bytes`` count what was accepted so far.
+
     Nothing is sent before the server's greeting arrives.  If the connection closes
     before a terminal event (a server refusing ``NBD_OPT_EXPORT_NAME`` does that), the
     export could not be opened.
@@ -182,6 +195,8 @@ class ClientHandshake:
         no_zeroes: bool = True,
         list_exports: bool = False,
         max_reply_length: int = DEFAULT_MAX_OPTION_REPLY_LENGTH,
+        max_replies: int = DEFAULT_MAX_HANDSHAKE_REPLIES,
+        max_reply_bytes: int = DEFAULT_MAX_HANDSHAKE_BYTES,
     ) -> None:
         self.export_name = export_name
         self._want_structured = structured_replies
@@ -190,6 +205,10 @@ class ClientHandshake:
         self._want_no_zeroes = no_zeroes
         self._list = list_exports
         self._max_reply_length = max_reply_length
+        self._max_replies = max_replies
+        self._max_reply_bytes = max_reply_bytes
+        self.replies = 0
+        self.reply_bytes = 0
         self._buf = bytearray()
         self._out = bytearray()
         self._state = _C_GREETING
@@ -210,6 +229,16 @@ class ClientHandshake:
     @property
     def done(self) -> bool:
         return self._state == _C_DONE
+
+    @property
+    def waiting_for(self) -> str:
+        """What the handshake waits for from the server, for messages (a timeout's)."""
+        state = self._state
+        if state == _C_GREETING:
+            return "the server's greeting"
+        if state == _C_DONE:
+            return "nothing (the handshake is over)"
+        return f"the server's reply to NBD_OPT_{describe(self._option, Opt)}"
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> ClientEvent | None:
         """Feed bytes from the server; returns the terminal event when reached, else None.
@@ -239,9 +268,21 @@ class ClientHandshake:
                     )
                 elif length > self._max_reply_length:
                     event = ClientFailed(f"option reply of {length} bytes is too long")
+                elif self.replies >= self._max_replies:
+                    event = ClientFailed(
+                        f"server sent more than {self._max_replies} option replies "
+                        f"(to NBD_OPT_{describe(option, Opt)})"
+                    )
+                elif self.reply_bytes + 20 + length > self._max_reply_bytes:
+                    event = ClientFailed(
+                        f"server sent more than {self._max_reply_bytes} bytes of option "
+                        f"replies (to NBD_OPT_{describe(option, Opt)})"
+                    )
                 elif avail < 20 + length:
                     break
                 else:
+                    self.replies += 1
+                    self.reply_bytes += 20 + length
                     payload = bytes(buf[pos + 20 : pos + 20 + length])
                     pos += 20 + length
                     event = self._handle_reply(rep, payload)
@@ -461,6 +502,8 @@ class ClientHandshake:
 
 
 __all__ = [
+    "DEFAULT_MAX_HANDSHAKE_BYTES",
+    "DEFAULT_MAX_HANDSHAKE_REPLIES",
     "DEFAULT_MAX_OPTION_REPLY_LENGTH",
     "ClientEvent",
     "ClientFailed",
