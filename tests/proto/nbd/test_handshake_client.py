@@ -101,6 +101,65 @@ def test_client_full_negotiation_bytes() -> None:
     assert hs.done
 
 
+def meta_reply(context_id: int, name: bytes = b"base:allocation") -> bytes:
+    return rep(10, 4, struct.pack(">I", context_id) + name)
+
+
+def at_meta_context(**kwargs: int) -> nbd.ClientHandshake:
+    hs = nbd.ClientHandshake("disk0", meta_contexts=["base:allocation"], **kwargs)
+    hs.receive_data(GREETING)
+    hs.receive_data(rep(8, 1))
+    hs.data_to_send()
+    return hs
+
+
+def test_client_reply_count_bound() -> None:
+    hs = at_meta_context(max_replies=5)
+    # The structured reply ACK was one reply; four more fit, the fifth is one too many.
+    assert hs.receive_data(b"".join(meta_reply(i) for i in range(4))) is None
+    assert (hs.replies, hs.reply_bytes) == (5, 20 + 4 * 39)
+    event = hs.receive_data(meta_reply(4) + rep(10, 1))
+    assert event == nbd.ClientFailed(
+        "server sent more than 5 option replies (to NBD_OPT_SET_META_CONTEXT)"
+    )
+    assert hs.replies == 5 and hs.done
+    assert hs.data_to_send() == b""  # a hard disconnect: the server broke the bargain
+
+
+def test_client_reply_bytes_bound_counts_headers_and_is_checked_before_buffering() -> None:
+    hs = at_meta_context(max_reply_bytes=20 + 39 * 2)
+    assert hs.receive_data(meta_reply(1) * 2) is None
+    # Only the header of the next reply has arrived: refused without waiting for its data.
+    event = hs.receive_data(meta_reply(3)[:20])
+    assert event == nbd.ClientFailed(
+        "server sent more than 98 bytes of option replies (to NBD_OPT_SET_META_CONTEXT)"
+    )
+    assert hs.reply_bytes == 98
+
+
+def test_client_default_bounds_accept_a_long_listing() -> None:
+    assert nbd.DEFAULT_MAX_HANDSHAKE_REPLIES >= 10_000
+    assert nbd.DEFAULT_MAX_HANDSHAKE_BYTES >= 16 * nbd.MAX_STRING * 256
+    hs = nbd.ClientHandshake(list_exports=True)
+    hs.receive_data(GREETING)
+    entries = [rep(3, 2, struct.pack(">I", 6) + b"disk%02d" % (i % 100)) for i in range(10_000)]
+    event = hs.receive_data(b"".join(entries) + rep(3, 1))
+    assert isinstance(event, nbd.ExportList) and len(event.exports) == 10_000
+
+
+def test_client_waiting_for_names_what_the_handshake_waits_for() -> None:
+    hs = nbd.ClientHandshake("disk0", meta_contexts=["base:allocation"])
+    assert hs.waiting_for == "the server's greeting"
+    hs.receive_data(GREETING)
+    assert hs.waiting_for == "the server's reply to NBD_OPT_STRUCTURED_REPLY"
+    hs.receive_data(rep(8, 1))
+    assert hs.waiting_for == "the server's reply to NBD_OPT_SET_META_CONTEXT"
+    hs.receive_data(rep(10, 1))
+    assert hs.waiting_for == "the server's reply to NBD_OPT_GO"
+    hs.receive_data(rep(7, 3, INFO_EXPORT) + rep(7, 1))
+    assert hs.waiting_for == "nothing (the handshake is over)"
+
+
 def test_client_defaults_without_block_size_info() -> None:
     hs = nbd.ClientHandshake("", structured_replies=False, request_block_size=False)
     hs.receive_data(GREETING)
