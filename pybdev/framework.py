@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pybdev import __version__
 from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
-from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, State, rpc_method
+from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, RpcTable, State
 from pybdev.rpc.types import Params, Str
 from pybdev.subsystem import flatten_batches
+
+RPC = RpcTable()
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -22,7 +24,7 @@ class GetMethodsParams(Params):
     include_aliases: bool = False
 
 
-@rpc_method(
+@RPC.method(
     "rpc_get_methods",
     GetMethodsParams,
     states=BOTH,
@@ -48,7 +50,7 @@ def version_info() -> dict[str, Any]:
     }
 
 
-@rpc_method(
+@RPC.method(
     "spdk_get_version",
     states=BOTH,
     decode_error=(INVALID_PARAMS, "spdk_get_version method requires no parameters"),
@@ -63,7 +65,7 @@ class KillParams(Params):
     sig_name: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"]
 
 
-@rpc_method("spdk_kill_instance", KillParams, result={"type": "boolean"})
+@RPC.method("spdk_kill_instance", KillParams, result={"type": "boolean"})
 def spdk_kill_instance(app: App, p: KillParams) -> bool:
     """Send a signal to the target; SIGINT and SIGTERM shut it down cleanly."""
     sig = getattr(signal, p.sig_name)
@@ -72,7 +74,7 @@ def spdk_kill_instance(app: App, p: KillParams) -> bool:
     return True
 
 
-@rpc_method(
+@RPC.method(
     "framework_start_init",
     states=State.STARTUP,
     decode_error=(INVALID_PARAMS, "framework_start_init requires no parameters"),
@@ -88,14 +90,14 @@ async def framework_start_init(app: App) -> bool:
     return True
 
 
-@rpc_method("framework_wait_init", IGNORE_PARAMS, states=BOTH, result={"type": "boolean"})
+@RPC.method("framework_wait_init", IGNORE_PARAMS, states=BOTH, result={"type": "boolean"})
 async def framework_wait_init(app: App) -> bool:
     """Answer ``true`` once the framework is initialised (at once in RUNTIME)."""
     await app.initialized.wait()
     return True
 
 
-@rpc_method(
+@RPC.method(
     "framework_get_subsystems",
     decode_error=(INVALID_PARAMS, "'framework_get_subsystems' requires no arguments"),
     result={"type": "array", "items": {"type": "object"}},
@@ -110,7 +112,7 @@ class GetConfigParams(Params):
     with_batches: bool = False
 
 
-@rpc_method(
+@RPC.method(
     "framework_get_config",
     GetConfigParams,
     decode_error=(INVALID_PARAMS, "Invalid arguments"),

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 from pybdev.rpc.errors import OperationError
+from pybdev.rpc.registry import RpcTable
 
 log = logging.getLogger("pybdev.bdev")
 
@@ -482,6 +483,8 @@ class BdevModule:
     """A bdev module: told of every new bdev (examine), writes its module-level config."""
 
     name: ClassVar[str]
+    #: The module's RPC methods; the app binds each handler to the module instance.
+    rpc: ClassVar[RpcTable | None] = None
 
     def __init__(self, layer: BdevLayer) -> None:
         self.layer = layer

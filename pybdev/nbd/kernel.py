@@ -30,8 +30,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import Export
-from pybdev.nbd.subsystem import IllegalDevice
 from pybdev.proto import nbd as proto
 from pybdev.rpc.errors import OperationError, RpcError
 

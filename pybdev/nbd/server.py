@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.nbd.export import Export
-from pybdev.nbd.uri import NbdAddress
 from pybdev.proto import nbd as proto
+from pybdev.proto.nbd.uri import NbdAddress
 from pybdev.rpc.errors import OperationError
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from pybdev.rpc import errors
 from pybdev.rpc.errors import OperationError, RpcError
-from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, REGISTRY, Method, Registry, State
+from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, Method, Registry, State
 
 log = logging.getLogger("pybdev.rpc")
 
@@ -98,7 +98,7 @@ class Dispatcher:
     def __init__(
         self,
         ctx: RpcContext,
-        registry: Registry = REGISTRY,
+        registry: Registry,
         allowed: frozenset[str] | None = None,
     ) -> None:
         self.ctx = ctx
@@ -173,11 +173,10 @@ class Dispatcher:
         if not method.states & state:
             message = RUNTIME_ONLY_MESSAGE if state == State.STARTUP else STARTUP_ONLY_MESSAGE
             raise RpcError(errors.INVALID_STATE, message)
-        args = (self.ctx,) if method.params in (NO_PARAMS, IGNORE_PARAMS) else None
         if method.params == NO_PARAMS and params is not None:
             raise RpcError(method.decode_error_code, method.decode_error_message)
-        if args is None:
-            args = (self.ctx, self._decode(method, params))
+        args = () if method.params in (NO_PARAMS, IGNORE_PARAMS) else (
+            self._decode(method, params),)
         try:
             result = method.handler(*args)
             if inspect.isawaitable(result):

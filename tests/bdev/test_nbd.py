@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -275,3 +277,14 @@ def test_flooding_server_leaves_the_target_small(
     assert growth < 64 * 1024 * 1024, f"peak RSS grew by {growth >> 20} MiB"
     assert target.rpc("bdev_get_bdevs") == []
     assert os.path.exists(target.sock)
+
+
+def test_client_bdev_imports_no_export_package() -> None:
+    """bdevs know nothing of exports: the protocol comes from pybdev.proto."""
+    code = (
+        "import sys, pybdev.bdev.nbd; "
+        "print(sorted(m for m in sys.modules if m == 'pybdev.nbd' or m.startswith('pybdev.nbd.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -13,6 +13,9 @@ split it by role:
 ``handshake_server`` / ``handshake_client``
     the two roles of the fixed-newstyle handshake, over ``handshake_common`` (protocol
     strings) which both use.
+``uri``
+    NBD addresses (``nbd://``, ``nbd+unix://``, QEMU's ``nbd:``), not re-exported here:
+    ``from pybdev.proto.nbd import uri``.
 
 Constants
     Plain ints named as in proto.md (``NBD_CMD_READ``, ``NBD_FLAG_SEND_FUA``,
