@@ -33,9 +33,11 @@ Handshake (state machines; never raise on peer input)
     require_block_size=False)``.
 
     ``ClientHandshake(export_name="", *, structured_replies=True, meta_contexts=(),
-    request_block_size=True, no_zeroes=True, list_exports=False)``: same
-    ``receive_data`` / ``data_to_send``; ends with ``ClientReady``, ``ExportList`` or
-    ``ClientFailed``.
+    request_block_size=True, no_zeroes=True, list_exports=False, max_reply_length=1 MiB,
+    max_replies=16384, max_reply_bytes=16 MiB)``: same ``receive_data`` /
+    ``data_to_send``; ends with ``ClientReady``, ``ExportList`` or ``ClientFailed`` (also
+    when the server sends more replies than the bounds allow).  ``waiting_for`` says
+    what it waits for (for a timeout's message).
 
 Transmission, server side
     ``parse_requests(buf, pos=0, end=None, max_write=32 MiB) -> (requests, pos, need)``
