@@ -29,6 +29,7 @@ class GetMethodsParams(Params):
     GetMethodsParams,
     states=BOTH,
     result={"type": "array", "items": {"type": "string"}},
+    aliases=("get_rpc_methods",),
 )
 def rpc_get_methods(app: App, p: GetMethodsParams) -> list[str]:
     """List the methods this target serves (``current``: only those callable now)."""
@@ -37,6 +38,7 @@ def rpc_get_methods(app: App, p: GetMethodsParams) -> list[str]:
         m.name
         for m in dispatcher.registry
         if dispatcher.is_allowed(m.name) and (not p.current or m.states & app.state)
+        and (p.include_aliases or m.alias_of is None)
     ]
     return names[::-1]  # SPDK inserts at the list head: newest registration first
 
@@ -55,6 +57,7 @@ def version_info() -> dict[str, Any]:
     states=BOTH,
     decode_error=(INVALID_PARAMS, "spdk_get_version method requires no parameters"),
     result={"type": "object"},
+    aliases=("get_spdk_version",),
 )
 def spdk_get_version(app: App) -> dict[str, Any]:
     """The target's version, shaped like SPDK's (``version`` text and ``fields``)."""
@@ -65,7 +68,8 @@ class KillParams(Params):
     sig_name: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"]
 
 
-@RPC.method("spdk_kill_instance", KillParams, result={"type": "boolean"})
+@RPC.method("spdk_kill_instance", KillParams, result={"type": "boolean"},
+            aliases=("kill_instance",))
 def spdk_kill_instance(app: App, p: KillParams) -> bool:
     """Send a signal to the target; SIGINT and SIGTERM shut it down cleanly."""
     sig = getattr(signal, p.sig_name)
@@ -79,6 +83,7 @@ def spdk_kill_instance(app: App, p: KillParams) -> bool:
     states=State.STARTUP,
     decode_error=(INVALID_PARAMS, "framework_start_init requires no parameters"),
     result={"type": "boolean"},
+    aliases=("start_subsystem_init",),
 )
 async def framework_start_init(app: App) -> bool:
     """Initialise subsystems and load the RUNTIME part of ``--json`` (``--wait-for-rpc``)."""
@@ -90,7 +95,8 @@ async def framework_start_init(app: App) -> bool:
     return True
 
 
-@RPC.method("framework_wait_init", IGNORE_PARAMS, states=BOTH, result={"type": "boolean"})
+@RPC.method("framework_wait_init", IGNORE_PARAMS, states=BOTH, result={"type": "boolean"},
+            aliases=("wait_subsystem_init",))
 async def framework_wait_init(app: App) -> bool:
     """Answer ``true`` once the framework is initialised (at once in RUNTIME)."""
     await app.initialized.wait()
@@ -101,6 +107,7 @@ async def framework_wait_init(app: App) -> bool:
     "framework_get_subsystems",
     decode_error=(INVALID_PARAMS, "'framework_get_subsystems' requires no arguments"),
     result={"type": "array", "items": {"type": "object"}},
+    aliases=("get_subsystems",),
 )
 def framework_get_subsystems(app: App) -> list[dict[str, Any]]:
     """Subsystems in init order with their direct dependencies."""
@@ -117,6 +124,7 @@ class GetConfigParams(Params):
     GetConfigParams,
     decode_error=(INVALID_PARAMS, "Invalid arguments"),
     result={"type": ["array", "null"]},
+    aliases=("get_subsystem_config",),
 )
 def framework_get_config(app: App, p: GetConfigParams) -> list[Any] | None:
     """One subsystem's config: the calls that recreate its current state."""

@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, NameParams, Params, Str, Uuid
 
@@ -427,7 +428,8 @@ class AioCreateParams(Params):
 
 
 @RPC.method("bdev_aio_create", AioCreateParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_aio_bdev",))
 async def bdev_aio_create(module: AioModule, p: AioCreateParams) -> str:
     """Create a bdev on a file or block device; answers its name once examine is done."""
     layer = module.layer
@@ -438,7 +440,8 @@ async def bdev_aio_create(module: AioModule, p: AioCreateParams) -> str:
 
 
 @RPC.method("bdev_aio_delete", NameParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_aio_bdev",))
 async def bdev_aio_delete(module: AioModule, p: NameParams) -> bool:
     """Delete an aio bdev (and whatever is stacked on it)."""
     await module.delete(p.name)

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, Descriptor, VirtualBdev
 from pybdev.bdev.passthru import sha1_uuid
-from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, OperationError, RpcError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, RpcError
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U8, U32, U64, NameParams, Params, Str, Uuid
 
@@ -327,7 +328,8 @@ class ErrorCreateParams(Params):
 
 
 @RPC.method("bdev_error_create", ErrorCreateParams,
-            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("construct_error_bdev",))
 def bdev_error_create(module: ErrorModule, p: ErrorCreateParams) -> bool:
     """Create the error injection bdev EE_<base_name> (deferred until the base exists)."""
     module.create(p.base_name, p.uuid)
@@ -336,7 +338,8 @@ def bdev_error_create(module: ErrorModule, p: ErrorCreateParams) -> bool:
 
 
 @RPC.method("bdev_error_delete", NameParams,
-            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_error_bdev",))
 async def bdev_error_delete(module: ErrorModule, p: NameParams) -> bool:
     """Delete an error injection bdev, releasing its base."""
     await module.delete(p.name)
@@ -356,7 +359,8 @@ class InjectErrorParams(Params):
 
 
 @RPC.method("bdev_error_inject_error", InjectErrorParams,
-            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("bdev_inject_error",))
 def bdev_error_inject_error(module: ErrorModule, p: InjectErrorParams) -> bool:
     """Arm an error for the next ``num`` requests of an I/O type (``clear`` disarms all)."""
     if nvme_status_invalid(p.error_type, p.nvme_sct, p.nvme_sc):

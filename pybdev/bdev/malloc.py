@@ -11,7 +11,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, Callback
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import I32, U32, U64, NameParams, Params, Str, Uuid
 
@@ -142,7 +143,8 @@ class MallocCreateParams(Params):
 
 
 @RPC.method("bdev_malloc_create", MallocCreateParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_malloc_bdev",))
 def bdev_malloc_create(module: MallocModule, p: MallocCreateParams) -> str:
     """Create a RAM bdev of ``num_blocks`` x ``block_size``; answers its name."""
     module = module
@@ -155,7 +157,8 @@ def bdev_malloc_create(module: MallocModule, p: MallocCreateParams) -> str:
 
 
 @RPC.method("bdev_malloc_delete", NameParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_malloc_bdev",))
 async def bdev_malloc_delete(module: MallocModule, p: NameParams) -> bool:
     """Delete a malloc bdev (and whatever is stacked on it)."""
     await module.layer.unregister_by_name(p.name, "malloc")

@@ -37,9 +37,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
+from pybdev.errors import OperationError
 from pybdev.proto import nbd as proto
 from pybdev.proto.nbd import uri as nbd_uri
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import NameParams, Params, Str
 

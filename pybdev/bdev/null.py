@@ -15,7 +15,8 @@ import errno
 from typing import Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import I32, U32, U64, NameParams, Params, Str, Uuid
 
@@ -174,7 +175,8 @@ class NullCreateParams(Params):
 
 
 @RPC.method("bdev_null_create", NullCreateParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_null_bdev",))
 def bdev_null_create(module: NullModule, p: NullCreateParams) -> str:
     """Create a null bdev (writes discarded, reads return zeros); answers its name."""
     return module.create(**p.model_dump()).name
@@ -182,7 +184,8 @@ def bdev_null_create(module: NullModule, p: NullCreateParams) -> str:
 
 
 @RPC.method("bdev_null_delete", NameParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_null_bdev",))
 async def bdev_null_delete(module: NullModule, p: NameParams) -> bool:
     """Delete a null bdev (and whatever is stacked on it)."""
     await module.delete(p.name)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Descriptor, VirtualBdev
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import NameParams, Params, Str, Uuid
 
@@ -165,7 +166,8 @@ class PassthruCreateParams(Params):
 
 
 @RPC.method("bdev_passthru_create", PassthruCreateParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_passthru_bdev",))
 def bdev_passthru_create(module: PassthruModule, p: PassthruCreateParams) -> str:
     """Create a passthru vbdev on a base (deferred until the base exists); answers its name."""
     return module.create(
@@ -174,7 +176,8 @@ def bdev_passthru_create(module: PassthruModule, p: PassthruCreateParams) -> str
 
 
 @RPC.method("bdev_passthru_delete", NameParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_passthru_bdev",))
 async def bdev_passthru_delete(module: PassthruModule, p: NameParams) -> bool:
     """Delete a passthru vbdev, releasing its base."""
     await module.delete(p.name)

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from pybdev import ceph
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, U64, NameParams, Params, Str, Uuid
 
@@ -599,7 +600,8 @@ class RbdCreateParams(Params):
 
 
 @RPC.method("bdev_rbd_create", RbdCreateParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_rbd_bdev",))
 async def bdev_rbd_create(module: RbdModule, p: RbdCreateParams) -> str:
     """Create a bdev on a Ceph RBD image; answers its name."""
     bdev = await module.create(**p.model_dump())
@@ -608,7 +610,8 @@ async def bdev_rbd_create(module: RbdModule, p: RbdCreateParams) -> str:
 
 
 @RPC.method("bdev_rbd_delete", NameParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_rbd_bdev",))
 async def bdev_rbd_delete(module: RbdModule, p: NameParams) -> bool:
     """Delete an rbd bdev (the image stays in the cluster)."""
     await module.delete(p.name)

@@ -29,7 +29,8 @@ class GetBdevsParams(Params):
 
 @RPC.method("bdev_get_bdevs", GetBdevsParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED),
-            result={"type": "array", "items": {"type": "object"}})
+            result={"type": "array", "items": {"type": "object"}},
+            aliases=("get_bdevs",))
 async def bdev_get_bdevs(layer: BdevLayer, p: GetBdevsParams) -> list[dict[str, Any]]:
     """List bdevs (all, or one by name or alias, waiting up to ``timeout`` ms for it)."""
     layer = layer
@@ -55,7 +56,8 @@ class GetIostatParams(Params):
 
 
 @RPC.method("bdev_get_iostat", GetIostatParams,
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "object"})
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "object"},
+            aliases=("get_bdevs_iostat",))
 def bdev_get_iostat(layer: BdevLayer, p: GetIostatParams) -> dict[str, Any]:
     """I/O statistics of all or some bdevs; ``reset_mode`` resets after reading."""
     layer = layer
@@ -115,7 +117,8 @@ class SetOptionsParams(Params):
 
 
 @RPC.method("bdev_set_options", SetOptionsParams, states=State.STARTUP,
-            result={"type": "boolean"})
+            result={"type": "boolean"},
+            aliases=("set_bdev_options",))
 def bdev_set_options(layer: BdevLayer, p: SetOptionsParams) -> bool:
     """Set bdev layer options (before framework init); omitted fields keep their values."""
     layer = layer

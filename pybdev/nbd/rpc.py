@@ -36,7 +36,8 @@ class StartDiskParams(Params):
 
 
 @RPC.method("nbd_start_disk", StartDiskParams, decode_error=DECODE_ERROR,
-            result={"type": "string"})
+            result={"type": "string"},
+            aliases=("start_nbd_disk",))
 async def nbd_start_disk(nbd: NbdSubsystem, p: StartDiskParams) -> str:
     """Export a bdev over NBD: to the kernel (/dev/nbdN) or to the network (an NBD URI)."""
     export = await nbd.start_disk(p.bdev_name, p.nbd_device)
@@ -48,7 +49,8 @@ class StopDiskParams(Params):
 
 
 @RPC.method("nbd_stop_disk", StopDiskParams, decode_error=DECODE_ERROR,
-            result={"type": "boolean"})
+            result={"type": "boolean"},
+            aliases=("stop_nbd_disk",))
 async def nbd_stop_disk(nbd: NbdSubsystem, p: StopDiskParams) -> bool:
     """Stop an export: answer requests in flight, close its connections or device."""
     await nbd.stop_disk(p.nbd_device)
@@ -60,7 +62,8 @@ class GetDisksParams(Params):
 
 
 @RPC.method("nbd_get_disks", GetDisksParams, decode_error=DECODE_ERROR,
-            result={"type": "array", "items": DISK_SCHEMA})
+            result={"type": "array", "items": DISK_SCHEMA},
+            aliases=("get_nbd_disks",))
 def nbd_get_disks(nbd: NbdSubsystem, p: GetDisksParams) -> list[dict[str, Any]]:
     """List exports (all, or one by ``nbd_device``) in start order."""
     return nbd.get_disks(p.nbd_device)

@@ -20,13 +20,13 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pybdev.errors import OperationError
 from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import Export
 from pybdev.nbd.kernel import KernelExport
 from pybdev.nbd.rpc import RPC
 from pybdev.nbd.server import NetworkExport, NetworkServer
 from pybdev.proto.nbd import uri as nbd_uri
-from pybdev.rpc.errors import OperationError
 from pybdev.subsystem import Config, Subsystem
 
 if TYPE_CHECKING:

@@ -57,6 +57,8 @@ class MethodSpec:
     result: Any  # a JSON Schema fragment describing the result, for rpc_schemas/
     decode_error_code: int
     decode_error_message: str
+    #: Pre-2020 names SPDK kept as deprecated aliases (SPDK_RPC_REGISTER_ALIAS_DEPRECATED).
+    aliases: tuple[str, ...] = ()
 
 
 class RpcTable:
@@ -73,6 +75,7 @@ class RpcTable:
         states: State = State.RUNTIME,
         result: Any = None,
         decode_error: tuple[int, str] = (INVALID_PARAMS, "Invalid parameters"),
+        aliases: tuple[str, ...] = (),
     ) -> Callable[[Handler], Handler]:
         """Declare ``handler(owner, params)`` (or ``handler(owner)`` without params).
 
@@ -80,6 +83,7 @@ class RpcTable:
         handlers disagree between -32602 and -32603 (docs/decisions/json-rpc-dispatcher.md),
         so each method names its own. For ``params=NO_PARAMS`` the message is the whole
         answer to unexpected params. The docstring's first line is the method summary.
+        ``aliases`` are the method's old names, served with a deprecation warning.
         """
 
         def declare(handler: Handler) -> Handler:
@@ -88,6 +92,7 @@ class RpcTable:
                 name=name, func=handler, params=params, states=states,
                 summary=doc[0] if doc else "", result=result,
                 decode_error_code=decode_error[0], decode_error_message=decode_error[1],
+                aliases=aliases,
             ))
             return handler
 
@@ -101,13 +106,15 @@ class RpcTable:
 class Method:
     """A served method: a spec bound to its owner, in the subsystem it belongs to."""
 
+    name: str  # the spec's name, or for a deprecated alias the old name
     spec: MethodSpec
     subsystem: str
     handler: Handler  # the spec's function bound to its owner
 
     @property
-    def name(self) -> str:
-        return self.spec.name
+    def alias_of(self) -> str | None:
+        """For a deprecated alias, the current name it stands for."""
+        return self.spec.name if self.name != self.spec.name else None
 
     @property
     def params(self) -> type[BaseModel] | str:
@@ -143,16 +150,22 @@ class Registry:
     def add_table(self, table: RpcTable | None, owner: Any, subsystem: str) -> None:
         """Serve every method of ``table``, its handler bound to ``owner``."""
         for spec in table or ():
-            if spec.name in self._methods:
-                raise ValueError(f"RPC method {spec.name} declared twice")
             handler = types.MethodType(spec.func, owner) if owner is not None else spec.func
-            self._methods[spec.name] = Method(spec, subsystem, handler)
+            for name in (spec.name, *spec.aliases):
+                if name in self._methods:
+                    raise ValueError(f"RPC method {name} declared twice")
+                self._methods[name] = Method(name, spec, subsystem, handler)
 
     def get(self, name: str) -> Method | None:
         return self._methods.get(name)
 
     def __iter__(self) -> Iterator[Method]:
+        """Every method, aliases included, in registration order."""
         return iter(self._methods.values())
+
+    def methods(self) -> Iterator[Method]:
+        """The methods under their current names (no aliases)."""
+        return (m for m in self._methods.values() if m.alias_of is None)
 
     def __len__(self) -> int:
         return len(self._methods)

@@ -44,7 +44,7 @@ def _params(method: Method) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 def openrpc_document(registry: Registry) -> dict[str, Any]:
     methods = []
     components: dict[str, Any] = {}
-    for method in sorted(registry, key=lambda m: (m.subsystem, m.name)):
+    for method in sorted(registry.methods(), key=lambda m: (m.subsystem, m.name)):
         params, defs = _params(method)
         components.update(defs)
         methods.append({
@@ -60,6 +60,8 @@ def openrpc_document(registry: Registry) -> dict[str, Any]:
             "x-decode-error": {"code": method.decode_error_code,
                                "message": method.decode_error_message},
         })
+        if method.spec.aliases:
+            methods[-1]["x-deprecated-aliases"] = list(method.spec.aliases)
     doc: dict[str, Any] = {
         "openrpc": "1.2.6",
         "info": {"title": "pybdev JSON-RPC", "version": __version__,
@@ -109,6 +111,9 @@ def markdown_reference(doc: dict[str, Any]) -> str:
             lines.append(f"States: {', '.join(m['x-states'])}. "
                          f"Params that fail to decode: `{m['x-decode-error']['code']}` "
                          f"\"{m['x-decode-error']['message']}\".")
+            if m.get("x-deprecated-aliases"):
+                old = ", ".join(f"`{a}`" for a in m["x-deprecated-aliases"])
+                lines.append(f"Deprecated alias (accepted, with a warning): {old}.")
             lines.append("")
             if m["params"]:
                 lines += ["| param | type | required | default |", "|---|---|---|---|"]

@@ -6,7 +6,8 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError, RpcError, errno_error
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, RpcError, errno_error
 from pybdev.rpc.registry import IGNORE_PARAMS, RpcTable
 from pybdev.rpc.types import U32, Params, Str
 from pybdev.ublk.target import (

@@ -20,8 +20,8 @@ import pytest
 import pybdev.bdev.nbd as nbd_bdev
 from pybdev.bdev.core import BdevLayer
 from pybdev.bdev.nbd import NbdBdev, NbdModule
+from pybdev.errors import OperationError
 from pybdev.proto import nbd
-from pybdev.rpc.errors import OperationError
 from tests.conftest import Target
 
 from .conftest import module

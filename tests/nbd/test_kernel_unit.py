@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from pybdev.errors import OperationError
 from pybdev.nbd import kernel
 from pybdev.nbd.subsystem import IllegalDevice
 from pybdev.proto import nbd as proto
-from pybdev.rpc.errors import OperationError
 from tests.conftest import Target
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from pybdev.assembly import Plugin
 from pybdev.bdev.core import Bdev, BdevLayer, BdevModule, Callback
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, U64, NameParams, Params, Str
 
