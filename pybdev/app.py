@@ -13,12 +13,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pybdev import __version__, framework
+from pybdev import __version__, framework, spdk_tgt_options
 from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
 from pybdev.rpc.dispatcher import Dispatcher
@@ -38,6 +39,8 @@ def build_parser(assembly: Assembly | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pybdev",
         description="pybdev: a storage target that speaks SPDK's JSON-RPC.",
+        epilog="spdk_tgt's DPDK, hugepage, PCI and trace options (-s, -e, -i, -g, -u, -n, -p, "
+               "-A, -B, -R, --no-huge, ...) are accepted, logged once and ignored.",
     )
     p.add_argument("-r", "--rpc-socket", default=DEFAULT_RPC_SOCKET, metavar="PATH",
                    help=f"RPC listen address (Unix socket path, default {DEFAULT_RPC_SOCKET})")
@@ -58,12 +61,17 @@ def build_parser(assembly: Assembly | None = None) -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "NOTICE", "WARNING", "ERROR"],
                    help="level of messages printed to stderr (default INFO)")
+    p.add_argument("--silence-noticelog", action="store_true",
+                   help="print warnings and errors only (as --log-level WARNING)")
+    p.add_argument("-f", dest="pidfile", metavar="FILE",
+                   help="write the target's pid to FILE once it serves RPC (spdk_tgt's -f)")
     p.add_argument("--plugins-strict", action="store_true",
                    help="refuse to start when an installed plugin fails to load "
                         "(default: log the error and start without it)")
     add_http_options(p)
     for sub in assembly.subsystems:
         sub.add_options(p)
+    spdk_tgt_options.add_options(p)
     p.add_argument("-v", "--version", action="version", version=f"pybdev {__version__}")
     return p
 
@@ -192,10 +200,28 @@ class App:
             except (ConfigError, SocketInUse, HttpConfigError) as e:
                 self.log.error("%s", e)
                 return 1
+            if self.options.pidfile:
+                write_pidfile(self.options.pidfile)
             await self.shutdown_requested.wait()
             return 0
         finally:
             await self.stop()
+            if self.options.pidfile:
+                remove_pidfile(self.options.pidfile)
+
+
+def write_pidfile(path: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def remove_pidfile(path: str) -> None:
+    # Only our own: a second target may have written its pid there since.
+    with contextlib.suppress(OSError, ValueError), open(path, encoding="ascii") as f:
+        if int(f.read().strip()) != os.getpid():
+            return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def run_loop(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -214,10 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pybdev: {e}", file=sys.stderr)
         return 1
     parser = build_parser(assembly)
-    options = parser.parse_args(argv)
+    options = parser.parse_args(spdk_tgt_options.drop_empty(
+        sys.argv[1:] if argv is None else argv))
     if options.no_rpc_server and options.wait_for_rpc:
         parser.error("--wait-for-rpc needs the RPC server; it cannot go with --no-rpc-server")
-    setup_logging(options.log_level, options.logflag)
+    setup_logging("WARNING" if options.silence_noticelog else options.log_level, options.logflag)
+    for name in spdk_tgt_options.given(options):
+        logging.getLogger("pybdev.app").info("option %s does not apply to pybdev; ignored", name)
     for error in assembly.errors:
         logging.getLogger("pybdev.app").error("%s", error)
     if assembly.errors and options.plugins_strict:

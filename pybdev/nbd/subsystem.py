@@ -20,6 +20,8 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pybdev.bdev.core import BdevLayer
+from pybdev.bdev.subsystem import BdevSubsystem
 from pybdev.errors import OperationError
 from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import Export
@@ -46,6 +48,7 @@ class NbdSubsystem(Subsystem):
         super().__init__(app)
         self.exports: dict[str, Export] = {}  # nbd_device -> export, start order
         self._reserved: set[str] = set()
+        self.layer: BdevLayer = app.subsystem(BdevSubsystem).layer
         self.allow_remote = False
         self.network = NetworkServer(allow_remote=False)
 
@@ -63,6 +66,10 @@ class NbdSubsystem(Subsystem):
     async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> Export:
         """Export ``bdev_name`` at ``nbd_device`` (URI, device path, or None: auto)."""
         export = self._make_export(bdev_name, nbd_device)
+        # SPDK opens the bdev before it looks at the device node: an unknown bdev is -19
+        # even where the nbd kernel module is not loaded.
+        if self.layer.get(bdev_name) is None:
+            raise OperationError(errno.ENODEV, f"bdev {bdev_name} not found")
         if nbd_device is not None and not self.reserve(nbd_device):
             raise OperationError(errno.EBUSY, f"{nbd_device} is already exported")
         try:

@@ -181,3 +181,11 @@ def test_default_config(start_target: Callable[..., Target]) -> None:
                                        "bdev_name": "Malloc0"}]
     out = run(["nbdinfo", "--json", "nbd://127.0.0.1/Malloc0"]).stdout
     assert json.loads(out)["exports"][0]["export-size"] == 64 * 1024 * 1024
+
+
+def test_unknown_bdev_is_enodev_before_the_device_is_looked_at(t: Target) -> None:
+    # SPDK opens the bdev first: -19 whether or not /dev/nbd0 or the nbd module exists.
+    for device in ("/dev/nbd0", "/dev/nbd4095", None):
+        params = {"bdev_name": "nope"} | ({"nbd_device": device} if device else {})
+        err = t.rpc_error("nbd_start_disk", params)
+        assert err == {"code": -19, "message": "No such device: bdev nope not found"}
