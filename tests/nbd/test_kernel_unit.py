@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from pybdev.errors import OperationError
-from pybdev.nbd import kernel, proto
+from pybdev.nbd import kernel
 from pybdev.nbd.subsystem import IllegalDevice
+from pybdev.proto import nbd as proto
 from tests.conftest import Target
 
 
