@@ -56,9 +56,8 @@ def test_parse_device_accepts(path: str, index: int) -> None:
 def test_parse_device_rejects(path: str) -> None:
     with pytest.raises(IllegalDevice) as info:
         kernel.parse_device(path)
-    rpc = info.value.to_rpc()
-    assert rpc.code == -errno.ENODEV
-    assert rpc.message.startswith(f"illegal nbd device {path}")
+    assert info.value.errno == errno.ENODEV
+    assert info.value.message.startswith(f"illegal nbd device {path}")
 
 
 # -- flags -------------------------------------------------------------------------------------
