@@ -112,13 +112,29 @@ def test_stale_socket_is_taken_over(start_target: Any, tmp_path: Path) -> None:
     assert t.rpc("framework_wait_init") is True
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
 def test_signals_shut_down_cleanly(start_target: Any, sig: int) -> None:
     t = start_target()
     t.spdk("bdev_malloc_create", "8", "512")
     assert t.stop(sig) == 0
     assert not t.sock.exists()
     assert not Path(str(t.sock) + ".lock").exists()
+    assert f"shutting down on {signal.Signals(sig).name}" in t.log()
+    assert "pybdev stopped" in t.log()
+
+
+def test_readiness_and_stopping_reach_systemd(start_target: Any, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in for the service manager's socket: systemd itself cannot run here.
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        manager.settimeout(20)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        t = start_target()
+        assert manager.recv(256).decode() == f"READY=1\nMAINPID={t.proc.pid}"
+        t.stop()
+        assert manager.recv(256) == b"STOPPING=1"
 
 
 def test_spdk_kill_instance(target: Target) -> None:
