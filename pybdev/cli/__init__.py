@@ -10,12 +10,13 @@ theirs through the entry-point group ``pybdev.cli`` (docs/plugins.md).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from pybdev.cli import bdev, framework, nbd, output, rbd, ublk
 from pybdev.rpc.client import DEFAULT_ADDR, DEFAULT_PORT, JsonRpcException, RpcClient
@@ -81,8 +82,25 @@ class BatchClient:
         return 1 if failed else 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a misspelt command (3.11 has no suggest_on_error)."""
+
+    def error(self, message: str) -> NoReturn:
+        choices = next((a.choices for a in self._actions
+                        if isinstance(a, argparse._SubParsersAction)), None)
+        typed = message.split("invalid choice: '", 1)[1].split("'", 1)[0] \
+            if "invalid choice: '" in message else None
+        if choices and typed is not None:
+            close = difflib.get_close_matches(typed, list(choices), n=3, cutoff=0.75)
+            if close:
+                message = f"unknown command '{typed}'; did you mean {' or '.join(close)}?"
+            else:
+                message = f"unknown command '{typed}' (rpc.py -h lists the commands)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rpc.py", description="pybdev RPC command line (compatible with SPDK's rpc.py)"
     )
     parser.add_argument("-s", dest="server_addr", default=DEFAULT_ADDR,
