@@ -86,8 +86,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, plus "did you mean" for a misspelt command (3.11 has no suggest_on_error)."""
 
     def error(self, message: str) -> NoReturn:
-        choices = next((a.choices for a in self._actions
-                        if isinstance(a, argparse._SubParsersAction)), None)
+        choices = command_names(self)
         typed = message.split("invalid choice: '", 1)[1].split("'", 1)[0] \
             if "invalid choice: '" in message else None
         if choices and typed is not None:
@@ -127,10 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", dest="http_token_file",
                         help="file holding an HTTP bearer token (or PYBDEV_RPC_TOKEN)")
     parser.add_argument("--cacert", dest="http_cacert", help="CA certificate for https://")
+    parser.add_argument("--list-commands", action="store_true",
+                        help="print every command name, one a line (for shell completion)")
     subparsers = parser.add_subparsers(dest="called_rpc_name", metavar="")
     for add_parsers in (*BUILTIN_COMMANDS, *plugin_commands()):
         add_parsers(subparsers)
     return parser
+
+
+def command_names(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
 
 
 def http_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,6 +188,9 @@ def run_server(parser: argparse.ArgumentParser) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_commands:
+        print("\n".join(sorted(command_names(parser))))
+        return 0
     if args.is_server:
         return run_server(parser)
     has_command = hasattr(args, "func")
