@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pybdev"
 LAYERS: list[set[str]] = [
     {"pybdev", "errors", "listener", "proto", "uring", "ceph", "spdk_tgt_options"},  # leaves
     {"rpc", "cpus"},  # JSON-RPC: registry, dispatcher, transports, client; core masks
-    {"cli", "subsystem", "notify"},  # rpc.py's commands; the subsystem base; notifications
+    {"cli", "subsystem", "logs", "notify"},  # rpc.py commands; subsystem base; logging; notify
     {"bdev", "iobuf", "accel", "scheduler"},  # the bdev layer and its modules; iobuf, accel
     {"export"},  # the base of every export
     {"nbd", "ublk", "nvmf"},  # exports and their subsystems
