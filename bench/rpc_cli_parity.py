@@ -211,8 +211,20 @@ def payload_drift() -> tuple[dict[str, str], int]:
     return drift, compared
 
 
+def missing_commands() -> list[str]:
+    """Methods the target serves that SPDK's rpc.py has a command for and pybdev's lacks."""
+    from pybdev.reference import builtin_registry
+
+    served = {m.name for m in builtin_registry().methods()}
+    ours, theirs = subcommands(pybdev_parser()), subcommands(spdk_parser())
+    return sorted((served & set(theirs)) - set(ours))
+
+
 def main() -> int:
     drift, only_ours, only_theirs = compare()
+    missing = missing_commands()
+    if missing:
+        print("served, in SPDK's rpc.py, missing from pybdev's:", " ".join(missing))
     for name, problems in drift.items():
         print(name)
         for p in problems:
@@ -225,7 +237,7 @@ def main() -> int:
           f"requests compared: {compared}, differing: {len(payloads)}; "
           f"only in pybdev: {len(only_ours)}; only in SPDK: {len(only_theirs)}")
     print("only in pybdev:", " ".join(only_ours))
-    return 1 if drift or payloads else 0
+    return 1 if drift or payloads or missing else 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,10 @@ def test_every_shared_command_takes_spdks_arguments(parity: ModuleType) -> None:
     assert only_ours == ["bdev_nbd_create", "bdev_nbd_delete"]
 
 
+def test_every_served_method_with_an_spdk_command_has_one(parity: ModuleType) -> None:
+    assert parity.missing_commands() == []
+
+
 def test_every_shared_command_sends_spdks_request(parity: ModuleType) -> None:
     drift, compared = parity.payload_drift()
     assert drift == {}, "\n".join(f"{name}: {text}" for name, text in drift.items())
