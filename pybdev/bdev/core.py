@@ -47,7 +47,7 @@ Callback = Callable[[int, Any], None]
 EventCallback = Callable[["BdevEvent", "Bdev"], None]
 # Told of "bdev_register", "bdev_unregister" and "bdev_resize" with the bdev's name, as
 # SPDK's lib/bdev/bdev.c calls spdk_notify_send (the notify ring subscribes here).
-Observer = Callable[[str, str], None]
+Observer = Callable[[str, str], object]
 
 # Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (lib/bdev/bdev_rpc.c).
 IO_TYPE_NAMES = (
