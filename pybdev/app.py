@@ -25,6 +25,7 @@ from pybdev import __version__, framework, logs, notify, spdk_tgt_options
 from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
 from pybdev.cpus import CoreLocks, app_cores
+from pybdev.errors import OperationError
 from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.http import HttpConfigError, HttpRpcServer, add_http_options, configure_http
 from pybdev.rpc.registry import Registry, State
@@ -213,6 +214,9 @@ class App:
                 await self.start()
             except (ConfigError, SocketInUse, HttpConfigError) as e:
                 self.log.error("%s", e)
+                return 1
+            except OperationError as e:  # a subsystem refused to initialise (accel's check)
+                self.log.error("framework initialization failed: %s", e)
                 return 1
             if self.options.pidfile:
                 write_pidfile(self.options.pidfile)

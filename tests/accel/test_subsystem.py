@@ -59,3 +59,15 @@ def test_assignment_to_a_missing_module_fails_init(start_target: Callable[..., T
     t.rpc("accel_assign_opc", {"opname": "compress", "module": "software"})
     err = t.rpc_error("framework_start_init")
     assert err == {"code": -32603, "message": "framework_initialization failed"}
+
+
+def test_bad_assignment_in_json_refuses_to_start(start_target: Callable[..., Target],
+                                                 tmp_path: Path) -> None:
+    conf = {"subsystems": [{"subsystem": "accel", "config": [
+        {"method": "accel_assign_opc", "params": {"opname": "copy", "module": "dsa"}}]}]}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(conf))
+    t = start_target("--json", str(path), wait=False)
+    assert t.proc.wait(30) == 1
+    assert "framework initialization failed" in t.log()
+    assert "Traceback" not in t.log()
