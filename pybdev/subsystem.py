@@ -1,4 +1,4 @@
-"""Subsystems: what the target is made of (``bdev``, ``nbd``, ``ublk``), in init order.
+"""Subsystems: what the target is made of (``iobuf``, ``accel``, ``bdev``, ...), in init order.
 
 A subsystem declares what it contributes — its RPC methods (``rpc``), its command-line
 options (:meth:`add_options`), its part of ``save_config`` (:meth:`write_config`) — and the
@@ -57,7 +57,10 @@ class Subsystem:
         return []
 
     def threads(self) -> Iterable[WorkerThread]:
-        """Threads this subsystem runs besides the event loop (``framework_get_reactors``)."""
+        """Threads this subsystem runs besides the event loop (``framework_get_reactors``).
+
+        Called on the event loop; the threads' ids must be readable there without blocking.
+        """
         return ()
 
 
