@@ -61,6 +61,18 @@ class BdevEvent(enum.Enum):
     RESIZE = "resize"
 
 
+class ReadBuffer(enum.Enum):
+    """What a module promises about the data it completes a read with."""
+
+    #: Valid during the callback only (the module may reuse the buffer): copy it to keep it.
+    CALLBACK = "callback"
+    #: A buffer object that stays valid for as long as the consumer holds it, so it can be
+    #: queued for sending without a copy. Its bytes may change if the range is written
+    #: later (malloc hands out views of its memory), which only a request overlapping one
+    #: still in flight can observe.
+    HELD = "held"
+
+
 class BdevState(enum.Enum):
     REGISTERED = "registered"
     UNREGISTERING = "unregistering"
@@ -120,6 +132,16 @@ class Bdev:
 
     product_name: ClassVar[str] = "bdev"
     module_name: ClassVar[str] = ""
+    #: ``submit_write`` honours its ``fua`` argument. When False the layer emulates a FUA
+    #: write as a write and then a flush of its range (when the bdev has ``flush``).
+    fua_native: bool = False
+    #: How long the data a read completes with stays valid: see :class:`ReadBuffer`.
+    read_buffer: ClassVar[ReadBuffer] = ReadBuffer.CALLBACK
+    #: ``get_block_status`` knows holes; False means every range is allocated data, and
+    #: the layer answers that without calling it.
+    reports_holes: ClassVar[bool] = False
+    # -ENOMEM'd requests waiting for their retry timer (see _nomem_park); usually None.
+    _nomem_queue: list[tuple[str, int, int, Any, bool, Callback]] | None = None
 
     def __init__(
         self,
@@ -150,7 +172,8 @@ class Bdev:
         self.write_cache = write_cache
         self.optimal_io_boundary = optimal_io_boundary
         self.numa_id = numa_id
-        # Largest single request the module takes; 0 means no limit (the layer splits).
+        # Largest single request the module takes; 0 means no limit. The layer splits
+        # longer reads, writes, unmaps and write-zeroes into pieces of at most this size.
         self.max_io_bytes = max_io_bytes
         self.claim_module: str | None = None
         self.state = BdevState.REGISTERED
@@ -188,6 +211,16 @@ class Bdev:
 
     def submit_reset(self, cb: Callback) -> None:
         cb(0, None)
+
+    def get_block_status(self, offset: int, length: int, cb: Callback) -> None:
+        """Allocation of ``[offset, offset + length)``: ``cb(status, extents)``.
+
+        ``extents`` is a list of ``(length, flags)`` from ``offset`` on, flags as NBD's
+        ``base:allocation`` (1 = hole, 2 = reads as zeros); it may cover less than asked.
+        Called only when ``reports_holes`` is set (consumers go through
+        :meth:`Descriptor.block_status`); otherwise everything is allocated data.
+        """
+        cb(0, [(length, 0)])
 
     def driver_specific(self) -> dict[str, Any]:
         return {}
@@ -305,42 +338,80 @@ class VirtualBdev(Bdev):
         self.base_desc.close()
 
 
-def _emulate_write_zeroes(bdev: Bdev, offset: int, length: int, cb: Callback) -> None:
-    """Write zeros chunk by chunk, each write issued when the previous one completed."""
-    zeros = bytes(min(length, ZERO_CHUNK))
-    state = {"offset": offset, "left": length}
-
-    def step(status: int, _data: Any) -> None:
-        if status:
-            cb(status, None)
-            return
-        if state["left"] == 0:
-            cb(0, None)
-            return
-        n = min(state["left"], len(zeros))
-        at = state["offset"]
-        state["offset"] += n
-        state["left"] -= n
-        bdev.submit_write(at, memoryview(zeros)[:n], step, False)
-
-    step(0, None)
-
-
 _REGISTERED = BdevState.REGISTERED
 _now = time.monotonic_ns
 _ENOMEM = -errno.ENOMEM
+_NO_LIMIT = 1 << 63
+#: A request a module answered with -ENOMEM is submitted again after this delay ...
+NOMEM_RETRY_DELAY = 0.001
+#: ... for as long as it was first submitted less than this long ago; then the consumer
+#: gets the -ENOMEM (a module that stays out of resources that long is stuck, not busy).
+NOMEM_GIVE_UP_NS = 10_000_000_000
+# Statistics bucket of each operation (SPDK counts write-zeroes as writes).
+_STAT_KIND = {"read": "read", "write": "write", "unmap": "unmap", "write_zeroes": "write",
+              "flush": ""}
 
 
-def _completion(stat: IoStat, kind: str, length: int, cb: Callback) -> Callback:
-    """Wrap ``cb`` to count the request in ``stat`` (IoStat.record, inlined: hot path)."""
-    start = _now()
+def _call_module(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
+                 cb: Callback) -> None:
+    """Hand one checked, unsplit request to the module."""
+    if op == "read":
+        bdev.submit_read(offset, length, cb)
+    elif op == "write":
+        bdev.submit_write(offset, data, cb, fua)
+    elif op == "unmap":
+        bdev.submit_unmap(offset, length, cb)
+    elif op == "write_zeroes":
+        bdev.submit_write_zeroes(offset, length, cb)
+    else:
+        bdev.submit_flush(offset, length, cb)
 
-    def done(status: int, data: Any) -> None:
-        if status:
-            key = "nomem" if status == _ENOMEM else "failed"
-            errors = stat.errors
-            errors[key] = errors.get(key, 0) + 1
+
+def _nomem_park(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
+                done: Callback) -> None:
+    """Queue a request the module answered -ENOMEM; a timer submits the queue again.
+
+    SPDK's layer retries when other I/O of the channel completes, or on a poller when none
+    is outstanding; one short timer per bdev does both jobs here without counting the
+    requests in flight on the hot path.
+    """
+    queue = bdev._nomem_queue
+    if queue is None:
+        queue = bdev._nomem_queue = []
+        asyncio.get_running_loop().call_later(NOMEM_RETRY_DELAY, _nomem_retry, bdev)
+    queue.append((op, offset, length, data, fua, done))
+
+
+def _nomem_retry(bdev: Bdev) -> None:
+    queue, bdev._nomem_queue = bdev._nomem_queue, None
+    for op, offset, length, data, fua, done in queue or ():
+        if bdev.state is _REGISTERED:
+            _call_module(bdev, op, offset, length, data, fua, done)
         else:
+            done(-errno.ENODEV, None)
+
+
+def _completion(bdev: Bdev, op: str, kind: str, offset: int, length: int, data: Any,
+                fua: bool, cb: Callback) -> Callback:
+    """Wrap ``cb``: count the request in the bdev's stats, retry it on -ENOMEM.
+
+    This is the completion of every request the module takes whole (the hot path), so
+    IoStat.record is inlined. ``kind`` "" counts nothing (flush, pieces of a request).
+    """
+    start = _now()
+    stat = bdev.stat
+
+    def done(status: int, rdata: Any) -> None:
+        if status:
+            errors = stat.errors
+            if status == _ENOMEM:
+                errors["nomem"] = errors.get("nomem", 0) + 1
+                if _now() - start < NOMEM_GIVE_UP_NS:
+                    _nomem_park(bdev, op, offset, length, data, fua, done)
+                    return
+            elif kind:  # a piece's failure is counted by its parent; a flush's not at all
+                errors["failed"] = errors.get("failed", 0) + 1
+        elif kind:
             ticks = _now() - start
             stat.bytes[kind] += length
             stat.ops[kind] += 1
@@ -350,13 +421,154 @@ def _completion(stat: IoStat, kind: str, length: int, cb: Callback) -> Callback:
             low = stat.lat_min[kind]
             if low == 0 or ticks < low:
                 stat.lat_min[kind] = ticks
+        cb(status, rdata)
+
+    return done
+
+
+def _counted(stat: IoStat, kind: str, length: int, cb: Callback) -> Callback:
+    """Count a split or emulated request once, as a whole (its pieces count nothing)."""
+    start = _now()
+
+    def done(status: int, data: Any) -> None:
+        if status:
+            # -ENOMEM was counted by the piece that gave up on it.
+            if status != _ENOMEM:
+                stat.errors["failed"] = stat.errors.get("failed", 0) + 1
+        else:
+            stat.record(kind, length, _now() - start)
         cb(status, data)
 
     return done
 
 
+def _submit_piece(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
+                  cb: Callback) -> None:
+    """One request of at most ``max_io_bytes``, retried on -ENOMEM, counted by its parent."""
+    if op == "write_zeroes" and "write_zeroes" not in bdev.io_types:
+        _emulate_write_zeroes(bdev, offset, length, cb)
+        return
+    _call_module(bdev, op, offset, length, data, fua,
+                 _completion(bdev, op, "", offset, length, data, fua, cb))
+
+
+def _piece_size(bdev: Bdev) -> int:
+    limit = bdev.max_io_bytes
+    if not limit:
+        return _NO_LIMIT
+    bs = bdev.block_size
+    return max(limit - limit % bs, bs)
+
+
+def _split(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
+           cb: Callback) -> None:
+    """Submit a request in pieces the module takes; complete ``cb`` once, when all did.
+
+    Pieces of a read or write (at most the request, bounded by the protocols) go out
+    together; those of unmap and write-zeroes one at a time. The first error wins;
+    a read completes with the pieces' data joined in order (copied: each piece's data is
+    valid during its own callback only).
+    """
+    step = _piece_size(bdev)
+    if length <= step:
+        _submit_piece(bdev, op, offset, length, data, fua, cb)
+        return
+    if op not in ("read", "write"):
+        _in_sequence(bdev, op, offset, length, step, None, cb)
+        return
+    whole = memoryview(bytearray(length)) if op == "read" else None
+    payload = memoryview(data) if op == "write" else None
+    state = [-(-length // step), 0]  # pieces left, first error
+
+    def piece_done(at: int, status: int, piece: Any) -> None:
+        if status:
+            if not state[1]:
+                state[1] = status
+        elif whole is not None:
+            whole[at:at + len(piece)] = piece
+        state[0] -= 1
+        if state[0] == 0:
+            cb(state[1], whole if not state[1] else None)
+
+    for at in range(0, length, step):
+        n = min(step, length - at)
+        _submit_piece(bdev, op, offset + at, n,
+                      payload[at:at + n] if payload is not None else None, fua,
+                      lambda status, piece, at=at: piece_done(at, status, piece))
+
+
+def _then_flush(bdev: Bdev, offset: int, length: int, cb: Callback) -> Callback:
+    """FUA for a module without it: the write, then a flush of its range."""
+
+    def written(status: int, _data: Any) -> None:
+        if status:
+            cb(status, None)
+        else:
+            _submit_piece(bdev, "flush", offset, length, None, False, cb)
+
+    return written
+
+
+def _emulate_write_zeroes(bdev: Bdev, offset: int, length: int, cb: Callback) -> None:
+    """Write zeros in pieces of at most 1 MiB (and ``max_io_bytes``), one at a time."""
+    chunk = min(length, ZERO_CHUNK, _piece_size(bdev))
+    _in_sequence(bdev, "write", offset, length, chunk, memoryview(bytes(chunk)), cb)
+
+
+def _in_sequence(bdev: Bdev, op: str, offset: int, length: int, chunk: int,
+                 zeros: memoryview | None, cb: Callback) -> None:
+    """Submit ``op`` over the range in pieces of ``chunk`` bytes, one after the other.
+
+    For requests whose length has no bound (write-zeroes, unmap): one piece in flight,
+    whatever the length. A loop, not a chain of callbacks: it goes on by itself while
+    the pieces complete inside their submit call (a synchronous module), and a piece that
+    completes later resumes it from its completion; so the stack stays flat. ``zeros``
+    is the payload of emulated write-zeroes (``op`` "write").
+    """
+    end = offset + length
+    pos = offset
+    inline = False  # the piece just submitted completed inside the call
+    waiting = False  # the loop returned; the piece's completion resumes it
+    failed = False
+
+    def piece_done(status: int, _data: Any) -> None:
+        nonlocal inline, waiting, failed
+        if status:
+            failed = True
+            waiting = False
+            cb(status, None)
+        elif waiting:
+            waiting = False
+            run()
+        else:
+            inline = True
+
+    def run() -> None:
+        nonlocal pos, inline, waiting
+        while pos < end:
+            n = min(chunk, end - pos)
+            at = pos
+            pos += n
+            inline = False
+            _submit_piece(bdev, op, at, n, zeros[:n] if zeros is not None else None, False,
+                          piece_done)
+            if failed:
+                return
+            if not inline:
+                waiting = True
+                return
+        cb(0, None)
+
+    run()
+
+
 class Descriptor:
-    """An open bdev: where consumers submit I/O. Requests are validated here, once."""
+    """An open bdev: where consumers submit I/O. Requests are validated here, once.
+
+    Past validation the descriptor also owns what a module need not implement: FUA (write
+    then flush, unless the module has ``fua_native``), splitting at ``max_io_bytes``,
+    write-zeroes emulation, and retrying -ENOMEM.
+    """
 
     def __init__(self, bdev: Bdev, write: bool, event_cb: EventCallback | None,
                  layer: BdevLayer) -> None:
@@ -365,6 +577,8 @@ class Descriptor:
         self.event_cb = event_cb
         self.layer = layer
         self.closed = False
+        # Requests above this length leave the fast path to be split.
+        self._max_io = _piece_size(bdev)
 
     # -- validation -------------------------------------------------------------------
     def _check(self, offset: int, length: int, io_type: str, writes: bool) -> int:
@@ -380,62 +594,90 @@ class Descriptor:
             return -errno.ENOTSUP
         return 0
 
-    def _record(self, kind: str, length: int, cb: Callback) -> Callback:
-        return _completion(self.bdev.stat, kind, length, cb)
+    def _submit(self, op: str, offset: int, length: int, data: Any, fua: bool,
+                cb: Callback) -> None:
+        """Everything off the fast path: check, then FUA emulation, split, emulation."""
+        rc = self._check(offset, length, op, op != "read")
+        if rc:
+            cb(rc, None)
+            return
+        bdev = self.bdev
+        kind = _STAT_KIND[op]
+        emulate_fua = fua and "flush" in bdev.io_types and not (
+            op == "write" and bdev.fua_native)
+        if (not emulate_fua and length <= self._max_io
+                and (op != "write_zeroes" or "write_zeroes" in bdev.io_types)):
+            _call_module(bdev, op, offset, length, data, fua,
+                         _completion(bdev, op, kind, offset, length, data, fua, cb))
+            return
+        done = _counted(bdev.stat, kind, length, cb)
+        if emulate_fua:
+            done = _then_flush(bdev, offset, length, done)
+            fua = False
+        _split(bdev, op, offset, length, data, fua and op == "write", done)
 
     # -- I/O --------------------------------------------------------------------------
     # read and write are the hot path (bench/bdev_io.py): the common case is tested in one
-    # expression with no calls, and _check runs only to name the errno of a refusal.
+    # expression with no calls; _submit handles refusals and everything uncommon.
     def read(self, offset: int, length: int, cb: Callback) -> None:
         bdev = self.bdev
         bs = bdev.block_size
         if (self.closed or bdev.state is not _REGISTERED or offset < 0 or length <= 0
                 or offset % bs or length % bs or offset + length > bs * bdev.num_blocks
-                or "read" not in bdev.io_types):
-            cb(self._check(offset, length, "read", False), None)
+                or "read" not in bdev.io_types or length > self._max_io):
+            self._submit("read", offset, length, None, False, cb)
             return
-        bdev.submit_read(offset, length, _completion(bdev.stat, "read", length, cb))
+        bdev.submit_read(offset, length,
+                         _completion(bdev, "read", "read", offset, length, None, False, cb))
 
     def write(self, offset: int, data: Any, cb: Callback, fua: bool = False) -> None:
+        """Write ``data``; with ``fua`` it is durable when ``cb`` runs."""
         length = len(data)
         bdev = self.bdev
         bs = bdev.block_size
         if (self.closed or not self.write_allowed or bdev.state is not _REGISTERED
                 or offset < 0 or length <= 0 or offset % bs or length % bs
-                or offset + length > bs * bdev.num_blocks or "write" not in bdev.io_types):
-            cb(self._check(offset, length, "write", True), None)
+                or offset + length > bs * bdev.num_blocks or "write" not in bdev.io_types
+                or length > self._max_io or (fua and not bdev.fua_native)):
+            self._submit("write", offset, length, data, bool(fua), cb)
             return
-        bdev.submit_write(offset, data, _completion(bdev.stat, "write", length, cb), fua)
+        bdev.submit_write(offset, data,
+                          _completion(bdev, "write", "write", offset, length, data, fua, cb),
+                          fua)
 
-    def unmap(self, offset: int, length: int, cb: Callback) -> None:
-        rc = self._check(offset, length, "unmap", True)
-        if rc:
-            cb(rc, None)
-            return
-        self.bdev.submit_unmap(offset, length, self._record("unmap", length, cb))
+    def unmap(self, offset: int, length: int, cb: Callback, fua: bool = False) -> None:
+        self._submit("unmap", offset, length, None, fua, cb)
 
-    def write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
-        rc = self._check(offset, length, "write_zeroes", True)
-        if rc:
-            cb(rc, None)
-            return
-        if "write_zeroes" in self.bdev.io_types:
-            self.bdev.submit_write_zeroes(offset, length, self._record("write", length, cb))
-        else:
-            _emulate_write_zeroes(self.bdev, offset, length, self._record("write", length, cb))
+    def write_zeroes(self, offset: int, length: int, cb: Callback, fua: bool = False) -> None:
+        """Zero the range: the module's write_zeroes, or writes of zeros where it has none."""
+        self._submit("write_zeroes", offset, length, None, fua, cb)
 
     def flush(self, offset: int, length: int, cb: Callback) -> None:
         rc = self._check(offset, length, "flush", False)
         if rc:
             cb(rc, None)
             return
-        self.bdev.submit_flush(offset, length, cb)
+        bdev = self.bdev
+        bdev.submit_flush(offset, length,
+                          _completion(bdev, "flush", "", offset, length, None, False, cb))
 
     def reset(self, cb: Callback) -> None:
         if self.closed or self.bdev.state is not BdevState.REGISTERED:
             cb(-errno.ENODEV, None)
             return
         self.bdev.submit_reset(cb)
+
+    def block_status(self, offset: int, length: int, cb: Callback) -> None:
+        """The bdev's allocation of the range (see :meth:`Bdev.get_block_status`)."""
+        bdev = self.bdev
+        if self.closed or bdev.state is not BdevState.REGISTERED:
+            cb(-errno.ENODEV, None)
+        elif offset < 0 or length <= 0 or offset + length > bdev.size:
+            cb(-errno.EINVAL, None)
+        elif not bdev.reports_holes:
+            cb(0, [(length, 0)])
+        else:
+            bdev.get_block_status(offset, length, cb)
 
     # -- coroutine helpers for control-plane code and tests -----------------------------
     def _awaitable(self, submit: Callable[[Callback], None]) -> Awaitable[Any]:
@@ -458,11 +700,12 @@ class Descriptor:
     def write_async(self, offset: int, data: Any, fua: bool = False) -> Awaitable[None]:
         return self._awaitable(lambda cb: self.write(offset, data, cb, fua))
 
-    def unmap_async(self, offset: int, length: int) -> Awaitable[None]:
-        return self._awaitable(lambda cb: self.unmap(offset, length, cb))
+    def unmap_async(self, offset: int, length: int, fua: bool = False) -> Awaitable[None]:
+        return self._awaitable(lambda cb: self.unmap(offset, length, cb, fua))
 
-    def write_zeroes_async(self, offset: int, length: int) -> Awaitable[None]:
-        return self._awaitable(lambda cb: self.write_zeroes(offset, length, cb))
+    def write_zeroes_async(self, offset: int, length: int,
+                           fua: bool = False) -> Awaitable[None]:
+        return self._awaitable(lambda cb: self.write_zeroes(offset, length, cb, fua))
 
     def flush_async(self, offset: int = 0, length: int | None = None) -> Awaitable[None]:
         n = self.bdev.size - offset if length is None else length
