@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
+from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, ReadBuffer
 from pybdev.bdev.subsystem import bdev_layer, bdev_module
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
@@ -147,6 +147,8 @@ def _open_file(filename: str, readonly: bool, block_size: int) -> OpenedFile:
 class AioBdev(Bdev):
     product_name = "AIO disk"
     module_name = "aio"
+    fua_native = True  # RWF_DSYNC
+    read_buffer = ReadBuffer.HELD  # every read gets a buffer of its own
 
     def __init__(self, name: str, filename: str, opened: OpenedFile, block_size: int,
                  uuid: str | None, *, readonly: bool, fallocate: bool, nowait: bool,

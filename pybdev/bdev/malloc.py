@@ -10,7 +10,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import Bdev, BdevModule, Callback
+from pybdev.bdev.core import Bdev, BdevModule, Callback, ReadBuffer
 from pybdev.bdev.subsystem import bdev_layer, bdev_module
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
@@ -27,6 +27,8 @@ ZEROS = bytes(1 << 20)
 class MallocBdev(Bdev):
     product_name = "Malloc disk"
     module_name = "malloc"
+    fua_native = True  # a write is in the bdev's memory when it completes
+    read_buffer = ReadBuffer.HELD  # views of the bdev's memory (it outlives them)
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None,
                  physical_block_size: int, optimal_io_boundary: int, numa_id: int) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
+from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, ReadBuffer
 from pybdev.bdev.subsystem import bdev_module
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
@@ -33,6 +33,7 @@ _ZERO_VIEW = memoryview(_ZEROS)
 class NullBdev(Bdev):
     product_name = "Null disk"
     module_name = "null"
+    read_buffer = ReadBuffer.HELD  # a shared zero buffer that never changes
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None, *,
                  physical_block_size: int = 0, md_size: int = 0, dif_type: int = 0,

@@ -477,7 +477,6 @@ class KernelConnection(asyncio.Protocol):
         self.size = bdev.size
         self.validator = proto.RequestValidator(
             bdev.size, flags, min_block_size=min(bs & -bs, 4096), max_payload=MAX_PAYLOAD)
-        self.flush_supported = bdev.supports("flush")
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buf = bytearray()
@@ -567,20 +566,12 @@ class KernelConnection(asyncio.Protocol):
         elif typ == proto.NBD_CMD_FLUSH:
             desc.flush(0, self.size, done)
         elif typ == proto.NBD_CMD_TRIM:
-            desc.unmap(offset, length, done)
+            desc.unmap(offset, length, done, bool(flags & proto.NBD_CMD_FLAG_FUA))
         elif typ == proto.NBD_CMD_WRITE_ZEROES:
-            if flags & proto.NBD_CMD_FLAG_FUA and self.flush_supported:
-                done = partial(self._then_flush, cookie, offset, length)
-            desc.write_zeroes(offset, length, done)
+            desc.write_zeroes(offset, length, done, bool(flags & proto.NBD_CMD_FLAG_FUA))
         else:  # the validator lets nothing else through
             self._done(cookie, -errno.EINVAL, None)
         return False
-
-    def _then_flush(self, cookie: int, offset: int, length: int, status: int, _: Any) -> None:
-        if status:
-            self._done(cookie, status, None)
-        else:
-            self.desc.flush(offset, length, partial(self._done, cookie))
 
     def _read_done(self, cookie: int, status: int, data: Any) -> None:
         if status:
