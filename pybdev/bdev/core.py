@@ -141,7 +141,7 @@ class Bdev:
     #: the layer answers that without calling it.
     reports_holes: ClassVar[bool] = False
     # -ENOMEM'd requests waiting for their retry timer (see _nomem_park); usually None.
-    _nomem_queue: list[tuple[str, int, int, Any, bool, Callback]] | None = None
+    _nomem_queue: list[tuple[str, str, int, int, Any, bool, Callback, int]] | None = None
 
     def __init__(
         self,
@@ -367,8 +367,8 @@ def _call_module(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: 
         bdev.submit_flush(offset, length, cb)
 
 
-def _nomem_park(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
-                done: Callback) -> None:
+def _nomem_park(bdev: Bdev, op: str, kind: str, offset: int, length: int, data: Any,
+                fua: bool, cb: Callback, start: int) -> None:
     """Queue a request the module answered -ENOMEM; a timer submits the queue again.
 
     SPDK's layer retries when other I/O of the channel completes, or on a poller when none
@@ -379,12 +379,13 @@ def _nomem_park(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: b
     if queue is None:
         queue = bdev._nomem_queue = []
         asyncio.get_running_loop().call_later(NOMEM_RETRY_DELAY, _nomem_retry, bdev)
-    queue.append((op, offset, length, data, fua, done))
+    queue.append((op, kind, offset, length, data, fua, cb, start))
 
 
 def _nomem_retry(bdev: Bdev) -> None:
     queue, bdev._nomem_queue = bdev._nomem_queue, None
-    for op, offset, length, data, fua, done in queue or ():
+    for op, kind, offset, length, data, fua, cb, start in queue or ():
+        done = _completion(bdev, op, kind, offset, length, data, fua, cb, start)
         if bdev.state is _REGISTERED:
             _call_module(bdev, op, offset, length, data, fua, done)
         else:
@@ -392,22 +393,26 @@ def _nomem_retry(bdev: Bdev) -> None:
 
 
 def _completion(bdev: Bdev, op: str, kind: str, offset: int, length: int, data: Any,
-                fua: bool, cb: Callback) -> Callback:
+                fua: bool, cb: Callback, start: int = 0) -> Callback:
     """Wrap ``cb``: count the request in the bdev's stats, retry it on -ENOMEM.
 
     This is the completion of every request the module takes whole (the hot path), so
-    IoStat.record is inlined. ``kind`` "" counts nothing (flush, pieces of a request).
+    IoStat.record is inlined, and what the completion needs is bound as default
+    arguments: one tuple per request instead of a closure cell per variable (measured
+    cheaper, and local reads in the call). ``kind`` "" counts nothing (flush, pieces of a
+    request); ``start`` is the first submission's, for a retried request.
     """
-    start = _now()
-    stat = bdev.stat
 
-    def done(status: int, rdata: Any) -> None:
+    def done(status: int, rdata: Any, stat: IoStat = bdev.stat, kind: str = kind,
+             length: int = length, cb: Callback = cb, start: int = start or _now(),
+             bdev: Bdev = bdev, op: str = op, offset: int = offset, data: Any = data,
+             fua: bool = fua) -> None:
         if status:
             errors = stat.errors
             if status == _ENOMEM:
                 errors["nomem"] = errors.get("nomem", 0) + 1
                 if _now() - start < NOMEM_GIVE_UP_NS:
-                    _nomem_park(bdev, op, offset, length, data, fua, done)
+                    _nomem_park(bdev, op, kind, offset, length, data, fua, cb, start)
                     return
             elif kind:  # a piece's failure is counted by its parent; a flush's not at all
                 errors["failed"] = errors.get("failed", 0) + 1
