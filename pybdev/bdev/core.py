@@ -608,8 +608,9 @@ class Descriptor:
             return
         bdev = self.bdev
         kind = _STAT_KIND[op]
-        emulate_fua = fua and "flush" in bdev.io_types and not (
-            op == "write" and bdev.fua_native)
+        native = op == "write" and bdev.fua_native
+        emulate_fua = fua and not native and "flush" in bdev.io_types
+        fua = fua and native
         if (not emulate_fua and length <= self._max_io
                 and (op != "write_zeroes" or "write_zeroes" in bdev.io_types)):
             _call_module(bdev, op, offset, length, data, fua,
@@ -618,8 +619,7 @@ class Descriptor:
         done = _counted(bdev.stat, kind, length, cb)
         if emulate_fua:
             done = _then_flush(bdev, offset, length, done)
-            fua = False
-        _split(bdev, op, offset, length, data, fua and op == "write", done)
+        _split(bdev, op, offset, length, data, fua, done)
 
     # -- I/O --------------------------------------------------------------------------
     # read and write are the hot path (bench/bdev_io.py): the common case is tested in one
