@@ -171,12 +171,10 @@ def describe_export(name: str, bdev: Bdev) -> proto.ExportInfo:
     minimum = bs & -bs
     minimum = min(minimum, proto.MAX_MIN_BLOCK_SIZE)
     preferred = max(minimum, 4096, bdev.physical_block_size & -bdev.physical_block_size)
-    maximum = MAX_PAYLOAD
-    if bdev.max_io_bytes:
-        maximum = max(preferred, min(maximum, bdev.max_io_bytes - bdev.max_io_bytes % bs))
+    # The bdev's max_io_bytes is not advertised: the bdev layer splits larger requests.
     return proto.ExportInfo(
         name=name, size=bdev.size, flags=transmission_flags(bdev),
-        min_block_size=minimum, preferred_block_size=preferred, max_block_size=maximum,
+        min_block_size=minimum, preferred_block_size=preferred, max_block_size=MAX_PAYLOAD,
         description=f"pybdev bdev {bdev.name} ({bdev.product_name})",
     )
 
