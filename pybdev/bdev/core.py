@@ -10,9 +10,39 @@ I/O is callback-based, because that is what the hot paths need: a request is
 ``desc.read(offset, length, cb)`` with byte offsets, and the module calls ``cb(status,
 data)`` exactly once, ``status`` being 0 or a negative errno. In-memory modules complete
 inside the call (no task, no future: ``bench/bdev_io.py`` measured a coroutine per request
-at several times the cost). ``data`` of a read is valid only during the callback (it may
-be a view of the module's memory); copy it to keep it. Coroutine helpers (``read_async``
-...) wrap the same path for control-plane code and tests.
+at several times the cost). Coroutine helpers (``read_async`` ...) wrap the same path for
+control-plane code and tests.
+
+The contract between the layer and a module (what a :class:`Bdev` subclass declares, and
+what the :class:`Descriptor` does so that modules need not):
+
+- **FUA.** ``write``, ``unmap`` and ``write_zeroes`` take ``fua``: the data is durable when
+  the callback runs. A module with ``fua_native = True`` gets the flag in ``submit_write``;
+  for every other module (and for unmap and write-zeroes always) the layer submits the
+  operation and then a flush of its range, when the bdev has ``flush`` (without it there is
+  no volatile cache, and a completed write is durable already).
+- **max_io_bytes.** A module that takes at most so many bytes per request says so (0: no
+  limit). The layer splits longer reads and writes into pieces submitted together and
+  joins them: one completion, the first error wins, a read's data joined in order (copied,
+  since each piece's data is valid only in its callback). Unmap and write-zeroes go piece
+  by piece. The request counts once in the statistics.
+- **write_zeroes** without native support is emulated with writes of a zero buffer (1 MiB
+  pieces, or ``max_io_bytes``), one at a time, in a loop that goes on inline while pieces
+  complete inline and is resumed by a late completion: the stack stays flat at any length.
+- **-ENOMEM** from a module means "out of resources, nothing done, try again". The layer
+  never hands it to the consumer at once: it counts it (``io_error.nomem`` in
+  ``bdev_get_iostat``), queues the request on the bdev and submits the queue again after
+  ``NOMEM_RETRY_DELAY`` (1 ms), as SPDK's layer does on its nomem poller. A request still
+  refused ``NOMEM_GIVE_UP_NS`` (10 s) after its first submission completes with -ENOMEM: a
+  module out of resources that long is stuck, and the consumer must learn it.
+- **Read buffers.** ``read_buffer`` (:class:`ReadBuffer`) says how long a read's data is
+  valid: ``CALLBACK`` (the default: during the callback only; copy it to keep it) or
+  ``HELD`` (a buffer that stays valid while the consumer holds it, so an export can queue
+  it for sending without a copy).
+- **Block status.** ``get_block_status(offset, length, cb)`` answers the allocation of a
+  range as ``[(length, flags)]`` (NBD's ``base:allocation`` flags); modules that know holes
+  override it and set ``reports_holes``. Consumers ask :meth:`Descriptor.block_status`,
+  which answers "all data, allocated" for the others without a call.
 
 Example::
 
