@@ -1,4 +1,4 @@
-"""aio: a bdev on a regular file or a block device (spec §4.9, bdev_aio.c).
+"""aio: a bdev on a regular file or a block device (SPDK's module/bdev/aio/bdev_aio.c).
 
 I/O never blocks the event loop: every system call on the file (pread, pwrite,
 fallocate, fdatasync, and the open itself) runs in a small thread pool shared by all

@@ -74,7 +74,7 @@ log = logging.getLogger("pybdev.bdev")
 Callback = Callable[[int, Any], None]
 EventCallback = Callable[["BdevEvent", "Bdev"], None]
 
-# Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (spec §4.4).
+# Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (its lib/bdev/bdev.c).
 IO_TYPE_NAMES = (
     "read", "write", "unmap", "flush", "reset", "nvme_admin", "nvme_io", "nvme_io_md",
     "write_zeroes", "zcopy", "get_zone_info", "zone_management", "zone_append", "compare",
@@ -218,7 +218,7 @@ class Bdev:
         return self.block_size * self.num_blocks
 
     def supports(self, io_type: str) -> bool:
-        # write_zeroes is emulated with writes where the module lacks it (spec §4.4).
+        # write_zeroes is emulated with writes where the module lacks it (see Descriptor).
         if io_type == "write_zeroes":
             return "write_zeroes" in self.io_types or "write" in self.io_types
         return io_type in self.io_types

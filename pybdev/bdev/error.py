@@ -1,4 +1,4 @@
-"""error: a fault-injection vbdev over a whole base bdev (spec §4.12, vbdev_error.c).
+"""error: a fault-injection vbdev over a whole base bdev (SPDK's vbdev_error.c).
 
 ``bdev_error_create BASE`` builds ``EE_<BASE>``, claiming the base ``exclusive_write``;
 a missing base defers the creation to examine. Requests pass through to the base until

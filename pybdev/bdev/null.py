@@ -1,4 +1,4 @@
-"""null: a bdev with no storage behind it (spec §4.8), for benchmarks and tests.
+"""null: a bdev with no storage behind it (SPDK's module/bdev/null), for benchmarks and tests.
 
 Writes are accepted and discarded. SPDK's null bdev leaves a read's buffer untouched;
 our read API hands the consumer a buffer instead of filling one, so a read returns

@@ -1,6 +1,6 @@
 """The kernel NBD export: a bdev as ``/dev/nbdN`` through the kernel's ``nbd`` driver.
 
-SPDK's ``lib/nbd`` sequence (spec §5): the kernel gets one end of a socketpair with
+SPDK's ``lib/nbd/nbd.c`` sequence: the kernel gets one end of a socketpair with
 ``NBD_SET_SOCK``, the size, block size, timeout and transmission flags, and a thread
 blocks in ``NBD_DO_IT`` for as long as the device lives.  The other end is served on the
 event loop by :class:`KernelConnection`, which speaks the transmission phase only (no
