@@ -12,37 +12,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pybdev import __version__
+from pybdev import __version__, framework
+from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
 from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.http import HttpConfigError, HttpRpcServer, add_http_options, configure_http
-from pybdev.rpc.registry import REGISTRY, State
+from pybdev.rpc.registry import Registry, State
 from pybdev.rpc.server import SocketInUse, UnixRpcServer
-from pybdev.subsystem import Subsystem, init_order
+from pybdev.subsystem import Subsystem
 
 DEFAULT_RPC_SOCKET = "/var/tmp/spdk.sock"
-
-# Each of these registers its subsystem and RPC methods when imported.
-SUBSYSTEM_MODULES = ("pybdev.framework", "pybdev.bdev.subsystem", "pybdev.bdev.modules",
-                     "pybdev.nbd.subsystem",
-                     "pybdev.ublk.subsystem")
 
 S = TypeVar("S", bound=Subsystem)
 
 
-def load_subsystem_modules() -> None:
-    for name in SUBSYSTEM_MODULES:
-        importlib.import_module(name)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(assembly: Assembly | None = None) -> argparse.ArgumentParser:
+    if assembly is None:
+        assembly = assemble()
     p = argparse.ArgumentParser(
         prog="pybdev",
         description="pybdev: a storage target that speaks SPDK's JSON-RPC.",
@@ -58,9 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpcs-allowed", metavar="LIST",
                    help="comma-separated list of the only RPC methods served")
     p.add_argument("--no-rpc-server", action="store_true", help="do not listen for RPCs")
-    p.add_argument("--nbd-allow-remote", action="store_true",
-                   help="let nbd_start_disk serve NBD on non-loopback addresses "
-                        "(no TLS, no authentication)")
     p.add_argument("-m", "--cpumask", default="0x1", metavar="MASK",
                    help="core mask (hex); the default cpumask of the ublk target")
     p.add_argument("-L", "--logflag", action="append", default=[], metavar="COMPONENT",
@@ -69,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "NOTICE", "WARNING", "ERROR"],
                    help="level of messages printed to stderr (default INFO)")
+    p.add_argument("--plugins-strict", action="store_true",
+                   help="refuse to start when an installed plugin fails to load "
+                        "(default: log the error and start without it)")
     add_http_options(p)
+    for sub in assembly.subsystems:
+        sub.add_options(p)
     p.add_argument("-v", "--version", action="version", version=f"pybdev {__version__}")
     return p
 
@@ -87,22 +81,38 @@ def setup_logging(level: str, flags: Sequence[str]) -> None:
 
 
 class App:
-    """One target: its state, subsystems, dispatcher and listeners."""
+    """One target: its state, subsystems, dispatcher and listeners.
 
-    def __init__(self, options: argparse.Namespace) -> None:
-        load_subsystem_modules()
+    Built from an :class:`~pybdev.assembly.Assembly`: one instance of each subsystem (the
+    bdev subsystem makes one of each bdev module), then one registry of the RPC methods
+    they declare, each handler bound to the object that owns it.
+    """
+
+    rpc = framework.RPC
+
+    def __init__(self, options: argparse.Namespace, assembly: Assembly | None = None) -> None:
         self.options = options
+        self.assembly = assembly if assembly is not None else assemble()
         self.log = logging.getLogger("pybdev.app")
         self.state = State.STARTUP
         self.initialized = asyncio.Event()
         self.serving = asyncio.Event()
         self.shutdown_requested = asyncio.Event()
-        self.subsystems: list[Subsystem] = [cls(self) for cls in init_order()]
+        self.subsystems: list[Subsystem] = []
+        for cls in self.assembly.subsystems:
+            sub = cls(self)
+            sub.configure(options)
+            self.subsystems.append(sub)
+        self.registry = Registry()
+        self.registry.add_table(self.rpc, self, "framework")
+        for sub in self.subsystems:
+            for table, owner in sub.rpc_tables():
+                self.registry.add_table(table, owner, sub.name)
         allowed = (
             frozenset(n.strip() for n in options.rpcs_allowed.split(",") if n.strip())
             if options.rpcs_allowed else None
         )
-        self.dispatcher = Dispatcher(self, REGISTRY, allowed)
+        self.dispatcher = Dispatcher(self, self.registry, allowed)
         self.rpc_server: UnixRpcServer | None = None
         self.http_server: HttpRpcServer | None = None
         self._config: list[SubsystemConfig] = []
@@ -198,14 +208,25 @@ def run_loop(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        assembly = assemble()
+    except PluginError as e:
+        print(f"pybdev: {e}", file=sys.stderr)
+        return 1
+    parser = build_parser(assembly)
     options = parser.parse_args(argv)
     if options.no_rpc_server and options.wait_for_rpc:
         parser.error("--wait-for-rpc needs the RPC server; it cannot go with --no-rpc-server")
     setup_logging(options.log_level, options.logflag)
+    for error in assembly.errors:
+        logging.getLogger("pybdev.app").error("%s", error)
+    if assembly.errors and options.plugins_strict:
+        logging.getLogger("pybdev.app").error("not starting: --plugins-strict and %d plugin(s) "
+                                              "failed to load", len(assembly.errors))
+        return 1
 
     async def serve() -> int:
-        return await App(options).run()
+        return await App(options, assembly).run()
 
     with contextlib.suppress(KeyboardInterrupt):
         return run_loop(serve)
