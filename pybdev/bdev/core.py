@@ -61,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import functools
 import logging
 import time
 import uuid as uuidlib
@@ -531,7 +532,7 @@ def _split(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
         n = min(step, length - at)
         _submit_piece(bdev, op, offset + at, n,
                       payload[at:at + n] if payload is not None else None, fua,
-                      lambda status, piece, at=at: piece_done(at, status, piece))
+                      functools.partial(piece_done, at))
 
 
 def _then_flush(bdev: Bdev, offset: int, length: int, cb: Callback) -> Callback:
