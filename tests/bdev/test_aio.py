@@ -217,8 +217,8 @@ async def test_open_errors_and_duplicates(layer: BdevLayer, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("readonly", [True, False])
-@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/null", "directory", "empty",
-                                  "unaligned"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/null", "/proc/self/mem",
+                                  "directory", "empty", "unaligned"])
 async def test_odd_files_are_refused_without_blocking(layer: BdevLayer, tmp_path: Path,
                                                       kind: str, readonly: bool) -> None:
     """Only regular files and block devices of a whole number of blocks become bdevs.
