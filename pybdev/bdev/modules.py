@@ -12,7 +12,9 @@ import importlib
 from pybdev.bdev import rpc as _rpc  # noqa: F401  (registers the bdev-layer RPCs)
 from pybdev.bdev.core import BdevModule
 
-MODULE_FILES = ("malloc", "null", "passthru", "error", "aio", "nbd", "rbd")
+# SPDK's link order (mk/spdk.modules.mk); BdevLayer.add_module then moves the modules with
+# examine (passthru, error, split, delay) to the head, reversed, as SPDK's list does.
+MODULE_FILES = ("malloc", "null", "passthru", "error", "split", "delay", "aio", "nbd", "rbd")
 
 
 def module_classes() -> list[type[BdevModule]]:

@@ -1,7 +1,10 @@
 """The ``bdev`` subsystem: owns the :class:`BdevLayer` and loads the modules in order.
 
-Module order (``pybdev.bdev.modules``) is SPDK's registration order (spec §3.3): it decides
-the order of module configs in ``save_config``, so a base is created before what sits on it.
+Module order is SPDK's: ``pybdev.bdev.modules`` lists the files in link order and
+:meth:`BdevLayer.add_module` puts the modules with examine at the head, as SPDK's
+``spdk_bdev_module_list_add`` does. That order is the order of module configs in
+``save_config``: vbdev creates (delay, split, error, passthru) come before the bases they
+sit on, and replay because their creation waits for the base (docs/vbdev-framework.md).
 """
 
 from __future__ import annotations

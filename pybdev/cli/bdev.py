@@ -1,6 +1,6 @@
 """bdev commands, with the arguments and payloads of SPDK's ``rpc.py`` (spdk/cli/bdev.py).
 
-Payload rules that clients rely on (spec §1.9): ``None`` values are dropped by the
+Payload rules that clients rely on (SPDK's python/spdk/rpc/client.py): ``None`` values are dropped by the
 client, ``False`` stays, so ``store_true`` flags are always sent; sizes given in MB are
 turned into ``num_blocks`` here, exactly as SPDK's CLI computes them.
 """
