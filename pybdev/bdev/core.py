@@ -574,8 +574,7 @@ class BdevLayer:
         holders = ", ".join(sorted({c.module for c in bdev.claims})) or "none"
         log.error("bdev %s %s: type %s by module %s", bdev.name, detail, bdev.claim_type.value,
                   holders)
-        return OperationError(code, f"bdev {bdev.name} is claimed ({bdev.claim_type.value}) "
-                                    f"by module {holders}")
+        return OperationError(code, f"bdev {bdev.name} is claimed by module {holders}")
 
     def claim(self, desc: Descriptor, module: str,
               claim_type: ClaimType = ClaimType.EXCLUSIVE_WRITE, *, key: int = 0) -> Claim:
