@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,13 @@ async def test_deferred_and_base_removal_drops_the_config(layer: BdevLayer) -> N
 
 # -- on a target -----------------------------------------------------------------------------
 
+def bdev_entries(saved: str) -> list[dict[str, Any]]:
+    doc = json.loads(saved)
+    config: list[dict[str, Any]] = next(s["config"] for s in doc["subsystems"]
+                                        if s["subsystem"] == "bdev")
+    return config
+
+
 def qemu_io(uri: str, *commands: str) -> str:
     argv = ["qemu-io", "-f", "raw"]
     for c in commands:
@@ -138,22 +146,26 @@ def test_four_exported_splits_a_pattern_lands_where_it_should(
 def test_deferred_creation_and_save_config_round_trip(start_target: Any, short_dir: Path) -> None:
     t: Target = start_target(sock=short_dir / "a.sock")
     sock = short_dir / "nbd.sock"
-    assert t.cli("bdev_split_create", "-s", "2", "Later", "3").stdout.strip() == ""
+    # SPDK's own client, for option and result parity.
+    assert t.spdk("bdev_split_create", "-s", "2", "Later", "3").stdout.strip() == ""
     assert t.rpc("bdev_get_bdevs") == []
     t.cli("bdev_malloc_create", "-b", "Later", "8", "4096")
     assert [b["name"] for b in t.rpc("bdev_get_bdevs")] == [
         "Later", "Laterp0", "Laterp1", "Laterp2"]
     assert t.rpc("bdev_get_bdevs", {"name": "Laterp2"})[0]["num_blocks"] == 512
     # A stack over a part, and an export of another part, both replayed.
-    t.cli("bdev_delay_create", "-b", "Laterp1", "-d", "D", "-r", "10", "-t", "50", "-w", "20",
-          "-n", "60")
+    assert t.spdk("bdev_delay_create", "-b", "Laterp1", "-d", "D", "-r", "10", "-t", "50",
+                  "-w", "20", "-n", "60").stdout.strip() == "D"
+    t.spdk("bdev_delay_update_latency", "D", "avg_write", "30")
     t.cli("bdev_passthru_create", "-b", "Laterp0", "-p", "P")
     t.rpc("nbd_start_disk", {"bdev_name": "Laterp2", "nbd_device": unix_uri("Laterp2", sock)})
-    t.cli("bdev_split_create", "Nowhere", "2")
+    assert t.spdk("bdev_split_create", "Nowhere", "2").stdout.strip() == ""
     err = t.rpc_error("bdev_split_create", {"base_bdev": "X", "split_count": 0})
     assert err == {"code": -32602, "message": "Failed to create 0 split bdevs from 'X': "
                                               "Invalid argument: split_count can't be 0"}
     saved = t.spdk("save_config").stdout
+    delay_entry = next(e for e in bdev_entries(saved) if e["method"] == "bdev_delay_create")
+    assert delay_entry["params"]["avg_write_latency"] == 30
     names = [b["name"] for b in t.rpc("bdev_get_bdevs")]
     assert t.stop() == 0
 
