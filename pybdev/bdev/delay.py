@@ -13,6 +13,8 @@ head, as SPDK's channel poller walks its four lists. A latency changed by
 ``bdev_delay_update_latency`` applies to requests completed by the base after the change;
 those held keep their deadline, and a queue completes in order, so lowering a latency
 holds new requests behind older, longer ones until those drain (SPDK calls this a dam).
+The loop's timers wake with millisecond granularity (libuv, epoll), so a request completes
+at its deadline or up to about 1 ms after it, never before; SPDK's poller is finer.
 
 The rest is the framework's (docs/vbdev-framework.md): the base is claimed
 ``exclusive_write``; a missing base defers the creation; a base that goes away takes the
