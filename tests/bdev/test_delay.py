@@ -164,6 +164,10 @@ def test_fio_over_nbd_sees_the_latency_and_the_target_stays_responsive(
         "name": "X", "base_bdev_name": "M", "avg_read_latency": 5, "p99_read_latency": 1,
         "avg_write_latency": 0, "p99_write_latency": 0}) == {
         "code": -22, "message": "Invalid argument: p99 latency is less than average latency"}
+    err = t.rpc_error("bdev_delay_create", {
+        "name": "X", "base_bdev_name": "M", "avg_read_latency": "5", "p99_read_latency": 1,
+        "avg_write_latency": 0, "p99_write_latency": 0})
+    assert err["code"] == -32603 and err["message"].startswith("spdk_json_decode_object failed")
     t.rpc("bdev_delay_delete", {"name": "D"})
     assert [b["name"] for b in t.rpc("bdev_get_bdevs")] == ["M"]
     assert t.rpc_error("bdev_delay_delete", {"name": "D"})["code"] == -errno.ENODEV

@@ -163,6 +163,9 @@ def test_deferred_creation_and_save_config_round_trip(start_target: Any, short_d
     err = t.rpc_error("bdev_split_create", {"base_bdev": "X", "split_count": 0})
     assert err == {"code": -32602, "message": "Failed to create 0 split bdevs from 'X': "
                                               "Invalid argument: split_count can't be 0"}
+    err = t.rpc_error("bdev_split_create", {"base_bdev": "X", "split_count": -1})
+    assert err["code"] == -32602 and err["message"].startswith("Invalid parameters"), err
+    assert t.rpc_error("bdev_split_delete", {"name": "X"})["code"] == -32602
     saved = t.spdk("save_config").stdout
     delay_entry = next(e for e in bdev_entries(saved) if e["method"] == "bdev_delay_create")
     assert delay_entry["params"]["avg_write_latency"] == 30
