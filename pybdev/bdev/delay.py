@@ -32,24 +32,22 @@ import random
 import uuid as uuidlib
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pybdev.bdev.core import BdevState, Callback, Descriptor
-from pybdev.bdev.subsystem import bdev_module
 from pybdev.bdev.vbdev import StackedBdev, VbdevConfig, VbdevModule, VirtualBdev, sha1_uuid
+from pybdev.errors import OperationError
 from pybdev.rpc.errors import (
     DECODE_FAILED,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
-    OperationError,
     RpcError,
 )
-from pybdev.rpc.registry import rpc_method
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U64, NameParams, Params, Str, Uuid
 
-if TYPE_CHECKING:
-    from pybdev.app import App
+RPC = RpcTable()
 
 log = logging.getLogger("pybdev.bdev.delay")
 
@@ -164,6 +162,7 @@ class DelayBdev(VirtualBdev):
 
 class DelayModule(VbdevModule[DelayConfig]):
     name = "delay"
+    rpc = RPC
 
     def create(self, *, base_bdev_name: str, name: str, avg_read_latency: int,
                p99_read_latency: int, avg_write_latency: int, p99_write_latency: int,
@@ -220,8 +219,6 @@ class DelayModule(VbdevModule[DelayConfig]):
         await self.remove(config)
 
 
-MODULE = DelayModule
-
 
 class DelayCreateParams(Params):
     name: Str
@@ -233,21 +230,21 @@ class DelayCreateParams(Params):
     uuid: Uuid | None = None
 
 
-@rpc_method("bdev_delay_create", DelayCreateParams, subsystem="bdev",
+@RPC.method("bdev_delay_create", DelayCreateParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-def bdev_delay_create(app: App, p: DelayCreateParams) -> str:
+def bdev_delay_create(module: DelayModule, p: DelayCreateParams) -> str:
     """Create a delay vbdev on a base (deferred until the base exists); answers its name."""
-    return bdev_module(app, DelayModule).create(
+    return module.create(
         base_bdev_name=p.base_bdev_name, name=p.name, uuid=p.uuid,
         avg_read_latency=p.avg_read_latency, p99_read_latency=p.p99_read_latency,
         avg_write_latency=p.avg_write_latency, p99_write_latency=p.p99_write_latency)
 
 
-@rpc_method("bdev_delay_delete", NameParams, subsystem="bdev",
+@RPC.method("bdev_delay_delete", NameParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_delay_delete(app: App, p: NameParams) -> bool:
+async def bdev_delay_delete(module: DelayModule, p: NameParams) -> bool:
     """Delete a delay vbdev, releasing its base."""
-    await bdev_module(app, DelayModule).delete(p.name)
+    await module.delete(p.name)
     return True
 
 
@@ -257,13 +254,12 @@ class UpdateLatencyParams(Params):
     latency_us: U64
 
 
-@rpc_method("bdev_delay_update_latency", UpdateLatencyParams, subsystem="bdev",
+@RPC.method("bdev_delay_update_latency", UpdateLatencyParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-def bdev_delay_update_latency(app: App, p: UpdateLatencyParams) -> bool:
+def bdev_delay_update_latency(module: DelayModule, p: UpdateLatencyParams) -> bool:
     """Change one latency of a delay bdev, live; requests already held keep theirs."""
     try:
-        bdev_module(app, DelayModule).update_latency(p.delay_bdev_name, p.latency_type,
-                                                     p.latency_us)
+        module.update_latency(p.delay_bdev_name, p.latency_type, p.latency_us)
     except OperationError as e:
         # SPDK's own codes and texts for this method (vbdev_delay_rpc.c).
         if e.errno == errno.ENODEV:

@@ -1,33 +1,26 @@
-"""The bdev module files, in SPDK's registration order, and the bdev-layer RPCs.
+"""The built-in bdev modules, in SPDK's link order (docs/architecture.md).
 
-Importing this registers every module's RPCs. Each module file defines ``MODULE``, its
-:class:`~pybdev.bdev.core.BdevModule` subclass. A file that is absent is skipped, so the
-package works while modules are being written.
+With the head insertion of :meth:`BdevLayer.add_module` this gives SPDK's module list,
+whose order is the order of module configs in ``save_config`` (docs/vbdev-framework.md).
+Plugins add their modules after these (:mod:`pybdev.assembly`).
 """
 
 from __future__ import annotations
 
-import importlib
-
-from pybdev.bdev import rpc as _rpc  # noqa: F401  (registers the bdev-layer RPCs)
+from pybdev.bdev.aio import AioModule
 from pybdev.bdev.core import BdevModule
+from pybdev.bdev.delay import DelayModule
+from pybdev.bdev.error import ErrorModule
+from pybdev.bdev.malloc import MallocModule
+from pybdev.bdev.nbd import NbdModule
+from pybdev.bdev.null import NullModule
+from pybdev.bdev.passthru import PassthruModule
+from pybdev.bdev.rbd import RbdModule
+from pybdev.bdev.split import SplitModule
 
 # SPDK's link order (mk/spdk.modules.mk); BdevLayer.add_module then moves the modules with
 # examine (passthru, error, split, delay) to the head, reversed, as SPDK's list does.
-MODULE_FILES = ("malloc", "null", "passthru", "error", "split", "delay", "aio", "nbd", "rbd")
-
-
-def module_classes() -> list[type[BdevModule]]:
-    classes = []
-    for name in MODULE_FILES:
-        try:
-            mod = importlib.import_module(f"pybdev.bdev.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"pybdev.bdev.{name}":
-                continue
-            raise
-        classes.append(mod.MODULE)
-    return classes
-
-
-module_classes()
+BUILTIN_MODULES: tuple[type[BdevModule], ...] = (
+    MallocModule, NullModule, PassthruModule, ErrorModule, SplitModule, DelayModule,
+    AioModule, NbdModule, RbdModule,
+)

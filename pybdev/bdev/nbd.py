@@ -35,15 +35,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_layer, bdev_module
+from pybdev.errors import OperationError
 from pybdev.nbd import proto
 from pybdev.nbd import uri as nbd_uri
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
-from pybdev.rpc.registry import rpc_method
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import NameParams, Params, Str
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.bdev.core import BdevLayer
 
 log = logging.getLogger("pybdev.bdev.nbd")
@@ -500,6 +501,7 @@ async def connect(uri: str) -> NbdClient:
 
 class NbdModule(BdevModule):
     name = "nbd"
+    rpc = RPC
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
@@ -521,7 +523,6 @@ class NbdModule(BdevModule):
         return bdev
 
 
-MODULE = NbdModule
 
 
 class NbdCreateParams(Params):
@@ -529,17 +530,17 @@ class NbdCreateParams(Params):
     uri: Str
 
 
-@rpc_method("bdev_nbd_create", NbdCreateParams, subsystem="bdev",
+@RPC.method("bdev_nbd_create", NbdCreateParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-async def bdev_nbd_create(app: App, p: NbdCreateParams) -> str:
+async def bdev_nbd_create(module: NbdModule, p: NbdCreateParams) -> str:
     """Attach a remote NBD export (nbd://, nbd+unix:// or QEMU's nbd: syntax) as a bdev."""
-    bdev = await bdev_module(app, NbdModule).create(p.name, p.uri)
+    bdev = await module.create(p.name, p.uri)
     return bdev.name
 
 
-@rpc_method("bdev_nbd_delete", NameParams, subsystem="bdev",
+@RPC.method("bdev_nbd_delete", NameParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_nbd_delete(app: App, p: NameParams) -> bool:
+async def bdev_nbd_delete(module: NbdModule, p: NameParams) -> bool:
     """Detach an NBD bdev: finish its requests, disconnect from the server."""
-    await bdev_layer(app).unregister_by_name(p.name, "nbd")
+    await module.layer.unregister_by_name(p.name, "nbd")
     return True

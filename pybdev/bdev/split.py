@@ -18,10 +18,9 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pybdev.bdev.core import Descriptor
-from pybdev.bdev.subsystem import bdev_module
 from pybdev.bdev.vbdev import (
     PART_EXCLUDED_IO,
     StackedBdev,
@@ -30,12 +29,12 @@ from pybdev.bdev.vbdev import (
     VirtualBdev,
     part_uuid,
 )
-from pybdev.rpc.errors import INVALID_PARAMS, OperationError, RpcError
-from pybdev.rpc.registry import rpc_method
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import INVALID_PARAMS, RpcError
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, U64, Params, Str
 
-if TYPE_CHECKING:
-    from pybdev.app import App
+RPC = RpcTable()
 
 log = logging.getLogger("pybdev.bdev.split")
 
@@ -64,6 +63,7 @@ class SplitBdev(VirtualBdev):
 
 class SplitModule(VbdevModule[SplitConfig]):
     name = "split"
+    rpc = RPC
     open_for_write = False  # SPDK's part base opens read-only; the claim makes it writable
     keep_unbuilt = False
     saves_pending = True
@@ -133,8 +133,6 @@ class SplitModule(VbdevModule[SplitConfig]):
         await self.remove(config)
 
 
-MODULE = SplitModule
-
 
 class SplitCreateParams(Params):
     base_bdev: Str
@@ -142,13 +140,12 @@ class SplitCreateParams(Params):
     split_size_mb: U64 = 0
 
 
-@rpc_method("bdev_split_create", SplitCreateParams, subsystem="bdev",
+@RPC.method("bdev_split_create", SplitCreateParams,
             result={"type": "array", "items": {"type": "string"}})
-def bdev_split_create(app: App, p: SplitCreateParams) -> list[str]:
+def bdev_split_create(module: SplitModule, p: SplitCreateParams) -> list[str]:
     """Split a base bdev into equal parts (deferred until it exists); the part names."""
     try:
-        return bdev_module(app, SplitModule).create(p.base_bdev, p.split_count,
-                                                    p.split_size_mb)
+        return module.create(p.base_bdev, p.split_count, p.split_size_mb)
     except OperationError as e:
         raise RpcError(INVALID_PARAMS, f"Failed to create {p.split_count} split bdevs from "
                                        f"'{p.base_bdev}': {e}") from None
@@ -158,12 +155,11 @@ class SplitDeleteParams(Params):
     base_bdev: Str
 
 
-@rpc_method("bdev_split_delete", SplitDeleteParams, subsystem="bdev",
-            result={"type": "boolean"})
-async def bdev_split_delete(app: App, p: SplitDeleteParams) -> bool:
+@RPC.method("bdev_split_delete", SplitDeleteParams, result={"type": "boolean"})
+async def bdev_split_delete(module: SplitModule, p: SplitDeleteParams) -> bool:
     """Delete the split bdevs of a base and its split config."""
     try:
-        await bdev_module(app, SplitModule).delete(p.base_bdev)
+        await module.delete(p.base_bdev)
     except OperationError as e:
         raise RpcError(INVALID_PARAMS, str(e)) from None
     return True

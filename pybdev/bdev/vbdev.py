@@ -42,7 +42,7 @@ from pybdev.bdev.core import (
     ClaimType,
     Descriptor,
 )
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 
 if TYPE_CHECKING:
     from pybdev.bdev.core import BdevLayer

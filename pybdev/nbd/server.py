@@ -43,10 +43,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.errors import OperationError
 from pybdev.nbd import proto
 from pybdev.nbd.export import Export
 from pybdev.nbd.uri import NbdAddress
-from pybdev.rpc.errors import OperationError
 
 if TYPE_CHECKING:
     from pybdev.nbd.subsystem import NbdSubsystem

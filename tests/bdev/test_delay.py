@@ -20,7 +20,7 @@ from pybdev.bdev.core import BdevLayer
 from pybdev.bdev.delay import NAMESPACE, DelayBdev, DelayModule
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.vbdev import sha1_uuid
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 from tests.conftest import Target
 from tests.nbd.conftest import need
 

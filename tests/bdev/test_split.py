@@ -19,7 +19,7 @@ from pybdev.bdev.core import BdevLayer, ClaimType
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.split import SplitBdev, SplitModule
 from pybdev.bdev.vbdev import part_uuid
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 from tests.conftest import Target
 from tests.nbd.conftest import need, run, unix_uri
 

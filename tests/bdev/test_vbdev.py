@@ -23,7 +23,7 @@ from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.passthru import PassthruModule
 from pybdev.bdev.split import SplitModule
 from pybdev.bdev.vbdev import StackedBdev, VbdevConfig, VbdevModule
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 from tests.conftest import Target
 
 from .conftest import module, read

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from pybdev.errors import OperationError
 from pybdev.nbd import kernel, proto
 from pybdev.nbd.subsystem import IllegalDevice
-from pybdev.rpc.errors import OperationError
 from tests.conftest import Target
 
 
