@@ -235,13 +235,12 @@ class VbdevModule(BdevModule, Generic[C]):
     #: split).
     keep_unbuilt: ClassVar[bool] = True
     #: ``save_config`` writes configs still waiting for their bases (error, split), or only
-    #: the built ones, in build order (passthru, delay).
+    #: the built ones (passthru, delay).
     saves_pending: ClassVar[bool] = False
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
-        self.configs: list[C] = []
-        self._built: list[C] = []  # in build order
+        self.configs: list[C] = []  # in create order, which is also the save order
 
     # -- what modules implement -------------------------------------------------------
     def construct(self, config: C, descs: list[Descriptor]) -> list[StackedBdev]:
@@ -291,7 +290,6 @@ class VbdevModule(BdevModule, Generic[C]):
         for desc in descs:
             desc.event_cb = attachment.on_base_event
         config.attachment = attachment
-        self._built.append(config)
         for bdev in bdevs:
             bdev.attachment = attachment
             try:
@@ -327,8 +325,6 @@ class VbdevModule(BdevModule, Generic[C]):
 
     def unbuilt(self, config: C) -> None:
         """Every vbdev of ``config`` was destroyed and its bases released."""
-        if config in self._built:
-            self._built.remove(config)
         if not self.keep_unbuilt and config in self.configs:
             self.configs.remove(config)
 
@@ -353,11 +349,13 @@ class VbdevModule(BdevModule, Generic[C]):
         return config
 
     def write_config(self) -> list[Any]:
+        # Create order, not build order (SPDK writes passthru and delay nodes as they were
+        # built): replay creates the configs in the saved order but builds them in the order
+        # the bases appear, so only the create order is the same after a restart.
         if self.saves_pending:
             return [self.config_entry(c) for c in self.configs]
-        return [self.config_entry(c) for c in self._built if c.attachment is not None
+        return [self.config_entry(c) for c in self.configs if c.attachment is not None
                 and any(b.state is BdevState.REGISTERED for b in c.attachment.bdevs)]
 
     async def fini(self) -> None:
         self.configs.clear()
-        self._built.clear()

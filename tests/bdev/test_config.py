@@ -57,7 +57,8 @@ def test_stack_round_trip(start_target: Any, short_dir: Path, batches: str) -> N
     entries = [e for x in bdev for e in (x if isinstance(x, list) else [x])]
     pts = [e["params"] for e in entries if e["method"] == "bdev_passthru_create"]
     assert [list(p) for p in pts] == [["base_bdev_name", "name", "uuid"]] * 3
-    assert [p["name"] for p in pts] == ["PT0", "PTonEE", "PTonAIO"]
+    # In create order (SPDK: build order), which a restart keeps (docs/vbdev-framework.md).
+    assert [p["name"] for p in pts] == ["PT0", "PTonAIO", "PTonEE"]
     errs = [e["params"] for e in entries if e["method"] == "bdev_error_create"]
     assert errs == [{"base_name": "Base"},
                     {"base_name": "Nowhere", "uuid": "6a9f2f8e-52a4-4d7e-9c53-3b2e0d3e4f11"}]
