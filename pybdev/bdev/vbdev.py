@@ -102,10 +102,22 @@ class StackedBdev(Bdev):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.attachment: Attachment | None = None
+        self._unregister_task: asyncio.Task[None] | None = None  # keeps it referenced
 
     def on_base_resize(self, base: Bdev) -> None:
         if self.follows_resize and self.layer is not None:
             self.layer.resize(self, base.num_blocks)
+
+    def on_base_event(self, event: BdevEvent, base: Bdev) -> None:
+        """The ``event_cb`` for a base opened by hand, without a :class:`VbdevModule`."""
+        if self.attachment is not None:
+            self.attachment.on_base_event(event, base)
+        elif event is BdevEvent.REMOVE and self.layer is not None:
+            if self.state is BdevState.REGISTERED:
+                self._unregister_task = asyncio.get_running_loop().create_task(
+                    self.layer.unregister(self))
+        elif event is BdevEvent.RESIZE:
+            self.on_base_resize(base)
 
     async def destruct(self) -> None:
         if self.attachment is not None:

@@ -26,7 +26,7 @@ from pybdev.bdev.core import Bdev, BdevLayer, BdevState, Callback, ClaimType, De
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.passthru import PassthruModule
 from pybdev.bdev.split import SplitModule
-from pybdev.bdev.vbdev import StackedBdev, VbdevConfig, VbdevModule
+from pybdev.bdev.vbdev import StackedBdev, VbdevConfig, VbdevModule, VirtualBdev
 from pybdev.errors import OperationError
 from tests.conftest import Target
 
@@ -193,6 +193,23 @@ async def test_several_bases_all_needed_and_any_removal_tears_down(layer: BdevLa
     assert layer.get("C") is not None and layer.get("C") is not c
     await concat.remove(config)
     assert layer.get("C") is None and a.claim_type is ClaimType.NONE
+
+
+async def test_a_virtual_bdev_built_by_hand_follows_its_base(layer: BdevLayer) -> None:
+    base = malloc(layer, "M")
+    desc = layer.open("M", write=True)
+    layer.claim(desc, "mine")
+    v = VirtualBdev("V", None, desc, offset_blocks=4, num_blocks=8)
+    desc.event_cb = v.on_base_event
+    layer.register(v)
+    vdesc = layer.open("V", write=True)
+    await vdesc.write_async(0, b"\x42" * 512)
+    reader = layer.open("M", write=False)
+    assert await read(reader, 4 * 512, 512) == b"\x42" * 512  # at its offset
+    reader.close()
+    vdesc.close()
+    await asyncio.wait_for(layer.unregister(base), 5)
+    assert v.state is BdevState.GONE and list(layer) == []
 
 
 # -- parts over one base -------------------------------------------------------------------
