@@ -299,8 +299,13 @@ class AioBdev(Bdev):
     async def destruct(self) -> None:
         # A request still in a pool thread uses the fd: close it only when they are done.
         if self.inflight:
-            done = asyncio.get_running_loop().create_future()
-            self.when_drained(lambda: done.done() or done.set_result(None))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def drained() -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            self.when_drained(drained)
             await done
         if self.fd >= 0:
             os.close(self.fd)

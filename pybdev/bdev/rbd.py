@@ -39,7 +39,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from pybdev import ceph
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
@@ -75,14 +75,22 @@ def _norm(option: str) -> str:
     return option.strip().replace(" ", "_").replace("-", "_").lower()
 
 
-def _timeouts(*confs: dict[str, str] | None) -> dict[str, float]:
+class Timeouts(TypedDict, total=False):
+    """The timeout keyword arguments of :class:`ceph.Cluster`, in seconds."""
+
+    connect_timeout: float
+    osd_op_timeout: float
+    mon_op_timeout: float
+
+
+def _timeouts(*confs: dict[str, str] | None) -> Timeouts:
     """Our bounded defaults, minus those the user's options set themselves."""
     given = {_norm(k) for conf in confs if conf for k in conf}
-    out = {"connect_timeout": CONNECT_TIMEOUT, "osd_op_timeout": OP_TIMEOUT,
-           "mon_op_timeout": OP_TIMEOUT}
+    out = Timeouts(connect_timeout=CONNECT_TIMEOUT, osd_op_timeout=OP_TIMEOUT,
+                   mon_op_timeout=OP_TIMEOUT)
     for option, kwarg in _TIMEOUT_OPTIONS.items():
         if option in given:
-            del out[kwarg]
+            del out[kwarg]  # type: ignore[misc]  # kwarg is one of Timeouts' keys
     return out
 
 

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.errors import OperationError
-from pybdev.nbd import proto
 from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import Export
+from pybdev.proto import nbd as proto
 
 if TYPE_CHECKING:
     from pybdev.nbd.subsystem import NbdSubsystem

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 from pybdev.bdev.core import BdevLayer
 from pybdev.bdev.subsystem import BdevSubsystem
 from pybdev.errors import OperationError
-from pybdev.nbd import uri as nbd_uri
 from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import Export
 from pybdev.nbd.kernel import KernelExport
 from pybdev.nbd.rpc import RPC
 from pybdev.nbd.server import NetworkExport, NetworkServer
+from pybdev.proto.nbd import uri as nbd_uri
 from pybdev.subsystem import Config, Subsystem
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ REFERENCE_FILE = ROOT / "docs" / "rpc-reference.md"
 
 
 def _states(method: Method) -> list[str]:
-    return [s.name for s in (State.STARTUP, State.RUNTIME) if method.states & s]
+    return [s.name or "" for s in (State.STARTUP, State.RUNTIME) if method.states & s]
 
 
 def _params(method: Method) -> tuple[list[dict[str, Any]], dict[str, Any]]:

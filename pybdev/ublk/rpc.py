@@ -69,7 +69,8 @@ async def ublk_create_target(ublk: UblkSubsystem, p: CreateTargetParams) -> bool
         sub.target = UblkTarget.create(sub.layer, cpus, disable_user_copy=p.disable_user_copy)
     except OSError as e:
         err = e.errno or errno.EIO
-        raise _internal(err, e.strerror if e.strerror != os.strerror(err) else "") from None
+        detail = e.strerror if e.strerror and e.strerror != os.strerror(err) else ""
+        raise _internal(err, detail) from None
     finally:
         sub.busy = False
     return True

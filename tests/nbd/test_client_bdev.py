@@ -20,7 +20,7 @@ import pytest
 from pybdev.bdev.core import BdevEvent, BdevLayer
 from pybdev.bdev.nbd import NbdBdev, NbdModule
 from pybdev.errors import OperationError
-from pybdev.nbd import proto as nbd
+from pybdev.proto import nbd
 from tests.conftest import Target, wait_until
 
 from .conftest import Peer, need, run, unix_uri
