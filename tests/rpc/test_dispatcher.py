@@ -184,7 +184,9 @@ async def test_internal_errors_do_not_leak_details() -> None:
     assert resp["error"] == {"code": -32603, "message": "Internal error"}
 
 
-@pytest.mark.parametrize("raw", [b'{"a":', b"\xff\xfe{}", b'{"s":"\\u0000"}', b"{'a':1}"])
+@pytest.mark.parametrize(
+    "raw", [b'{"a":', b"\xff\xfe{}", b"{'a':1}", b'{"id":NaN}', b'{"id":-Infinity}']
+)
 async def test_parse_errors(raw: bytes) -> None:
     with pytest.raises(ParseError):
         await make()[0].handle_raw(raw)
