@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -46,6 +45,7 @@ from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.nbd import proto
 from pybdev.nbd.export import Export
 from pybdev.nbd.uri import NbdAddress
+from pybdev.netaddr import is_loopback_ip
 from pybdev.rpc.errors import OperationError
 
 if TYPE_CHECKING:
@@ -305,7 +305,7 @@ class NetworkServer:
         except (socket.gaierror, UnicodeError) as e:
             raise OperationError(errno.EINVAL, f"cannot resolve {a.host}: {e}") from None
         ips = tuple(sorted({str(info[4][0]) for info in infos}))
-        remote = [ip for ip in ips if not ipaddress.ip_address(ip.split("%")[0]).is_loopback]
+        remote = [ip for ip in ips if not is_loopback_ip(ip)]
         if remote and not self.allow_remote:
             raise OperationError(
                 errno.EACCES,

@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import socket
+import stat
 from pathlib import Path
 
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode, encode_response
@@ -37,7 +38,25 @@ MAX_PENDING_REQUESTS = 64
 
 
 class SocketInUse(Exception):
-    """Another live target holds the socket's lock file."""
+    """Another live target holds the socket's lock file (or the lock file is unusable)."""
+
+
+def lock_holder(st: os.stat_result) -> str:
+    """Who holds the flock on the file ``st`` describes: its owner and, from /proc/locks,
+    the pid, so a user can tell a running target from a squatted file."""
+    pids: list[str] = []
+    with contextlib.suppress(OSError):
+        ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == ident:
+                    pids.append(fields[4])
+    who = f"a process of uid {st.st_uid} (the file's owner)"
+    if pids:
+        who = f"pid {', '.join(pids)}; the file belongs to uid {st.st_uid}"
+    return who
 
 
 class RpcConnection(asyncio.Protocol):
@@ -197,15 +216,45 @@ class UnixRpcServer:
 
     def _take_lock(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            # O_NOFOLLOW: a symlink planted at PATH.lock (the default lives in the shared
+            # /var/tmp) must not make us create or truncate its target.
+            fd = os.open(self.lock_path,
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise SocketInUse(self._lock_refusal(e)) from None
+        st = os.fstat(fd)
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                raise SocketInUse(f"{self.lock_path} is not a regular file; remove it or "
+                                  "choose another socket path with -r")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            holder = lock_holder(st)
             os.close(fd)
             raise SocketInUse(
-                f"RPC Unix domain socket path {self.path} in use. Specify another."
+                f"RPC Unix domain socket path {self.path} in use. Specify another. "
+                f"({self.lock_path} is locked by {holder})"
             ) from None
+        except BaseException:
+            os.close(fd)
+            raise
         self._lock_fd = fd
+
+    def _lock_refusal(self, e: OSError) -> str:
+        """Why PATH.lock cannot be opened, who owns it and what to do, for the user."""
+        try:
+            st = os.lstat(self.lock_path)
+        except OSError:
+            return f"cannot create {self.lock_path}: {e.strerror}; choose another path with -r"
+        if stat.S_ISLNK(st.st_mode):
+            return (f"{self.lock_path} is a symbolic link (owned by uid {st.st_uid}); refusing "
+                    "to follow it. Remove it if it is not yours, or choose another path "
+                    "with -r")
+        return (f"RPC Unix domain socket path {self.path} in use. Specify another. "
+                f"({self.lock_path} belongs to uid {st.st_uid} and cannot be opened: "
+                f"{e.strerror}. If no target of that user runs, it may remove the file; "
+                "otherwise choose another path with -r)")
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
