@@ -18,6 +18,18 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ip
 
 
+def bind_address(text: str) -> str:
+    """The address to bind for ``text``: an IPv4-mapped IPv6 address as plain IPv4, since
+    asyncio's IPv6 listeners are IPV6_V6ONLY and cannot bind a mapped address."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text  # a zone-qualified or non-address text is bound as given
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return text
+
+
 def is_loopback_ip(text: str) -> bool:
     """Whether the IP address ``text`` is a loopback address; ValueError if not an address."""
     return parse_ip(text).is_loopback
@@ -32,4 +44,4 @@ def is_ip_literal(text: str) -> bool:
     return True
 
 
-__all__ = ["is_ip_literal", "is_loopback_ip", "parse_ip"]
+__all__ = ["bind_address", "is_ip_literal", "is_loopback_ip", "parse_ip"]

@@ -45,7 +45,7 @@ from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.nbd import proto
 from pybdev.nbd.export import Export
 from pybdev.nbd.uri import NbdAddress
-from pybdev.netaddr import is_loopback_ip
+from pybdev.netaddr import bind_address, is_loopback_ip
 from pybdev.rpc.errors import OperationError
 
 if TYPE_CHECKING:
@@ -304,7 +304,7 @@ class NetworkServer:
                                            flags=socket.AI_PASSIVE)
         except (socket.gaierror, UnicodeError) as e:
             raise OperationError(errno.EINVAL, f"cannot resolve {a.host}: {e}") from None
-        ips = tuple(sorted({str(info[4][0]) for info in infos}))
+        ips = tuple(sorted({bind_address(str(info[4][0])) for info in infos}))
         remote = [ip for ip in ips if not is_loopback_ip(ip)]
         if remote and not self.allow_remote:
             raise OperationError(

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from pybdev.netaddr import is_ip_literal, is_loopback_ip
+from pybdev.netaddr import bind_address, is_ip_literal, is_loopback_ip
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import PARSE_ERROR, RpcError
 from pybdev.rpc.framing import MAX_REQUEST_BYTES, FramingError, JsonStream
@@ -182,7 +182,8 @@ def parse_endpoint(text: str) -> Endpoint:
             f"--http {text}: give a host (127.0.0.1 for this machine only, 0.0.0.0 or [::] "
             "for every interface)"
         )
-    return Endpoint(host=host, port=int(port_text))
+    # An IPv4-mapped address is served as the IPv4 address it maps (pybdev.netaddr).
+    return Endpoint(host=bind_address(host), port=int(port_text))
 
 
 async def is_loopback(endpoint: Endpoint) -> bool:

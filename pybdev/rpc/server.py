@@ -137,7 +137,12 @@ class RpcConnection(asyncio.Protocol):
 
     def _close_if_finished(self) -> None:
         if self.eof and self._drained and not self.pending and self.transport is not None:
-            self.transport.close()
+            if self.stream.buffered:
+                # The peer stopped sending in the middle of a value: say why nothing
+                # answers it (SPDK just closes; -32700 before the close is also its way).
+                self._parse_error()
+            else:
+                self.transport.close()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.pending.discard(task)

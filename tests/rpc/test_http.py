@@ -183,14 +183,22 @@ def req(method: str, req_id: Any = 1, params: Any = None) -> bytes:
 
 async def post(s: aiohttp.ClientSession, url: str, body: bytes,
                **kw: Any) -> tuple[int, bytes, aiohttp.ClientResponse]:
-    async with s.post(url, data=body, **kw) as r:
+    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    async with s.post(url, data=body, headers=headers, **kw) as r:
         return r.status, await r.read(), r
 
 
 def curl(*args: str) -> tuple[int, str]:
-    """(HTTP status, body) from curl; fails the test if curl itself failed."""
+    """(HTTP status, body) from curl; fails the test if curl itself failed.
+
+    A request with a body says it is JSON, as the server requires, unless ``args`` set a
+    Content-Type.
+    """
     if CURL is None:
         pytest.skip("curl is not installed (Debian package curl)")
+    sends_body = any(a in ("-d", "--data", "--data-binary") for a in args)
+    if sends_body and not any(a.lower().startswith("content-type:") for a in args):
+        args = ("-H", "Content-Type: application/json", *args)
     res = subprocess.run([CURL, "-sS", "--noproxy", "*", "-w", "\n%{http_code}", *args],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -690,9 +698,9 @@ for i in $(seq 200); do
     sleep 0.05
 done
 echo "noauth=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' \
-    -d '{"id":1,"method":"spdk_get_version"}' http://192.0.2.1:8080/)"
+    -H 'Content-Type: application/json' -d '{"id":1,"method":"spdk_get_version"}' http://192.0.2.1:8080/)"
 echo "auth=$(curl -s --noproxy '*' --netrc-file "$NETRC" \
-    -d '{"id":1,"method":"spdk_get_version"}' http://192.0.2.1:8080/)"
+    -H 'Content-Type: application/json' -d '{"id":1,"method":"spdk_get_version"}' http://192.0.2.1:8080/)"
 kill -TERM $pid
 wait $pid
 echo "rc=$?"
