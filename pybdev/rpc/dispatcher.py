@@ -150,7 +150,7 @@ def encode_response(response: dict[str, Any]) -> str:
         text = encode(response)
     except (ValueError, TypeError, RecursionError):
         log.exception("response is not JSON")
-        text = encode(_error(None, RpcError(errors.INTERNAL_ERROR)))
+        text = encode(_error(response["id"], RpcError(errors.INTERNAL_ERROR)))
     if raw_id:
         # The key order is fixed (jsonrpc, id, ...), so the first id member is the id.
         text = text.replace('"id":null', '"id":' + req_id.text, 1)

@@ -35,7 +35,6 @@ _DIGITS = re.compile(rb"[0-9]*")
 # For the fast structural scan of a value that arrived whole.
 _STRUCTURAL = re.compile(rb'[\[\]{}"]')
 _STRING_END = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_SCALAR = re.compile(rb'[^ \t\r\n\[\]{}",:]*')
 _LITERALS = {0x74: b"true", 0x66: b"false", 0x6E: b"null"}
 
 # What the scanner expects next.
@@ -213,9 +212,7 @@ class JsonStream:
             m = _STRING_END.match(buf, 1)
             return m.end() if m else None
         if first not in b"[{":
-            end = _SCALAR.match(buf, 0).end()  # type: ignore[union-attr]
-            # A scalar at the end of the buffer may still be growing.
-            return end if 0 < end < len(buf) else None
+            return None  # a top-level scalar (never a request) goes the validating way
         depth = 0
         pos = 0
         while True:
