@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -20,12 +22,14 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.framing import MAX_REQUEST_BYTES
@@ -38,6 +42,7 @@ from pybdev.rpc.http import (
     parse_endpoint,
 )
 from pybdev.rpc.registry import BOTH, Registry, State, rpc_method
+from tests.rpc.hostile import Case, requests
 
 ROOT = Path(__file__).resolve().parents[2]
 RPC_PY = ROOT / "scripts" / "rpc.py"
@@ -776,3 +781,126 @@ def test_wait_for_rpc_over_http(tmp_path: Path) -> None:
         assert t.proc.wait(20) == 0
     finally:
         t.stop()
+
+
+# --- hostile clients: every request answered, browsers and slow clients refused ------------
+
+
+def _http(url: str, body: bytes, headers: dict[str, str] | None = None,
+          method: str = "POST") -> tuple[int, bytes]:
+    """One request with the standard library's client (no header added but Host)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        # Refused before the whole body was sent, the answer is still there to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.request(method, "/", body=body,
+                         headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
+@given(case=requests())
+def test_fuzzed_requests_are_all_answered_over_http(plain: HttpTarget, case: Case) -> None:
+    status, body = _http(plain.url, case.body)
+    if case.kind == "oversize":
+        assert status == 413
+    elif case.answer_id is None:
+        assert (status, body) == (400, PARSE_ERROR), case.kind
+    else:
+        assert status == 200
+        case.check_response(body)
+
+
+def _bdev_names(t: HttpTarget) -> set[str]:
+    status, body = _http(t.url, req("bdev_get_bdevs"))
+    assert status == 200
+    return {b["name"] for b in json.loads(body)["result"]}
+
+
+def test_only_json_bodies_are_served(plain: HttpTarget) -> None:
+    create = req("bdev_null_create", params={"name": "CT", "num_blocks": 64, "block_size": 512})
+    # What an HTML form or a cross-origin fetch without preflight can send.
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                  "application/octet-stream", ""):
+        status, body = _http(plain.url, create, {"Content-Type": ctype})
+        assert status == 415 and b"application/json" in body, ctype
+    assert "CT" not in _bdev_names(plain)
+    status, _ = _http(plain.url, req("spdk_get_version"),
+                      {"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200
+
+
+def test_foreign_origin_and_host_are_refused(plain: HttpTarget) -> None:
+    host = plain.url.split("://", 1)[1]
+    create = req("bdev_null_create", params={"name": "XO", "num_blocks": 64, "block_size": 512})
+    for origin in ("http://evil.example", "null", f"https://{host}", "http://127.0.0.1:1"):
+        status, _ = _http(plain.url, create, {"Origin": origin})
+        assert status == 403, origin
+    # DNS rebinding: the attacker's name now points at 127.0.0.1.
+    port = host.rsplit(":", 1)[1]
+    for name in (f"evil.example:{port}", "rebind.attacker.test", f"localhost.evil:{port}"):
+        status, _ = _http(plain.url, create, {"Host": name})
+        assert status == 421, name
+        status, _ = _http(plain.url, b"", {"Host": name}, method="GET")
+        assert status == 421, name
+    assert "XO" not in _bdev_names(plain)
+    # The server's own origin, and the names a local client uses, are served.
+    assert _http(plain.url, req("spdk_get_version"), {"Origin": f"http://{host}"})[0] == 200
+    for name in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.1", f"[::1]:{port}",
+                 f"LOCALHOST:{port}"):
+        assert _http(plain.url, req("spdk_get_version"), {"Host": name})[0] == 200, name
+
+
+def test_unix_site_does_not_check_host(plain: HttpTarget) -> None:
+    code, body = curl("--unix-socket", str(plain.http_sock),  # type: ignore[attr-defined]
+                      "-H", "Host: anything.example", "-d", req("spdk_get_version").decode(),
+                      "http://x/")
+    assert code == 200 and json.loads(body)["id"] == 1
+
+
+def test_slow_clients_are_bounded(tmp_path: Path) -> None:
+    t = HttpTarget(tmp_path, "--http", "127.0.0.1:0", "--http-allowed-host", "pybdev.test",
+                   "--http-max-connections", "2", "--http-header-timeout", "1")
+    try:
+        host, port = t.url.split("://", 1)[1].rsplit(":", 1)
+        assert _http(t.url, req("spdk_get_version"), {"Host": "pybdev.test"})[0] == 200
+
+        def connect() -> socket.socket:
+            s = socket.create_connection((host, int(port)), timeout=60)
+            return s
+
+        # A request head that never ends is cut off by the header timeout.
+        slow = connect()
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert slow.recv(4096) == b""
+        slow.close()
+        # Two idle connections fill the limit; a third is told so and closed.
+        idle = [connect(), connect()]
+        extra = connect()
+        answer = b""
+        while data := extra.recv(4096):
+            answer += data
+        extra.close()
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        # The idle ones time out too, and then clients are served again.
+        for s in idle:
+            assert s.recv(4096) == b""
+            s.close()
+        assert _http(t.url, req("spdk_get_version"))[0] == 200
+    finally:
+        assert t.stop() == 0, t.log()
+
+
+def test_ipv4_mapped_loopback_is_loopback(tmp_path: Path) -> None:
+    # The same rule as nbd:// (pybdev.netaddr): no authentication needed, served as IPv4.
+    t = HttpTarget(tmp_path, "--http", "[::ffff:127.0.0.1]:0")
+    try:
+        assert t.url.startswith("http://127.0.0.1:")
+        assert _http(t.url, req("spdk_get_version"))[0] == 200
+    finally:
+        assert t.stop() == 0, t.log()
