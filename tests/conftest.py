@@ -116,6 +116,25 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20, what: str = ""
         time.sleep(0.05)
 
 
+def unix_listening(path: Path | str) -> bool:
+    """Whether a socket bound at ``path`` is listening (``listen()`` done), without
+    connecting: a probe connection would use up a one-client server such as qemu-nbd.
+
+    The socket file appears at ``bind()``, before ``listen()``: a file that exists is no
+    proof that a connection will be accepted. /proc/net/unix flags a listening socket
+    with __SO_ACCEPTCON (0x10000).
+    """
+    wanted = os.fsdecode(os.path.abspath(path))
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split(None, 7)
+            if len(fields) == 8 and fields[7].rstrip("\n") == wanted \
+                    and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
 @pytest.fixture
 def start_target(tmp_path: Path) -> Iterator[Callable[..., Target]]:
     """``start_target(*args, sock=None, wait=True)`` -> a started Target, stopped at teardown."""

@@ -42,6 +42,7 @@ from pybdev.rpc.http import (
     parse_endpoint,
 )
 from pybdev.rpc.registry import BOTH, Registry, State, rpc_method
+from tests.conftest import unix_listening
 from tests.rpc.hostile import Case, requests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,26 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _health_answered(url: str) -> bool:
+    """Whether GET /health is answered: the site serves, not merely logged that it bound."""
+    if url.startswith("http+unix://"):
+        return unix_listening(url[len("http+unix://"):])
+    parts = urllib.parse.urlsplit(url)
+    conn_class = (http.client.HTTPSConnection if parts.scheme == "https"
+                  else http.client.HTTPConnection)
+    kwargs: dict[str, Any] = {}
+    if parts.scheme == "https":
+        kwargs["context"] = ssl._create_unverified_context()  # only to see it answer
+    conn = conn_class(parts.hostname or "", parts.port, timeout=10, **kwargs)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 class HttpTarget:
     """``python -m pybdev`` with --http sites; ``urls`` are the bound addresses from its log."""
 
@@ -84,7 +105,8 @@ class HttpTarget:
         while time.monotonic() < deadline:
             text = self.log()
             urls = _LISTEN.findall(text)
-            if len(urls) >= sites and (not wait_serving or "serving RPC" in text):
+            if len(urls) >= sites and (not wait_serving or "serving RPC" in text) \
+                    and all(map(_health_answered, urls)):
                 return urls
             if self.proc.poll() is not None:
                 raise AssertionError(f"target exited {self.proc.returncode}:\n{text}")
