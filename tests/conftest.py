@@ -39,7 +39,7 @@ class Target:
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
 
-    def wait_ready(self, timeout: float = 20) -> Target:
+    def wait_ready(self, timeout: float = 60) -> Target:
         """Wait until the target answers (or died, which fails with its log)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
