@@ -30,10 +30,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, Descriptor
-from pybdev.nbd import proto
+from pybdev.errors import OperationError
+from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import Export
-from pybdev.nbd.subsystem import IllegalDevice
-from pybdev.rpc.errors import OperationError, RpcError
+from pybdev.proto import nbd as proto
 
 if TYPE_CHECKING:
     from pybdev.nbd.subsystem import NbdSubsystem
@@ -73,11 +73,7 @@ class NbdError(OperationError):
     """An error answered with SPDK's exact message (``nbd device not found``)."""
 
     def __init__(self, err: int, message: str) -> None:
-        super().__init__(err, message)
-        self.message = message
-
-    def to_rpc(self) -> RpcError:
-        return RpcError(-self.errno, self.message)
+        super().__init__(err, message, message=message)
 
 
 # ============================================================================================

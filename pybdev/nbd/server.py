@@ -36,17 +36,16 @@ import logging
 import os
 import socket
 import stat
-import struct
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
-from pybdev.nbd import proto
+from pybdev.errors import OperationError
 from pybdev.nbd.export import Export
-from pybdev.nbd.uri import NbdAddress
 from pybdev.netaddr import bind_address, is_loopback_ip
-from pybdev.rpc.errors import OperationError
+from pybdev.proto import nbd as proto
+from pybdev.proto.nbd.uri import NbdAddress
 
 if TYPE_CHECKING:
     from pybdev.nbd.subsystem import NbdSubsystem
@@ -65,9 +64,7 @@ _WRITE = proto.NBD_CMD_WRITE
 _FUA = proto.NBD_CMD_FLAG_FUA
 _REQ_ONE = proto.NBD_CMD_FLAG_REQ_ONE
 _SIMPLE = proto.SIMPLE_REPLY.pack
-# Header of a final NBD_REPLY_TYPE_OFFSET_DATA chunk (structured header + offset); proto's
-# own Struct for it is private.
-_DATA_CHUNK = struct.Struct(">IHHQIQ").pack
+_DATA_CHUNK = proto.OFFSET_DATA.pack  # header of a final NBD_REPLY_TYPE_OFFSET_DATA chunk
 assert (proto.NBD_STRUCTURED_REPLY_MAGIC, proto.NBD_SIMPLE_REPLY_MAGIC) == (0x668E33EF,
                                                                            0x67446698)
 assert (proto.NBD_REPLY_FLAG_DONE, proto.NBD_REPLY_TYPE_OFFSET_DATA) == (1, 1)

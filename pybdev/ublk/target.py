@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from pybdev import uring
 from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 from pybdev.ublk import uapi
 from pybdev.ublk.control import CONTROL_PATH, Control, ControlError, open_control
 from pybdev.ublk.process import set_io_flusher, unshare_mount_namespace
