@@ -358,13 +358,12 @@ async def configure_http(
         log.warning("HTTP JSON-RPC on %s without TLS: credentials and data travel in clear "
                     "text; use --http-tls-cert and --http-tls-key", public[0])
     limits = HttpLimits(
-        header_timeout=getattr(options, "http_header_timeout", HEADER_TIMEOUT),
-        body_timeout=getattr(options, "http_body_timeout", BODY_TIMEOUT),
-        max_connections=getattr(options, "http_max_connections", MAX_CONNECTIONS),
+        header_timeout=options.http_header_timeout,
+        body_timeout=options.http_body_timeout,
+        max_connections=options.http_max_connections,
     )
-    allowed = getattr(options, "http_allowed_host", None) or []
     return HttpRpcServer(dispatcher, endpoints, credentials, ssl_context, ready, limits,
-                         allowed_hosts=allowed)
+                         allowed_hosts=options.http_allowed_host)
 
 
 # --- schema --------------------------------------------------------------------------------

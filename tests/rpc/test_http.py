@@ -929,3 +929,23 @@ def test_ipv4_mapped_loopback_is_loopback(tmp_path: Path) -> None:
         assert _http(t.url, req("spdk_get_version"))[0] == 200
     finally:
         assert t.stop() == 0, t.log()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--http-header-timeout", "0"], ["--http-body-timeout", "-1"],
+    ["--http-body-timeout", "inf"], ["--http-max-connections", "0"],
+])
+def test_limit_options_must_be_positive(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        _options("--http", "127.0.0.1:0", *argv)
+
+
+def test_limit_options_reach_the_server() -> None:
+    options = _options("--http", "127.0.0.1:0", "--http-header-timeout", "2.5",
+                       "--http-body-timeout", "7", "--http-max-connections", "3",
+                       "--http-allowed-host", "Storage1.example.")
+    server = asyncio.run(configure_http(options, Dispatcher(_Ctx(), Registry()), environ={}))
+    assert server is not None
+    assert (server.limits.header_timeout, server.limits.body_timeout,
+            server.limits.max_connections) == (2.5, 7.0, 3)
+    assert "storage1.example" in server.allowed_hosts
