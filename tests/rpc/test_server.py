@@ -169,3 +169,21 @@ def test_lock_file_that_is_not_a_regular_file(start_target: Callable[..., Target
     started = time.monotonic()
     assert t.proc.wait(30) != 0
     assert "not a regular file" in t.log(), time.monotonic() - started
+
+
+def test_unopenable_lock_file_names_its_owner(tmp_path: Path) -> None:
+    # In a sticky shared directory (the default /var/tmp) another user's PATH.lock cannot
+    # be opened (mode 0600, or fs.protected_regular): the message says whose it is and what
+    # to do. The refusal is built from the file as found.
+    from pybdev.rpc.server import UnixRpcServer
+
+    sock = tmp_path / "t.sock"
+    lock = Path(str(sock) + ".lock")
+    lock.write_bytes(b"")
+    if os.geteuid() == 0:
+        os.chown(lock, 65534, 65534)
+    server = UnixRpcServer(None, str(sock))  # type: ignore[arg-type]
+    message = server._lock_refusal(PermissionError(13, "Permission denied"))
+    assert f"RPC Unix domain socket path {sock} in use. Specify another." in message
+    assert f"uid {lock.stat().st_uid}" in message and "Permission denied" in message
+    assert "-r" in message
