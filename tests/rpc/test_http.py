@@ -949,3 +949,24 @@ def test_limit_options_reach_the_server() -> None:
     assert (server.limits.header_timeout, server.limits.body_timeout,
             server.limits.max_connections) == (2.5, 7.0, 3)
     assert "storage1.example" in server.allowed_hosts
+
+
+def test_rpc_py_survives_the_server_closing_idle_connections(tmp_path: Path) -> None:
+    """Commands read from stdin share one client: after a pause longer than the target's
+    header timeout the closed keep-alive connection is opened again, not reused."""
+    t = HttpTarget(tmp_path, "--http", "127.0.0.1:0", "--http-header-timeout", "1")
+    try:
+        proc = subprocess.Popen([sys.executable, str(RPC_PY), "-s", t.url],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
+        assert proc.stdin is not None and proc.stdout is not None
+        for _ in range(2):
+            proc.stdin.write("spdk_get_version\n")
+            proc.stdin.flush()
+            while '"version"' not in (line := proc.stdout.readline()):
+                assert line, proc.stderr.read() if proc.stderr else ""
+            time.sleep(2.5)  # the target closes the idle connection meanwhile
+        proc.stdin.close()
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        assert t.stop() == 0, t.log()
