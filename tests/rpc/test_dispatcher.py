@@ -1,4 +1,4 @@
-"""Dispatcher rules (spec §1.3-1.6) on a private registry, without sockets."""
+"""Dispatcher rules (SPDK's lib/jsonrpc and lib/rpc) on a private registry, without sockets."""
 
 from __future__ import annotations
 
