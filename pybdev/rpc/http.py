@@ -32,8 +32,9 @@ from the command line, are compared in constant time and are never logged. A web
 a browser must not be able to drive the target (docs/http.md): a POST must say
 ``Content-Type: application/json`` (which a cross-origin page cannot send without a CORS
 preflight, and preflights are refused), an ``Origin`` header must name this very server,
-and the ``Host`` header must be an IP address, ``localhost``, a name given with ``--http``
-or ``--http-allowed-host`` (DNS rebinding points a name of the attacker's at 127.0.0.1).
+and without authentication the ``Host`` header must be an IP address, ``localhost``, a name
+given with ``--http`` or ``--http-allowed-host`` (DNS rebinding points a name of the
+attacker's at 127.0.0.1).
 Slow clients are bounded: the request head must arrive within ``--http-header-timeout``
 seconds and the body within ``--http-body-timeout``, and at most
 ``--http-max-connections`` connections are served at once.
@@ -597,7 +598,10 @@ class HttpRpcServer:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         on_unix = isinstance(sockname, str | bytes)
         host = request.headers.get("Host")
-        if host is not None and not on_unix:
+        # With credentials required, a rebinding page has nothing to send: the check
+        # guards the unauthenticated (loopback) case, and names clients use off-host
+        # (a DNS name, a TLS certificate's name) keep working without configuration.
+        if host is not None and not on_unix and not self.credentials.configured:
             name = split_host(host).lower().rstrip(".")
             if not (is_ip_literal(name) or name in self.allowed_hosts):
                 return web.Response(

@@ -970,3 +970,16 @@ def test_rpc_py_survives_the_server_closing_idle_connections(tmp_path: Path) -> 
         assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
         assert t.stop() == 0, t.log()
+
+
+def test_with_credentials_any_host_name_is_served(auth: HttpTarget) -> None:
+    # Off-host clients use the operator's DNS name; a rebinding page has no credentials.
+    status, _ = _http(auth.url, req("spdk_get_version"), {"Host": "storage1.example:8443"})
+    assert status == 401
+    status, body = _http(auth.url, req("spdk_get_version"),
+                         {"Host": "storage1.example:8443", **basic()})
+    assert status == 200 and json.loads(body)["id"] == 1
+    # A foreign Origin is still refused, credentials or not.
+    status, _ = _http(auth.url, req("spdk_get_version"),
+                      {"Origin": "http://evil.example", **basic()})
+    assert status == 403
