@@ -96,9 +96,19 @@ def _reject_constant(name: str) -> Any:
     raise ParseError(f"{name} is not JSON")
 
 
+class _Float(float):
+    """A float that remembers how it was written, so an id like ``1E5`` or ``1.50`` is
+    echoed as sent (SPDK echoes the id's raw text); elsewhere it is just a float."""
+
+    __slots__ = ("text",)
+
+
 def _float(text: str) -> float | RawNumber:
-    value = float(text)
-    return value if math.isfinite(value) else RawNumber(text)
+    value = _Float(text)
+    if not math.isfinite(value):
+        return RawNumber(text)
+    value.text = text
+    return value
 
 
 def _int(text: str) -> int | RawNumber:
@@ -144,7 +154,7 @@ def encode_response(response: dict[str, Any]) -> str:
     """One response object as SPDK writes it, the id verbatim even when Python cannot
     represent it; a result that is not JSON becomes -32603 rather than no answer."""
     req_id = response["id"]
-    raw_id = isinstance(req_id, RawNumber)
+    raw_id = isinstance(req_id, RawNumber | _Float)
     if raw_id:
         response = {**response, "id": None}
     try:

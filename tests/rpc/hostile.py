@@ -46,6 +46,7 @@ ids = st.one_of(
     st.sampled_from(BIG_NUMBERS),
     st.text("abcXYZ019_-", min_size=0, max_size=8).map(json.dumps),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(["1E5", "1.50", "-0.0", "2e-3", "0.1e+2"]),
 )
 param_values = st.one_of(
     st.sampled_from(BIG_NUMBERS),

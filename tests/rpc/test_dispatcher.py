@@ -273,3 +273,9 @@ async def test_a_result_that_is_not_json_is_an_internal_error() -> None:
     resp = await answer('{"method":"nan","id":3}', Dispatcher(ctx, reg))
     assert resp == {"jsonrpc": "2.0", "id": 3,
                     "error": {"code": -32603, "message": "Internal error"}}
+
+
+@pytest.mark.parametrize("raw_id", ["1E5", "1.50", "-0.0", "2e-3", "1.0"])
+async def test_fractional_ids_are_echoed_as_written(raw_id: str) -> None:
+    out = await make()[0].handle_raw(f'{{"method":"noparams","id":{raw_id}}}'.encode())
+    assert out == f'{{"jsonrpc":"2.0","id":{raw_id},"result":true}}\n'.encode()
