@@ -102,6 +102,7 @@ class _Float(float):
     echoed as sent (SPDK echoes the id's raw text); elsewhere it is just a float."""
 
     __slots__ = ("text",)
+    text: str
 
 
 def _float(text: str) -> float | RawNumber:
