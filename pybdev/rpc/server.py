@@ -138,8 +138,8 @@ class RpcConnection(asyncio.Protocol):
     def _close_if_finished(self) -> None:
         if self.eof and self._drained and not self.pending and self.transport is not None:
             if self.stream.buffered:
-                # The peer stopped sending in the middle of a value: say why nothing
-                # answers it (SPDK just closes; -32700 before the close is also its way).
+                # The peer stopped sending in the middle of a value. SPDK just closes;
+                # the -32700 it sends for unparsable input tells the client why.
                 self._parse_error()
             else:
                 self.transport.close()
