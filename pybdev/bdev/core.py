@@ -196,8 +196,9 @@ class Bdev:
     #: ``submit_write`` honours its ``fua`` argument. When False the layer emulates a FUA
     #: write as a write and then a flush of its range (when the bdev has ``flush``).
     fua_native: bool = False
-    #: How long the data a read completes with stays valid: see :class:`ReadBuffer`.
-    read_buffer: ClassVar[ReadBuffer] = ReadBuffer.CALLBACK
+    #: How long the data a read completes with stays valid: see :class:`ReadBuffer`. A
+    #: class setting, except for vbdevs, which take their base's.
+    read_buffer: ReadBuffer = ReadBuffer.CALLBACK
     #: ``get_block_status`` knows holes; False means every range is allocated data, and
     #: the layer answers that without calling it.
     reports_holes: ClassVar[bool] = False

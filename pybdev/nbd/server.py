@@ -626,7 +626,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self._big_err:
             self._big_left -= self._big_filled
             if self._big_left > 0:
-                self._big_view = memoryview(self._big_buf)[: min(len(self._big_buf or b""),
+                assert self._big_buf is not None
+                self._big_view = memoryview(self._big_buf)[: min(len(self._big_buf),
                                                                  self._big_left)]
                 self._big_filled = 0
                 return
