@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.nbd import proto
-from pybdev.nbd.export import Export
+from pybdev.nbd.export import NbdExport
 from pybdev.nbd.uri import NbdAddress
 from pybdev.rpc.errors import OperationError
 
@@ -73,7 +73,7 @@ assert (proto.NBD_STRUCTURED_REPLY_MAGIC, proto.NBD_SIMPLE_REPLY_MAGIC) == (0x66
 assert (proto.NBD_REPLY_FLAG_DONE, proto.NBD_REPLY_TYPE_OFFSET_DATA) == (1, 1)
 
 
-class NetworkExport(Export):
+class NetworkExport(NbdExport):
     """A bdev served on a listener under an export name."""
 
     kind = "network"
@@ -86,9 +86,8 @@ class NetworkExport(Export):
         self.listener: Listener | None = None
         self.connections: set[NbdConnection] = set()
         self._info: proto.ExportInfo | None = None
-        self._stopped: asyncio.Future[None] | None = None
 
-    # -- Export ----------------------------------------------------------------------------
+    # -- NbdExport ----------------------------------------------------------------------------
     async def start(self) -> None:
         self.open_bdev()
         try:
@@ -103,35 +102,29 @@ class NetworkExport(Export):
         if self.listener.port_chosen:
             self.nbd_device = self.address.with_port(self.listener.port).uri()
 
-    async def stop(self, drain: bool = True) -> None:
-        if self._stopped is not None:
-            if drain:
-                await asyncio.shield(self._stopped)
-            else:
-                for conn in list(self.connections):
-                    conn.abort()
+    # -- stop hooks (pybdev.export.base) ---------------------------------------------------
+    # New handshakes stop finding this export as ``stopping`` is set (Listener.find checks
+    # it); it leaves its listener only after the drain, as the last export closes it.
+    async def drain(self, drain: bool) -> None:
+        conns = list(self.connections)
+        for conn in conns:
+            conn.shutdown(drain)
+        if not conns:
             return
-        # New handshakes stop finding this export now (Listener.find checks ``stopping``);
-        # it leaves its listener only after the drain, as the last export closes it.
-        self.stopping = True
-        self._stopped = asyncio.get_running_loop().create_future()
-        try:
-            conns = list(self.connections)
-            for conn in conns:
-                conn.shutdown(drain)
-            if conns:
-                waiters = [c.closed for c in conns]
-                _, pending = await asyncio.wait(waiters, timeout=DRAIN_TIMEOUT)
-                for conn in conns:
-                    if not conn.closed.done():
-                        conn.abort()
-                if pending:
-                    await asyncio.wait(pending, timeout=1.0)
-            if self.listener is not None:
-                await self.subsystem.network.detach(self)
-        finally:
-            self.close_bdev()
-            self._stopped.set_result(None)
+        _, pending = await asyncio.wait([c.closed for c in conns], timeout=DRAIN_TIMEOUT)
+        for conn in conns:
+            if not conn.closed.done():
+                conn.abort()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+    def abort(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+    async def release(self) -> None:
+        if self.listener is not None:
+            await self.subsystem.network.detach(self)
 
     def on_resize(self, bdev: Bdev) -> None:
         self._info = None

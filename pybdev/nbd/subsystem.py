@@ -22,7 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pybdev.nbd import uri as nbd_uri
-from pybdev.nbd.export import Export
+from pybdev.nbd.export import NbdExport
 from pybdev.nbd.server import NetworkExport, NetworkServer
 from pybdev.rpc.errors import OperationError, RpcError
 from pybdev.subsystem import Config, Subsystem, register_subsystem
@@ -55,7 +55,7 @@ class NbdSubsystem(Subsystem):
 
     def __init__(self, app: App) -> None:
         super().__init__(app)
-        self.exports: dict[str, Export] = {}  # nbd_device -> export, start order
+        self.exports: dict[str, NbdExport] = {}  # nbd_device -> export, start order
         self._reserved: set[str] = set()
         self.network = NetworkServer(allow_remote=self.allow_remote)
 
@@ -64,7 +64,7 @@ class NbdSubsystem(Subsystem):
         return bool(getattr(self.app.options, "nbd_allow_remote", False))
 
     # -- Python API ------------------------------------------------------------------------
-    async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> Export:
+    async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> NbdExport:
         """Export ``bdev_name`` at ``nbd_device`` (URI, device path, or None: auto)."""
         export = self._make_export(bdev_name, nbd_device)
         if nbd_device is not None and not self.reserve(nbd_device):
@@ -105,7 +105,7 @@ class NbdSubsystem(Subsystem):
             raise OperationError(errno.ENODEV, f"{nbd_device} is not exported")
         return [export.info()]
 
-    # -- for Export implementations --------------------------------------------------------
+    # -- for NbdExport implementations --------------------------------------------------------
     def reserve(self, nbd_device: str) -> bool:
         """Claim a device name while an export starts; False if this target uses it."""
         if nbd_device in self.exports or nbd_device in self._reserved:
@@ -119,7 +119,7 @@ class NbdSubsystem(Subsystem):
     def in_use(self, nbd_device: str) -> bool:
         return nbd_device in self.exports or nbd_device in self._reserved
 
-    def forget(self, export: Export) -> None:
+    def forget(self, export: NbdExport) -> None:
         if self.exports.get(export.nbd_device) is export:
             del self.exports[export.nbd_device]
 
@@ -138,7 +138,7 @@ class NbdSubsystem(Subsystem):
         return [e.config() for e in self.exports.values()]
 
     # -- internals -------------------------------------------------------------------------
-    def _make_export(self, bdev_name: str, nbd_device: str | None) -> Export:
+    def _make_export(self, bdev_name: str, nbd_device: str | None) -> NbdExport:
         if nbd_device is not None and nbd_uri.is_uri(nbd_device):
             try:
                 address = nbd_uri.parse(nbd_device)
@@ -156,7 +156,7 @@ class NbdSubsystem(Subsystem):
                 "kernel NBD export not available (pybdev.nbd.kernel is not installed); "
                 "give an nbd:// or nbd+unix:// URI for a network export",
             ) from None
-        export: Export = kernel.KernelExport(self, bdev_name, nbd_device)
+        export: NbdExport = kernel.KernelExport(self, bdev_name, nbd_device)
         return export
 
 

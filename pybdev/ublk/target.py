@@ -12,6 +12,7 @@ Errors are ``OperationError(errno, detail)``; the RPC layer maps them to SPDK's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import errno
 import functools
@@ -22,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from pybdev import uring
-from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
+from pybdev.bdev.core import Bdev, BdevLayer
+from pybdev.export.base import Export
+from pybdev.export.status import UBLK_STATUS
 from pybdev.rpc.errors import OperationError
 from pybdev.ublk import uapi
 from pybdev.ublk.control import CONTROL_PATH, Control, ControlError, open_control
@@ -288,23 +291,24 @@ def _isolate_process() -> None:
 
 
 # -- a device -----------------------------------------------------------------------------
-class UblkDevice:
+class UblkDevice(Export):
     """/dev/ublkb<id> exporting one bdev."""
+
+    kind = "ublk"
 
     def __init__(self, target: UblkTarget, ublk_id: int, num_queues: int,
                  queue_depth: int) -> None:
+        super().__init__(target.layer, "")
         self.target = target
         self.id = ublk_id
         self.num_queues = num_queues
         self.queue_depth = queue_depth
         self.state = DeviceState.STARTING
-        self.desc: Descriptor | None = None
-        self.bdev_name = ""
         self.cdev_fd = -1
         self.queues: list[UblkQueue] = []
         self.added = False  # ADD_DEV succeeded: DEL_DEV owed
+        self.stop_sent = False  # STOP_DEV sent
         self.task: asyncio.Task[None] | None = None
-        self._stopped: asyncio.Future[None] | None = None
         self.max_io = MAX_IO_BYTES
         # What the kernel created (ADD_DEV / GET_DEV_INFO answer); the pollers serve these.
         self.hw_queues = num_queues
@@ -326,24 +330,11 @@ class UblkDevice:
         return {"bdev_name": self.bdev_name, "ublk_id": self.id,
                 "num_queues": self.num_queues, "queue_depth": self.queue_depth}
 
-    def open_bdev(self, name: str) -> None:
-        self.desc = self.target.layer.open(name, write=True, event_cb=self._on_event)
-        self.bdev_name = self.desc.bdev.name
+    def on_resize(self, bdev: Bdev) -> None:
+        log.warning("bdev %s resized; ublk device %d keeps its size", bdev.name, self.id)
 
-    def _on_event(self, event: BdevEvent, bdev: Bdev) -> None:
-        if event is BdevEvent.REMOVE:
-            log.info("bdev %s removed: stopping ublk device %d", bdev.name, self.id)
-            if self.state in (DeviceState.RUNNING, DeviceState.RECOVERING,
-                              DeviceState.STARTING):
-                asyncio.get_running_loop().create_task(self._stop_quietly())
-        elif event is BdevEvent.RESIZE:
-            log.warning("bdev %s resized; ublk device %d keeps its size", bdev.name, self.id)
-
-    async def _stop_quietly(self) -> None:
-        try:
-            await self.stop()
-        except Exception as e:
-            log.error("ublk device %d did not stop cleanly: %s", self.id, e)
+    def __repr__(self) -> str:
+        return f"<UblkDevice {self.id} bdev={self.bdev_name}>"
 
     # -- start ------------------------------------------------------------------------
     def _dev_flags(self) -> int:
@@ -386,7 +377,7 @@ class UblkDevice:
             log.error("ublk device %d failed to start (%s): %s", self.id, step, e,
                       exc_info=not isinstance(e, OSError))
             await self._teardown()
-            self._close_desc()
+            self.close_bdev()
             self.state = DeviceState.STOPPED
             if isinstance(e, OSError) and not isinstance(e, OperationError):
                 raise OperationError(e.errno or errno.EIO,
@@ -418,7 +409,7 @@ class UblkDevice:
         except BaseException:
             self.added = False  # leave the kernel device for another attempt
             await self._teardown()
-            self._close_desc()
+            self.close_bdev()
             self.state = DeviceState.STOPPED
             raise
         self.state = DeviceState.RUNNING
@@ -454,43 +445,49 @@ class UblkDevice:
                 raise OSError(getattr(queue.error, "errno", None) or errno.EIO,
                               f"queue {queue.q_id}: {queue.error}")
 
-    # -- stop -------------------------------------------------------------------------
-    async def stop(self) -> None:
-        """STOP_DEV, wait for the pollers, release the cdev, DEL_DEV, close the bdev."""
-        if self._stopped is not None:
-            await asyncio.shield(self._stopped)
-            return
-        self._stopped = asyncio.get_running_loop().create_future()
+    # -- stop hooks (pybdev.export.base) ---------------------------------------------
+    # STOP_DEV, wait for the pollers, release the cdev, DEL_DEV; the base closes the bdev.
+    async def stop_accepting(self, drain: bool) -> None:
         self.state = DeviceState.STOPPING
-        try:
-            await self._teardown(graceful=True)
-        finally:
-            self._close_desc()
-            self.state = DeviceState.STOPPED
-            if self.target.devices.get(self.id) is self:
-                del self.target.devices[self.id]
-            self._stopped.set_result(None)
-            log.info("ublk device %s stopped", self.path)
+        await self._stop_dev(drain)
 
-    async def _teardown(self, graceful: bool = False) -> None:
-        control = self.target.control
+    async def drain(self, drain: bool) -> None:
+        await self._join_queues(drain)
+
+    async def release(self) -> None:
+        await self._release_kernel_device()
+
+    def on_stopped(self) -> None:
+        self.state = DeviceState.STOPPED
+        if self.target.devices.get(self.id) is self:
+            del self.target.devices[self.id]
+        log.info("ublk device %s stopped", self.path)
+
+    async def _teardown(self) -> None:
+        """A failed start or recovery: undo what was done (the caller closes the bdev)."""
+        await self._stop_dev(False)
+        await self._join_queues(False)
+        await self._release_kernel_device()
+
+    async def _stop_dev(self, graceful: bool) -> None:
         if self.added and graceful and self.queues:
+            self.stop_sent = True
             try:
                 # Aborts every pending FETCH once in-flight requests were committed.
-                await control.stop_dev(self.id)
+                await self.target.control.stop_dev(self.id)
             except OSError as e:
                 log.error("ublk STOP_DEV of device %d: %s", self.id, _oserror_text(e))
-        await self._join_queues(graceful)
+
+    async def _release_kernel_device(self) -> None:
+        control = self.target.control
         if self.cdev_fd >= 0:
             os.close(self.cdev_fd)
             self.cdev_fd = -1
         if self.added:
             # DEL_DEV waits until the cdev is released: every mapping and ring is gone now.
-            try:
-                if not graceful:
+            if not self.stop_sent:
+                with contextlib.suppress(OSError):
                     await control.stop_dev(self.id)
-            except OSError:
-                pass
             try:
                 await control.del_dev(self.id)
             except OSError as e:
@@ -514,11 +511,6 @@ class UblkDevice:
                 continue
             queue.close()
         self.queues = [q for q in self.queues if q.alive]
-
-    def _close_desc(self) -> None:
-        if self.desc is not None:
-            self.desc.close()
-            self.desc = None
 
     # -- the data path (event loop thread) ----------------------------------------------
     def _handle_batch(self, queue: UblkQueue, batch: list[Request]) -> None:
@@ -550,7 +542,7 @@ class UblkDevice:
     def _read_done(self, queue: UblkQueue, tag: int, length: int, status: int,
                    data: Any) -> None:
         if status:
-            queue.complete(tag, -errno.EIO)
+            queue.complete(tag, UBLK_STATUS(status))
             return
         if queue.user_copy:
             # A copy into the request's pages, bounded by the request size: done here, on
@@ -571,7 +563,7 @@ class UblkDevice:
 
 
 def _done(complete: Any, tag: int, length: int, status: int, _data: Any) -> None:
-    complete(tag, length if status == 0 else -errno.EIO)
+    complete(tag, length if status == 0 else UBLK_STATUS(status))
 
 
 def _oserror_text(e: OSError) -> str:
