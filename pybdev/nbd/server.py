@@ -36,13 +36,14 @@ import ipaddress
 import logging
 import os
 import socket
-import stat
 import struct
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.export.status import NBD_STATUS
+from pybdev.listener import ListenError, listen_tcp, listen_unix, unix_identity, unlink_unix
 from pybdev.nbd import proto
 from pybdev.nbd.export import NbdExport
 from pybdev.nbd.uri import NbdAddress
@@ -187,10 +188,10 @@ class Listener:
         self.address = address
         self.exports: dict[str, NetworkExport] = {}
         self.connections: set[NbdConnection] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.servers: list[asyncio.AbstractServer] = []
         self.port = address.port
         self.port_chosen = False
-        self._unix_inode: tuple[int, int] | None = None
+        self._unix_identity: tuple[int, int] | None = None
 
     def describe(self) -> str:
         a = self.address
@@ -222,62 +223,46 @@ class Listener:
         a = self.address
         try:
             if a.transport == "unix":
-                _clear_stale_socket(a.path)
-                self.server = await loop.create_unix_server(self.connection_factory, a.path)
-                st = os.stat(a.path)
-                self._unix_inode = (st.st_dev, st.st_ino)
+                socks = [listen_unix(a.path)]
+                self._unix_identity = unix_identity(a.path)
             else:
                 hosts = list(self.key[1])
                 if a.port == 0:
-                    hosts = hosts[:1]  # each address would get its own port otherwise
-                self.server = await loop.create_server(
-                    self.connection_factory, hosts, a.port, reuse_address=True)
-                if a.port == 0:
-                    self.port = self.server.sockets[0].getsockname()[1]
-                    self.port_chosen = True
-        except OSError as e:
-            raise OperationError(e.errno or errno.EIO,
-                                 f"cannot listen on {self.describe()}: {e.strerror}") from None
+                    hosts = hosts[:1]  # one address per chosen port: the URI names one
+                socks = await listen_tcp(hosts, a.port)
+        except ListenError as e:
+            raise OperationError(e.errno or errno.EIO, f"NBD: cannot listen: {e}") from None
+        try:
+            for sock in socks:
+                if a.transport == "unix":
+                    server = await loop.create_unix_server(self.connection_factory, sock=sock)
+                else:
+                    server = await loop.create_server(self.connection_factory, sock=sock)
+                self.servers.append(server)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            await self.close()
+            raise
+        if a.transport != "unix" and a.port == 0:
+            self.port = socks[0].getsockname()[1]
+            self.port_chosen = True
         log.info("NBD listening on %s", self.describe())
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        servers, self.servers = self.servers, []
+        for server in servers:
+            server.close()
         for conn in list(self.connections):
             conn.abort()
-        if self.server is not None:
+        for server in servers:
             # 3.11's wait_closed can hang while connections linger; they were aborted.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 1.0)
-            self.server = None
-        if self._unix_inode is not None:
-            try:
-                st = os.stat(self.address.path)
-                if (st.st_dev, st.st_ino) == self._unix_inode:
-                    os.unlink(self.address.path)
-            except OSError:
-                pass
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self._unix_identity is not None:
+            unlink_unix(self.address.path, self._unix_identity)
+            self._unix_identity = None
         log.info("NBD listener on %s closed", self.describe())
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file nobody listens on; refuse to touch anything else."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OperationError(errno.EEXIST, f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(0.5)
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise OperationError(errno.EADDRINUSE, f"another process listens on {path}")
 
 
 class NetworkServer:
@@ -800,7 +785,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._after_completion()
 
     def _error_reply(self, cookie: int, status: int) -> bytes:
-        err = proto.errno_to_nbd(status)
+        err = NBD_STATUS(status)
         message = os.strerror(-status) if self._structured else ""
         return proto.encode_error_reply(cookie, err, self._structured, message)
 

@@ -1,6 +1,6 @@
 """HTTP JSON-RPC listener (aiohttp), served next to the Unix socket by the same Dispatcher.
 
-Orchestration tools drive SPDK through ``scripts/rpc_http_proxy.py`` (spec §9); pybdev
+Orchestration tools drive SPDK through ``scripts/rpc_http_proxy.py``; pybdev
 serves HTTP itself instead, so a request over HTTP and the same request over the socket get
 byte-identical JSON-RPC answers. What a client written for SPDK's proxy relies on is kept:
 any path, ``POST`` with a request or batch, HTTP Basic auth, HTTP 200 even for a JSON-RPC
@@ -34,8 +34,6 @@ import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
-import errno
 import hmac
 import ipaddress
 import logging
@@ -48,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from pybdev.listener import ListenError, listen_tcp, listen_unix, unix_identity, unlink_unix
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import PARSE_ERROR, RpcError
 from pybdev.rpc.framing import MAX_REQUEST_BYTES, FramingError, JsonStream
@@ -369,7 +368,7 @@ class HttpRpcServer:
         self.ready = ready
         self.urls: list[str] = []
         self._runner: web.AppRunner | None = None
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, tuple[int, int] | None]] = []
         self._schema: bytes | None = None
 
     async def start(self) -> None:
@@ -406,13 +405,23 @@ class HttpRpcServer:
         before = set(map(str, runner.addresses))
         try:
             if ep.path is not None:
-                sock = self._unix_socket(ep.path)
-                site: web.BaseSite = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
+                # Mode 0600 like the RPC socket: file permissions are its access check.
+                sock = listen_unix(ep.path, mode=0o600, backlog=LISTEN_BACKLOG)
+                self._unix_paths.append((ep.path, unix_identity(ep.path)))
+                socks = [sock]
             else:
-                site = web.TCPSite(runner, ep.host, ep.port, ssl_context=self.ssl_context,
-                                   backlog=LISTEN_BACKLOG, reuse_address=True)
-            await site.start()
+                socks = await listen_tcp([ep.host], ep.port, backlog=LISTEN_BACKLOG)
+        except ListenError as e:
+            raise HttpConfigError(f"cannot serve HTTP on {ep}: {e}") from None
+        ssl_context = None if ep.path is not None else self.ssl_context
+        try:
+            for sock in socks:
+                site = web.SockSite(runner, sock, ssl_context=ssl_context,
+                                    backlog=LISTEN_BACKLOG)
+                await site.start()
         except OSError as e:
+            for sock in socks:
+                sock.close()
             raise HttpConfigError(
                 f"cannot serve HTTP on {ep}: {e.strerror or e}"
             ) from None
@@ -427,35 +436,6 @@ class HttpRpcServer:
             shown = f"[{host}]" if ":" in host else host
             self.urls.append(f"{scheme}://{shown}:{port}")
 
-    def _unix_socket(self, path: str) -> socket.socket:
-        # The socket is mode 0600 like the RPC socket: file permissions are its access check.
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise HttpConfigError(f"--http unix:{path}: exists and is not a socket")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError as e:
-                if e.errno != errno.ECONNREFUSED:
-                    raise
-                os.unlink(path)  # left by a target that died
-            else:
-                raise HttpConfigError(f"--http unix:{path}: another server listens there")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            old_umask = os.umask(0o177)
-            try:
-                sock.bind(path)
-            finally:
-                os.umask(old_umask)
-        except BaseException:
-            sock.close()
-            raise
-        self._unix_paths.append(path)
-        return sock
-
     async def stop(self) -> None:
         """Stop every site; in-flight requests get SHUTDOWN_TIMEOUT to finish."""
         runner, self._runner = self._runner, None
@@ -464,9 +444,8 @@ class HttpRpcServer:
                 await runner.cleanup()
             except Exception:
                 log.exception("HTTP server cleanup failed")
-        for path in self._unix_paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        for path, identity in self._unix_paths:
+            unlink_unix(path, identity)
         self._unix_paths.clear()
         self.urls.clear()
 
