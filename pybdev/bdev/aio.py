@@ -50,6 +50,7 @@ from pybdev.bdev.subsystem import bdev_layer, bdev_module
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
 from pybdev.rpc.types import U32, NameParams, Params, Str, Uuid
+from pybdev.tasks import background
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -394,8 +395,7 @@ class AioModule(BdevModule):
             raise OperationError(errno.ENODEV, f"aio bdev {name} is being deleted")
         if size == 0:
             log.error("%s: hot-remove detected, unregistering bdev", name)
-            task = asyncio.get_running_loop().create_task(self.layer.unregister(bdev))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            background(self.layer.unregister(bdev), f"removing aio bdev {name}")
             return
         num_blocks = size // bdev.block_size
         if num_blocks == bdev.num_blocks:

@@ -41,6 +41,7 @@ from pybdev.nbd import uri as nbd_uri
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
 from pybdev.rpc.types import NameParams, Params, Str
+from pybdev.tasks import background
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -449,8 +450,7 @@ class NbdBdev(Bdev):
             return
         log.error("NBD bdev %s: lost the connection to %s; removing the bdev", self.name,
                   self.uri)
-        task = asyncio.ensure_future(layer.unregister(self))
-        task.add_done_callback(_log_failure)
+        background(layer.unregister(self), f"removing NBD bdev {self.name}")
 
     async def destruct(self) -> None:
         await self.client.disconnect()
@@ -460,11 +460,6 @@ class NbdBdev(Bdev):
 
     def write_config(self) -> list[dict[str, Any]]:
         return [{"method": "bdev_nbd_create", "params": {"name": self.name, "uri": self.uri}}]
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("hot-remove failed: %s", task.exception())
 
 
 async def connect(uri: str) -> NbdClient:

@@ -47,6 +47,7 @@ from pybdev.bdev.subsystem import bdev_layer, bdev_module
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
 from pybdev.rpc.registry import rpc_method
 from pybdev.rpc.types import U32, U64, NameParams, Params, Str, Uuid
+from pybdev.tasks import background
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -530,7 +531,7 @@ async def _in_thread_bounded(fn: Callable[..., None], *args: Any, what: str = ""
     except TimeoutError:
         log.warning("%s still blocked after %.0f s; continuing without it", what or fn,
                     timeout)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        background(task, f"{what or fn} (left to finish)")
 
 
 MODULE = RbdModule
