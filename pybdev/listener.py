@@ -94,22 +94,29 @@ def listen_unix(path: str, *, mode: int | None = None,
     return sock
 
 
-def unix_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the socket file just bound, for :func:`unlink_unix`."""
+Identity = tuple[int, int, int]
+
+
+def unix_identity(path: str) -> Identity | None:
+    """What tells the socket file just bound from a successor's, for :func:`unlink_unix`.
+
+    The change time is part of it: a file created after ours was removed may get its
+    inode number back.
+    """
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
-def unlink_unix(path: str, identity: tuple[int, int] | None) -> None:
+def unlink_unix(path: str, identity: Identity | None) -> None:
     """Remove the socket file at ``path`` if it is still the one this process bound."""
     if identity is None:
         return
     with contextlib.suppress(OSError):
-        st = os.stat(path)
-        if (st.st_dev, st.st_ino) == identity:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino, st.st_ctime_ns) == identity:
             os.unlink(path)
 
 

@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.export.status import NBD_STATUS
-from pybdev.listener import ListenError, listen_tcp, listen_unix, unix_identity, unlink_unix
+from pybdev.listener import (
+    Identity,
+    ListenError,
+    listen_tcp,
+    listen_unix,
+    unix_identity,
+    unlink_unix,
+)
 from pybdev.nbd import proto
 from pybdev.nbd.export import NbdExport
 from pybdev.nbd.uri import NbdAddress
@@ -191,7 +198,7 @@ class Listener:
         self.servers: list[asyncio.AbstractServer] = []
         self.port = address.port
         self.port_chosen = False
-        self._unix_identity: tuple[int, int] | None = None
+        self._unix_identity: Identity | None = None
 
     def describe(self) -> str:
         a = self.address

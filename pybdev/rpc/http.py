@@ -46,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from pybdev.listener import ListenError, listen_tcp, listen_unix, unix_identity, unlink_unix
+from pybdev.listener import (
+    Identity,
+    ListenError,
+    listen_tcp,
+    listen_unix,
+    unix_identity,
+    unlink_unix,
+)
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import PARSE_ERROR, RpcError
 from pybdev.rpc.framing import MAX_REQUEST_BYTES, FramingError, JsonStream
@@ -368,7 +375,7 @@ class HttpRpcServer:
         self.ready = ready
         self.urls: list[str] = []
         self._runner: web.AppRunner | None = None
-        self._unix_paths: list[tuple[str, tuple[int, int] | None]] = []
+        self._unix_paths: list[tuple[str, Identity | None]] = []
         self._schema: bytes | None = None
 
     async def start(self) -> None:

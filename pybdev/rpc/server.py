@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from pybdev.listener import ListenError, listen_unix, unix_identity, unlink_unix
+from pybdev.listener import Identity, ListenError, listen_unix, unix_identity, unlink_unix
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import PARSE_ERROR, RpcError
 from pybdev.rpc.framing import FramingError, JsonStream
@@ -110,7 +110,7 @@ class UnixRpcServer:
         self.lock_path = path + ".lock"
         self.connections: set[RpcConnection] = set()
         self._lock_fd: int | None = None
-        self._identity: tuple[int, int] | None = None
+        self._identity: Identity | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
