@@ -26,13 +26,26 @@ Contract for an implementation (the kernel export module must define
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pybdev.bdev.subsystem import bdev_layer
+from pybdev.export import io
 from pybdev.export.base import Export
+from pybdev.nbd import proto
 
 if TYPE_CHECKING:
     from pybdev.nbd.subsystem import NbdSubsystem
+
+# NBD command -> bdev operation (pybdev.export.io), for both NBD exports.  Indexed only
+# after the request validator accepted the command, so the type is one of these or a
+# protocol-only command (DISC, CACHE, BLOCK_STATUS) handled before.
+NBD_OPS: Final = io.op_table({
+    proto.NBD_CMD_READ: io.READ,
+    proto.NBD_CMD_WRITE: io.WRITE,
+    proto.NBD_CMD_FLUSH: io.FLUSH,
+    proto.NBD_CMD_TRIM: io.UNMAP,
+    proto.NBD_CMD_WRITE_ZEROES: io.WRITE_ZEROES,
+})
 
 
 class NbdExport(Export):

@@ -30,9 +30,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.export import io
 from pybdev.export.status import NBD_STATUS
 from pybdev.nbd import proto
-from pybdev.nbd.export import NbdExport
+from pybdev.nbd.export import NBD_OPS, NbdExport
 from pybdev.nbd.subsystem import IllegalDevice
 from pybdev.rpc.errors import OperationError, RpcError
 
@@ -550,23 +551,16 @@ class KernelConnection(asyncio.Protocol):
         if err:
             self._send([proto.encode_simple_reply(cookie, err)])
             return False
-        desc = self.desc
         self._inflight += 1
-        done = partial(self._done, cookie)
-        if typ == proto.NBD_CMD_READ:
-            desc.read(offset, length, partial(self._read_done, cookie))
-        elif typ == proto.NBD_CMD_WRITE:
-            desc.write(offset, payload, done, bool(flags & proto.NBD_CMD_FLAG_FUA))
-        elif typ == proto.NBD_CMD_FLUSH:
-            desc.flush(0, self.size, done)
-        elif typ == proto.NBD_CMD_TRIM:
-            desc.unmap(offset, length, done)
-        elif typ == proto.NBD_CMD_WRITE_ZEROES:
-            if flags & proto.NBD_CMD_FLAG_FUA and self.flush_supported:
-                done = partial(self._then_flush, cookie, offset, length)
-            desc.write_zeroes(offset, length, done)
-        else:  # the validator lets nothing else through
-            self._done(cookie, -errno.EINVAL, None)
+        op = NBD_OPS[typ]
+        fua = bool(flags & proto.NBD_CMD_FLAG_FUA)
+        if op == io.READ:
+            cb = partial(self._read_done, cookie)
+        elif op == io.WRITE_ZEROES and fua and self.flush_supported:
+            cb = partial(self._then_flush, cookie, offset, length)
+        else:
+            cb = partial(self._done, cookie)
+        io.submit(self.desc, op, offset, length, payload, fua, cb)
         return False
 
     def _then_flush(self, cookie: int, offset: int, length: int, status: int, _: Any) -> None:

@@ -42,6 +42,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.export import io
 from pybdev.export.status import NBD_STATUS
 from pybdev.listener import (
     Identity,
@@ -52,7 +53,7 @@ from pybdev.listener import (
     unlink_unix,
 )
 from pybdev.nbd import proto
-from pybdev.nbd.export import NbdExport
+from pybdev.nbd.export import NBD_OPS, NbdExport
 from pybdev.nbd.uri import NbdAddress
 from pybdev.rpc.errors import OperationError
 
@@ -704,17 +705,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _submit_other(self, typ: int, flags: int, cookie: int, offset: int, length: int) -> None:
         desc = self._desc
         assert desc is not None
-        if typ == proto.NBD_CMD_FLUSH:
-            self._inflight += 1
-            desc.flush(0, self._size, partial(self._simple_done, cookie, -1))
-        elif typ == proto.NBD_CMD_TRIM:
-            self._inflight += 1
-            desc.unmap(offset, length, self._then_flush(flags, cookie, offset, length))
-        elif typ == proto.NBD_CMD_WRITE_ZEROES:
-            # NO_HOLE needs nothing: write_zeroes never punches holes here.
-            self._inflight += 1
-            desc.write_zeroes(offset, length, self._then_flush(flags, cookie, offset, length))
-        elif typ == proto.NBD_CMD_CACHE:
+        if typ == proto.NBD_CMD_CACHE:
             # Everything a bdev holds is as close as it gets: nothing to prefetch.
             self._out.append(proto.encode_simple_reply(cookie))
         elif typ == proto.NBD_CMD_BLOCK_STATUS:
@@ -724,8 +715,16 @@ class NbdConnection(asyncio.BufferedProtocol):
                 self._block_status(offset, length, done)
             else:
                 done(0, [(length, 0)])
-        else:  # the validator lets nothing else through
-            self._out.append(proto.encode_error_reply(cookie, proto.NBD_EINVAL, self._structured))
+        else:
+            # FLUSH, TRIM, WRITE_ZEROES (NO_HOLE needs nothing: write_zeroes never punches
+            # holes here); READ and WRITE never get here (_submit has them inline).
+            self._inflight += 1
+            op = NBD_OPS[typ]
+            if op == io.FLUSH:
+                cb = partial(self._simple_done, cookie, -1)
+            else:
+                cb = self._then_flush(flags, cookie, offset, length)
+            io.submit(desc, op, offset, length, None, False, cb)
 
     def _then_flush(self, flags: int, cookie: int, offset: int,
                     length: int) -> Callable[[int, Any], None]:

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from pybdev import uring
 from pybdev.bdev.core import Bdev, BdevLayer
+from pybdev.export import io
 from pybdev.export.base import Export
 from pybdev.export.status import UBLK_STATUS
 from pybdev.rpc.errors import OperationError
@@ -47,6 +48,16 @@ MAX_DISCARD_SECTORS: Final = 32768
 CDEV_OPEN_TIMEOUT: Final = 10.0
 RECOVERY_WAIT: Final = 10.0
 STOP_JOIN_TIMEOUT: Final = 30.0
+
+# ublk opcode -> bdev operation (pybdev.export.io); WRITE_SAME and the zoned opcodes are
+# not supported (completed -EOPNOTSUPP).
+UBLK_OPS: Final = io.op_table({
+    uapi.UBLK_IO_OP_READ: io.READ,
+    uapi.UBLK_IO_OP_WRITE: io.WRITE,
+    uapi.UBLK_IO_OP_FLUSH: io.FLUSH,
+    uapi.UBLK_IO_OP_DISCARD: io.UNMAP,
+    uapi.UBLK_IO_OP_WRITE_ZEROES: io.WRITE_ZEROES,
+})
 
 
 class DeviceState(enum.Enum):
@@ -520,24 +531,16 @@ class UblkDevice(Export):
             for req in batch:
                 complete(req[0], -errno.EIO)
             return
+        ops = UBLK_OPS
         for tag, op_flags, nr_sectors, start, data in batch:
-            op = op_flags & 0xFF
-            offset = start << 9
+            op = ops[op_flags & 0xFF]
             length = nr_sectors << 9
-            if op == uapi.UBLK_IO_OP_READ:
-                desc.read(offset, length, functools.partial(self._read_done, queue, tag, length))
-                continue
-            cb = functools.partial(_done, complete, tag, length)
-            if op == uapi.UBLK_IO_OP_WRITE:
-                desc.write(offset, data, cb, bool(op_flags & uapi.UBLK_IO_F_FUA))
-            elif op == uapi.UBLK_IO_OP_FLUSH:
-                desc.flush(0, desc.bdev.size, cb)
-            elif op == uapi.UBLK_IO_OP_DISCARD:
-                desc.unmap(offset, length, cb)
-            elif op == uapi.UBLK_IO_OP_WRITE_ZEROES:
-                desc.write_zeroes(offset, length, cb)
+            if op == io.READ:
+                cb = functools.partial(self._read_done, queue, tag, length)
             else:
-                complete(tag, -errno.EIO)
+                cb = functools.partial(_done, complete, tag, length)
+            io.submit(desc, op, start << 9, length, data, bool(op_flags & uapi.UBLK_IO_F_FUA),
+                      cb)
 
     def _read_done(self, queue: UblkQueue, tag: int, length: int, status: int,
                    data: Any) -> None:
