@@ -28,6 +28,7 @@ import os
 import socket
 import stat
 from collections.abc import Iterable
+from typing import Any
 
 DEFAULT_BACKLOG = 512
 
@@ -129,15 +130,15 @@ async def listen_tcp(hosts: Iterable[str | None], port: int, *,
     wildcard can both be bound; SO_REUSEADDR lets a restarted target rebind at once.
     """
     loop = asyncio.get_running_loop()
-    addrs: list[tuple[int, int, int, tuple[object, ...]]] = []
+    addrs: list[tuple[int, int, int, tuple[Any, ...]]] = []
     for host in hosts:
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                            flags=socket.AI_PASSIVE)
         except (socket.gaierror, UnicodeError) as e:
             raise ListenError(errno.EINVAL, f"cannot resolve {host}: {e}") from None
-        for family, typ, proto, _, sockaddr in infos:
-            entry = (family, typ, proto, tuple(sockaddr))
+        for info in infos:
+            entry = (int(info[0]), int(info[1]), info[2], tuple(info[4]))
             if entry not in addrs:
                 addrs.append(entry)
     socks: list[socket.socket] = []

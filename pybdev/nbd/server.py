@@ -720,6 +720,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             # holes here); READ and WRITE never get here (_submit has them inline).
             self._inflight += 1
             op = NBD_OPS[typ]
+            cb: Callable[[int, Any], None]
             if op == io.FLUSH:
                 cb = partial(self._simple_done, cookie, -1)
             else:

@@ -1,8 +1,8 @@
 """The ``nbd`` subsystem: kernel (/dev/nbdX) and network NBD exports of bdevs.
 
 Exports are kept in start order, keyed by their ``nbd_device`` string: a device path for
-a kernel export, an NBD URI for a network export (DESIGN.md D2).  ``nbd_start_disk``
-routes on that string:
+a kernel export, an NBD URI for a network export (docs/decisions/nbd-server-design.md).
+``nbd_start_disk`` routes on that string:
 
 * ``nbd://HOST[:PORT]/NAME`` or ``nbd+unix:///NAME?socket=PATH`` -> network export
   (:mod:`pybdev.nbd.server`); a non-loopback address needs ``--nbd-allow-remote``;
