@@ -308,8 +308,8 @@ def micro(batch: int, rounds: int = 3000) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from pybdev.bdev.core import BdevLayer
     from pybdev.bdev.malloc import MallocModule
-    from pybdev.nbd import proto
     from pybdev.nbd.server import NbdConnection, describe_export
+    from pybdev.proto import nbd as proto
 
     class Sink:
         def writelines(self, chunks: list[Any]) -> None:

@@ -1,4 +1,4 @@
-"""Requests per second through the sans-IO NBD request parser (pybdev.nbd.proto).
+"""Requests per second through the sans-IO NBD request parser (pybdev.proto.nbd).
 
 Batches of 4 KiB READs and WRITEs, as a server sees them at queue depth 32, go through:
 
@@ -11,8 +11,8 @@ Batches of 4 KiB READs and WRITEs, as a server sees them at queue depth 32, go t
   requests straddle chunk boundaries as they do on a socket.
 
 The figure to compare with is the ~5 µs of server CPU per 4 KiB I/O of the fastest
-minimal Python servers in /work/shared/spec/nbd-perf.md: the protocol layer should be a
-small fraction of it.  Best of ``--repeat`` rounds is reported (the machine is shared).
+minimal Python servers (docs/decisions/nbd-server-design.md): the protocol layer should be
+a small fraction of it.  Best of ``--repeat`` rounds is reported (the machine is shared).
 
     python bench/nbd_proto_parse.py [--depth 32] [--seconds 0.5] [--repeat 5] [--structured]
 """
@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Callable
 
-from pybdev.nbd import proto as nbd
+from pybdev.proto import nbd
 
 BLOCK = 4096
 DISK_SIZE = 64 * 1024 * 1024

@@ -12,40 +12,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pybdev import __version__
+from pybdev import __version__, framework, logs, spdk_tgt_options
+from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
 from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.http import HttpConfigError, HttpRpcServer, add_http_options, configure_http
-from pybdev.rpc.registry import REGISTRY, State
+from pybdev.rpc.registry import Registry, State
 from pybdev.rpc.server import SocketInUse, UnixRpcServer
-from pybdev.subsystem import Subsystem, init_order
+from pybdev.subsystem import Subsystem
 
 DEFAULT_RPC_SOCKET = "/var/tmp/spdk.sock"
-
-# Each of these registers its subsystem and RPC methods when imported.
-SUBSYSTEM_MODULES = ("pybdev.framework", "pybdev.bdev.subsystem", "pybdev.bdev.modules",
-                     "pybdev.nbd.subsystem",
-                     "pybdev.ublk.subsystem")
+#: Signals that stop the target cleanly (SIGHUP and SIGQUIT too: a service manager or a
+#: closed terminal must not leave the socket, the lock file and half-drained exports).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 S = TypeVar("S", bound=Subsystem)
 
 
-def load_subsystem_modules() -> None:
-    for name in SUBSYSTEM_MODULES:
-        importlib.import_module(name)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(assembly: Assembly | None = None) -> argparse.ArgumentParser:
+    if assembly is None:
+        assembly = assemble()
     p = argparse.ArgumentParser(
         prog="pybdev",
         description="pybdev: a storage target that speaks SPDK's JSON-RPC.",
+        epilog="spdk_tgt's DPDK, hugepage, PCI and trace options (-s, -e, -i, -g, -u, -n, -p, "
+               "-A, -B, -R, --no-huge, ...) are accepted, logged once and ignored.",
     )
     p.add_argument("-r", "--rpc-socket", default=DEFAULT_RPC_SOCKET, metavar="PATH",
                    help=f"RPC listen address (Unix socket path, default {DEFAULT_RPC_SOCKET})")
@@ -58,51 +57,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpcs-allowed", metavar="LIST",
                    help="comma-separated list of the only RPC methods served")
     p.add_argument("--no-rpc-server", action="store_true", help="do not listen for RPCs")
-    p.add_argument("--nbd-allow-remote", action="store_true",
-                   help="let nbd_start_disk serve NBD on non-loopback addresses "
-                        "(no TLS, no authentication)")
     p.add_argument("-m", "--cpumask", default="0x1", metavar="MASK",
                    help="core mask (hex); the default cpumask of the ublk target")
     p.add_argument("-L", "--logflag", action="append", default=[], metavar="COMPONENT",
-                   help="enable debug logs of one component (rpc, bdev, nbd, ublk, ...); "
+                   help=f"enable debug logs of one component ({', '.join(logs.FLAGS)}); "
                         "'all' for every one")
-    p.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "NOTICE", "WARNING", "ERROR"],
-                   help="level of messages printed to stderr (default INFO)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=list(logs.LEVELS),
+                   help="lowest level printed to stderr and written to --log-file "
+                        "(default INFO)")
+    p.add_argument("--log-file", metavar="FILE", help="also write the log to FILE")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text lines (default) or one JSON object a line")
+    p.add_argument("--silence-noticelog", action="store_true",
+                   help="print warnings and errors only (as --log-level WARNING)")
+    p.add_argument("-f", "--pidfile", dest="pidfile", metavar="FILE",
+                   help="write the target's pid to FILE once it serves RPC (spdk_tgt's -f); "
+                        "removed at exit")
+    p.add_argument("--plugins-strict", action="store_true",
+                   help="refuse to start when an installed plugin fails to load "
+                        "(default: log the error and start without it)")
     add_http_options(p)
+    for sub in assembly.subsystems:
+        sub.add_options(p)
+    spdk_tgt_options.add_options(p)
     p.add_argument("-v", "--version", action="version", version=f"pybdev {__version__}")
     return p
 
 
-def setup_logging(level: str, flags: Sequence[str]) -> None:
-    level = "INFO" if level == "NOTICE" else level
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="[%(asctime)s] %(name)s: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for flag in flags:
-        name = "pybdev" if flag == "all" else f"pybdev.{flag}"
-        logging.getLogger(name).setLevel(logging.DEBUG)
+def log_control(options: argparse.Namespace) -> logs.LogControl:
+    level = "WARNING" if options.silence_noticelog else options.log_level
+    control = logs.LogControl(print_level=level, log_file=options.log_file,
+                              fmt=options.log_format, level=level)
+    for flag in options.logflag:
+        control.set_flag(flag)
+    return control
 
 
 class App:
-    """One target: its state, subsystems, dispatcher and listeners."""
+    """One target: its state, subsystems, dispatcher and listeners.
 
-    def __init__(self, options: argparse.Namespace) -> None:
-        load_subsystem_modules()
+    Built from an :class:`~pybdev.assembly.Assembly`: one instance of each subsystem (the
+    bdev subsystem makes one of each bdev module), then one registry of the RPC methods
+    they declare, each handler bound to the object that owns it.
+    """
+
+    rpc = framework.RPC
+
+    def __init__(self, options: argparse.Namespace, assembly: Assembly | None = None,
+                 log_control: logs.LogControl | None = None) -> None:
         self.options = options
+        self.assembly = assembly if assembly is not None else assemble()
+        self.logs = log_control if log_control is not None else logs.LogControl()
         self.log = logging.getLogger("pybdev.app")
         self.state = State.STARTUP
         self.initialized = asyncio.Event()
         self.serving = asyncio.Event()
         self.shutdown_requested = asyncio.Event()
-        self.subsystems: list[Subsystem] = [cls(self) for cls in init_order()]
+        self.subsystems: list[Subsystem] = []
+        for cls in self.assembly.subsystems:
+            sub = cls(self)
+            sub.configure(options)
+            self.subsystems.append(sub)
+        self.registry = Registry()
+        self.registry.add_table(self.rpc, self, "framework")
+        self.registry.add_table(logs.RPC, self.logs, "framework")
+        for sub in self.subsystems:
+            for table, owner in sub.rpc_tables():
+                self.registry.add_table(table, owner, sub.name)
         allowed = (
             frozenset(n.strip() for n in options.rpcs_allowed.split(",") if n.strip())
             if options.rpcs_allowed else None
         )
-        self.dispatcher = Dispatcher(self, REGISTRY, allowed)
+        self.dispatcher = Dispatcher(self, self.registry, allowed)
         self.rpc_server: UnixRpcServer | None = None
         self.http_server: HttpRpcServer | None = None
         self._config: list[SubsystemConfig] = []
@@ -145,7 +171,7 @@ class App:
             await self._replay(State.RUNTIME)
             self.initialized.set()
             self.serving.set()
-            self.log.info("pybdev %s initialised; serving RPC", __version__)
+            self.log.log(logs.NOTICE, "pybdev %s initialised; serving RPC", __version__)
 
     async def _replay(self, phase: State) -> None:
         if self._config:
@@ -169,12 +195,12 @@ class App:
 
     def request_shutdown(self, signame: str = "") -> None:
         if not self.shutdown_requested.is_set():
-            self.log.info("shutting down%s", f" on {signame}" if signame else "")
+            self.log.log(logs.NOTICE, "shutting down%s", f" on {signame}" if signame else "")
         self.shutdown_requested.set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_shutdown, sig.name)
         try:
             try:
@@ -182,10 +208,46 @@ class App:
             except (ConfigError, SocketInUse, HttpConfigError) as e:
                 self.log.error("%s", e)
                 return 1
+            if self.options.pidfile:
+                write_pidfile(self.options.pidfile)
+            notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
             await self.shutdown_requested.wait()
             return 0
         finally:
+            notify_systemd("STOPPING=1")
             await self.stop()
+            if self.options.pidfile:
+                remove_pidfile(self.options.pidfile)
+            self.log.log(logs.NOTICE, "pybdev stopped")
+
+
+def notify_systemd(state: str) -> None:
+    """Tell the service manager (``Type=notify`` units) about readiness and stopping."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), address)
+    except OSError as e:
+        logging.getLogger("pybdev.app").warning("cannot notify systemd at %s: %s",
+                                                os.environ["NOTIFY_SOCKET"], e)
+
+
+def write_pidfile(path: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def remove_pidfile(path: str) -> None:
+    # Only our own: a second target may have written its pid there since.
+    with contextlib.suppress(OSError, ValueError), open(path, encoding="ascii") as f:
+        if int(f.read().strip()) != os.getpid():
+            return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def run_loop(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -198,14 +260,35 @@ def run_loop(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    options = parser.parse_args(argv)
+    try:
+        assembly = assemble()
+    except PluginError as e:
+        print(f"pybdev: {e}", file=sys.stderr)
+        return 1
+    parser = build_parser(assembly)
+    options = parser.parse_args(spdk_tgt_options.drop_empty(
+        sys.argv[1:] if argv is None else argv))
     if options.no_rpc_server and options.wait_for_rpc:
         parser.error("--wait-for-rpc needs the RPC server; it cannot go with --no-rpc-server")
-    setup_logging(options.log_level, options.logflag)
+    unknown = logs.check_flags(options.logflag)
+    if unknown:
+        parser.error(f"unknown log flag {', '.join(unknown)} (known: all, {', '.join(logs.FLAGS)})")
+    try:
+        control = log_control(options)
+    except OSError as e:
+        parser.error(f"--log-file: {e}")
+    control.install()
+    for name in spdk_tgt_options.given(options):
+        logging.getLogger("pybdev.app").info("option %s does not apply to pybdev; ignored", name)
+    for error in assembly.errors:
+        logging.getLogger("pybdev.app").error("%s", error)
+    if assembly.errors and options.plugins_strict:
+        logging.getLogger("pybdev.app").error("not starting: --plugins-strict and %d plugin(s) "
+                                              "failed to load", len(assembly.errors))
+        return 1
 
     async def serve() -> int:
-        return await App(options).run()
+        return await App(options, assembly, control).run()
 
     with contextlib.suppress(KeyboardInterrupt):
         return run_loop(serve)

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pybdev import __version__
 from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
-from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, State, rpc_method
+from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, RpcTable, State
 from pybdev.rpc.types import Params, Str
 from pybdev.subsystem import flatten_batches
+
+RPC = RpcTable()
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -22,11 +24,12 @@ class GetMethodsParams(Params):
     include_aliases: bool = False
 
 
-@rpc_method(
+@RPC.method(
     "rpc_get_methods",
     GetMethodsParams,
     states=BOTH,
     result={"type": "array", "items": {"type": "string"}},
+    aliases=("get_rpc_methods",),
 )
 def rpc_get_methods(app: App, p: GetMethodsParams) -> list[str]:
     """List the methods this target serves (``current``: only those callable now)."""
@@ -35,6 +38,7 @@ def rpc_get_methods(app: App, p: GetMethodsParams) -> list[str]:
         m.name
         for m in dispatcher.registry
         if dispatcher.is_allowed(m.name) and (not p.current or m.states & app.state)
+        and (p.include_aliases or m.alias_of is None)
     ]
     return names[::-1]  # SPDK inserts at the list head: newest registration first
 
@@ -48,11 +52,12 @@ def version_info() -> dict[str, Any]:
     }
 
 
-@rpc_method(
+@RPC.method(
     "spdk_get_version",
     states=BOTH,
     decode_error=(INVALID_PARAMS, "spdk_get_version method requires no parameters"),
     result={"type": "object"},
+    aliases=("get_spdk_version",),
 )
 def spdk_get_version(app: App) -> dict[str, Any]:
     """The target's version, shaped like SPDK's (``version`` text and ``fields``)."""
@@ -63,7 +68,8 @@ class KillParams(Params):
     sig_name: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"]
 
 
-@rpc_method("spdk_kill_instance", KillParams, result={"type": "boolean"})
+@RPC.method("spdk_kill_instance", KillParams, result={"type": "boolean"},
+            aliases=("kill_instance",))
 def spdk_kill_instance(app: App, p: KillParams) -> bool:
     """Send a signal to the target; SIGINT and SIGTERM shut it down cleanly."""
     sig = getattr(signal, p.sig_name)
@@ -72,11 +78,12 @@ def spdk_kill_instance(app: App, p: KillParams) -> bool:
     return True
 
 
-@rpc_method(
+@RPC.method(
     "framework_start_init",
     states=State.STARTUP,
     decode_error=(INVALID_PARAMS, "framework_start_init requires no parameters"),
     result={"type": "boolean"},
+    aliases=("start_subsystem_init",),
 )
 async def framework_start_init(app: App) -> bool:
     """Initialise subsystems and load the RUNTIME part of ``--json`` (``--wait-for-rpc``)."""
@@ -88,17 +95,19 @@ async def framework_start_init(app: App) -> bool:
     return True
 
 
-@rpc_method("framework_wait_init", IGNORE_PARAMS, states=BOTH, result={"type": "boolean"})
+@RPC.method("framework_wait_init", IGNORE_PARAMS, states=BOTH, result={"type": "boolean"},
+            aliases=("wait_subsystem_init",))
 async def framework_wait_init(app: App) -> bool:
     """Answer ``true`` once the framework is initialised (at once in RUNTIME)."""
     await app.initialized.wait()
     return True
 
 
-@rpc_method(
+@RPC.method(
     "framework_get_subsystems",
     decode_error=(INVALID_PARAMS, "'framework_get_subsystems' requires no arguments"),
     result={"type": "array", "items": {"type": "object"}},
+    aliases=("get_subsystems",),
 )
 def framework_get_subsystems(app: App) -> list[dict[str, Any]]:
     """Subsystems in init order with their direct dependencies."""
@@ -110,11 +119,12 @@ class GetConfigParams(Params):
     with_batches: bool = False
 
 
-@rpc_method(
+@RPC.method(
     "framework_get_config",
     GetConfigParams,
     decode_error=(INVALID_PARAMS, "Invalid arguments"),
     result={"type": ["array", "null"]},
+    aliases=("get_subsystem_config",),
 )
 def framework_get_config(app: App, p: GetConfigParams) -> list[Any] | None:
     """One subsystem's config: the calls that recreate its current state."""

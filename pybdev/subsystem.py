@@ -1,19 +1,25 @@
 """Subsystems: what the target is made of (``bdev``, ``nbd``, ``ublk``), in init order.
 
-A subsystem is initialised after the STARTUP part of ``--json`` ran, finished in reverse
-order at shutdown, and writes its own part of ``save_config``. Subsystem packages register
-a class here at import time; the app makes one instance of each.
+A subsystem declares what it contributes — its RPC methods (``rpc``), its command-line
+options (:meth:`add_options`), its part of ``save_config`` (:meth:`write_config`) — and the
+app assembles the built-in ones and those of installed plugins (:mod:`pybdev.assembly`).
+It is initialised after the STARTUP part of ``--json`` ran and finished in reverse order at
+shutdown.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+import argparse
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pybdev.rpc.registry import RpcTable
 
 if TYPE_CHECKING:
     from pybdev.app import App
 
 ConfigEntry = dict[str, Any]
-# A subsystem's config: entries, where a nested list is a batch (spec §3.2).
+# A subsystem's config: entries, where a nested list is a batch (docs/guide.md, "Configs").
 Config = list[Any]
 
 
@@ -22,9 +28,22 @@ class Subsystem:
 
     name: ClassVar[str]
     depends_on: ClassVar[tuple[str, ...]] = ()
+    #: The RPC methods of this subsystem; handlers receive the subsystem instance.
+    rpc: ClassVar[RpcTable | None] = None
 
     def __init__(self, app: App) -> None:
         self.app = app
+
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this subsystem's command-line options to the target's parser."""
+
+    def rpc_tables(self) -> Iterator[tuple[RpcTable | None, Any]]:
+        """The RPC tables to serve, each with the object its handlers are bound to."""
+        yield self.rpc, self
+
+    def configure(self, options: argparse.Namespace) -> None:
+        """Read this subsystem's own command-line options (those :meth:`add_options` added)."""
 
     async def init(self) -> None:
         """Called once, in dependency order, when the framework initialises."""
@@ -37,21 +56,13 @@ class Subsystem:
         return []
 
 
-S = TypeVar("S", bound=Subsystem)
-
-_CLASSES: dict[str, type[Subsystem]] = {}
-
-
-def register_subsystem(cls: type[S]) -> type[S]:
-    if cls.name in _CLASSES and _CLASSES[cls.name] is not cls:
-        raise ValueError(f"subsystem {cls.name} registered twice")
-    _CLASSES[cls.name] = cls
-    return cls
-
-
-def init_order(classes: dict[str, type[Subsystem]] | None = None) -> list[type[Subsystem]]:
-    """Topological order, ties broken by registration order, as SPDK sorts them."""
-    pending = dict(classes if classes is not None else _CLASSES)
+def init_order(classes: Iterable[type[Subsystem]]) -> list[type[Subsystem]]:
+    """Topological order, ties broken by the order given, as SPDK sorts them."""
+    pending: dict[str, type[Subsystem]] = {}
+    for cls in classes:
+        if cls.name in pending:
+            raise ValueError(f"subsystem {cls.name} declared twice")
+        pending[cls.name] = cls
     done: list[type[Subsystem]] = []
     names: set[str] = set()
     while pending:

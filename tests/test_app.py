@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,29 @@ def test_stale_socket_is_taken_over(start_target: Any, tmp_path: Path) -> None:
     assert t.rpc("framework_wait_init") is True
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
 def test_signals_shut_down_cleanly(start_target: Any, sig: int) -> None:
     t = start_target()
     t.spdk("bdev_malloc_create", "8", "512")
     assert t.stop(sig) == 0
     assert not t.sock.exists()
     assert not Path(str(t.sock) + ".lock").exists()
+    assert f"shutting down on {signal.Signals(sig).name}" in t.log()
+    assert "pybdev stopped" in t.log()
+
+
+def test_readiness_and_stopping_reach_systemd(start_target: Any, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in for the service manager's socket: systemd itself cannot run here.
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        manager.settimeout(20)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        t = start_target()
+        assert manager.recv(256).decode() == f"READY=1\nMAINPID={t.proc.pid}"
+        t.stop()
+        assert manager.recv(256) == b"STOPPING=1"
 
 
 def test_spdk_kill_instance(target: Target) -> None:
@@ -201,3 +218,27 @@ def test_framework_methods_errors(target: Target) -> None:
         {"subsystem": "nbd", "depends_on": ["bdev"]},
         {"subsystem": "ublk", "depends_on": ["bdev"]},
     ]
+
+
+def test_spdk_tgt_command_lines_start_the_target(start_target: Callable[..., Target],
+                                                 tmp_path: Path) -> None:
+    # As SPDK's scripts start spdk_tgt: blockdev.sh passes an unset "$env_ctx" as "".
+    pidfile = tmp_path / "tgt.pid"
+    t = start_target("-s", "1024", "-e", "bdev", "-i", "0", "-g", "-u", "", "-m", "0x3",
+                     "-B", "0000:00:01.0", "-B", "0000:00:02.0", "--huge-dir", "/dev/hugepages",
+                     "--no-huge", "--iova-mode", "va", "-f", str(pidfile))
+    assert t.rpc("spdk_get_version")["version"].startswith("pybdev")
+    assert pidfile.read_text() == f"{t.proc.pid}\n"
+    log = t.log()
+    for name in ("--mem-size", "--tpoint-group", "--shm-id", "--single-file-segments",
+                 "--no-pci", "--pci-blocked", "--huge-dir", "--no-huge", "--iova-mode"):
+        assert log.count(f"option {name} does not apply to pybdev; ignored") == 1, name
+    assert t.stop() == 0
+    assert not pidfile.exists()
+
+
+def test_silence_noticelog_prints_warnings_only(start_target: Callable[..., Target]) -> None:
+    t = start_target("--silence-noticelog")
+    t.rpc("bdev_malloc_create", {"name": "M", "num_blocks": 8, "block_size": 512})
+    t.stop()
+    assert "INFO" not in t.log()

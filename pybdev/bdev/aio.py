@@ -46,14 +46,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_layer, bdev_module
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
-from pybdev.rpc.registry import rpc_method
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, NameParams, Params, Str, Uuid
 from pybdev.tasks import background
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.bdev.core import BdevLayer
 
 log = logging.getLogger("pybdev.bdev.aio")
@@ -299,8 +300,13 @@ class AioBdev(Bdev):
     async def destruct(self) -> None:
         # A request still in a pool thread uses the fd: close it only when they are done.
         if self.inflight:
-            done = asyncio.get_running_loop().create_future()
-            self.when_drained(lambda: done.done() or done.set_result(None))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def drained() -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            self.when_drained(drained)
             await done
         if self.fd >= 0:
             os.close(self.fd)
@@ -322,6 +328,7 @@ class AioBdev(Bdev):
 
 class AioModule(BdevModule):
     name = "aio"
+    rpc = RPC
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
@@ -412,7 +419,6 @@ class AioModule(BdevModule):
             self._pool = None
 
 
-MODULE = AioModule
 
 
 
@@ -426,28 +432,30 @@ class AioCreateParams(Params):
     nowait: bool = False
 
 
-@rpc_method("bdev_aio_create", AioCreateParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-async def bdev_aio_create(app: App, p: AioCreateParams) -> str:
+@RPC.method("bdev_aio_create", AioCreateParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_aio_bdev",))
+async def bdev_aio_create(module: AioModule, p: AioCreateParams) -> str:
     """Create a bdev on a file or block device; answers its name once examine is done."""
-    layer = bdev_layer(app)
-    bdev = await bdev_module(app, AioModule).create(**p.model_dump())
+    layer = module.layer
+    bdev = await module.create(**p.model_dump())
     await layer.wait_for_examine()
     return bdev.name
 
 
 
-@rpc_method("bdev_aio_delete", NameParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_aio_delete(app: App, p: NameParams) -> bool:
+@RPC.method("bdev_aio_delete", NameParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_aio_bdev",))
+async def bdev_aio_delete(module: AioModule, p: NameParams) -> bool:
     """Delete an aio bdev (and whatever is stacked on it)."""
-    await bdev_module(app, AioModule).delete(p.name)
+    await module.delete(p.name)
     return True
 
 
-@rpc_method("bdev_aio_rescan", NameParams, subsystem="bdev",
+@RPC.method("bdev_aio_rescan", NameParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_aio_rescan(app: App, p: NameParams) -> bool:
+async def bdev_aio_rescan(module: AioModule, p: NameParams) -> bool:
     """Re-read the size of an aio bdev's file and resize the bdev to it."""
-    await bdev_module(app, AioModule).rescan(p.name)
+    await module.rescan(p.name)
     return True

@@ -35,9 +35,11 @@ import logging
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
+from pybdev.rpc.registry import RpcTable
 
 log = logging.getLogger("pybdev.bdev")
 
@@ -482,12 +484,20 @@ class BdevModule:
     """A bdev module: told of every new bdev (examine), writes its module-level config."""
 
     name: ClassVar[str]
+    #: The module's RPC methods; the app binds each handler to the module instance.
+    rpc: ClassVar[RpcTable | None] = None
 
     def __init__(self, layer: BdevLayer) -> None:
         self.layer = layer
 
-    def examine(self, bdev: Bdev) -> None:
-        """A bdev registered; vbdev modules attach to bases they are waiting for."""
+    def examine(self, bdev: Bdev) -> Awaitable[None] | None:
+        """A bdev registered; vbdev modules attach to bases they are waiting for.
+
+        Return None when done, or an awaitable when examine must read the bdev (an lvstore
+        looking for its metadata): the layer runs it, and ``bdev_wait_for_examine`` answers
+        only once every such examine finished.
+        """
+        return None
 
     def write_config(self) -> list[Any]:
         """Module-level config entries (a nested list is a batch)."""
@@ -512,7 +522,7 @@ class BdevLayer:
             "iobuf_small_cache_size": 128, "iobuf_large_cache_size": 16,
         }
         self.examine_allowlist: list[str] = []
-        self._examining = 0
+        self._examining: set[asyncio.Future[None]] = set()
         self._examine_done = asyncio.Event()
         self._examine_done.set()
 
@@ -554,21 +564,27 @@ class BdevLayer:
     def examine(self, bdev: Bdev) -> None:
         for module in self.modules:
             try:
-                module.examine(bdev)
+                pending = module.examine(bdev)
             except Exception:
                 log.exception("module %s failed to examine %s", module.name, bdev.name)
+                continue
+            if pending is not None:
+                task = asyncio.ensure_future(pending)
+                self._examining.add(task)
+                self._examine_done.clear()
+                task.add_done_callback(partial(self._examine_finished, module, bdev))
 
-    def examine_started(self) -> None:
-        """A module's examine goes on asynchronously; pair with :meth:`examine_finished`."""
-        self._examining += 1
-        self._examine_done.clear()
-
-    def examine_finished(self) -> None:
-        self._examining -= 1
-        if self._examining == 0:
+    def _examine_finished(self, module: BdevModule, bdev: Bdev,
+                          task: asyncio.Future[None]) -> None:
+        self._examining.discard(task)
+        if not self._examining:
             self._examine_done.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("module %s failed to examine %s: %s", module.name, bdev.name,
+                      task.exception())
 
     async def wait_for_examine(self) -> None:
+        """Return once no examine is running (at once when none is)."""
         await self._examine_done.wait()
 
     # -- descriptors and claims -------------------------------------------------------

@@ -39,13 +39,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, Descriptor, VirtualBdev
 from pybdev.bdev.passthru import sha1_uuid
-from pybdev.bdev.subsystem import bdev_module
-from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, OperationError, RpcError
-from pybdev.rpc.registry import rpc_method
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, RpcError
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U8, U32, U64, NameParams, Params, Str, Uuid
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.bdev.core import BdevLayer
 
 log = logging.getLogger("pybdev.bdev.error")
@@ -217,6 +218,7 @@ class ErrorBdev(VirtualBdev):
 
 class ErrorModule(BdevModule):
     name = "error"
+    rpc = RPC
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
@@ -317,7 +319,6 @@ class ErrorModule(BdevModule):
         self.configs.clear()
 
 
-MODULE = ErrorModule
 
 
 
@@ -326,20 +327,22 @@ class ErrorCreateParams(Params):
     uuid: Uuid | None = None
 
 
-@rpc_method("bdev_error_create", ErrorCreateParams, subsystem="bdev",
-            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
-def bdev_error_create(app: App, p: ErrorCreateParams) -> bool:
+@RPC.method("bdev_error_create", ErrorCreateParams,
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("construct_error_bdev",))
+def bdev_error_create(module: ErrorModule, p: ErrorCreateParams) -> bool:
     """Create the error injection bdev EE_<base_name> (deferred until the base exists)."""
-    bdev_module(app, ErrorModule).create(p.base_name, p.uuid)
+    module.create(p.base_name, p.uuid)
     return True
 
 
 
-@rpc_method("bdev_error_delete", NameParams, subsystem="bdev",
-            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_error_delete(app: App, p: NameParams) -> bool:
+@RPC.method("bdev_error_delete", NameParams,
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_error_bdev",))
+async def bdev_error_delete(module: ErrorModule, p: NameParams) -> bool:
     """Delete an error injection bdev, releasing its base."""
-    await bdev_module(app, ErrorModule).delete(p.name)
+    await module.delete(p.name)
     return True
 
 
@@ -355,23 +358,24 @@ class InjectErrorParams(Params):
     corrupt_value: U8 = 0
 
 
-@rpc_method("bdev_error_inject_error", InjectErrorParams, subsystem="bdev",
-            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
-def bdev_error_inject_error(app: App, p: InjectErrorParams) -> bool:
+@RPC.method("bdev_error_inject_error", InjectErrorParams,
+            decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("bdev_inject_error",))
+def bdev_error_inject_error(module: ErrorModule, p: InjectErrorParams) -> bool:
     """Arm an error for the next ``num`` requests of an I/O type (``clear`` disarms all)."""
     if nvme_status_invalid(p.error_type, p.nvme_sct, p.nvme_sc):
         # SPDK answers this one with its own text instead of strerror.
         raise RpcError(-errno.EINVAL, NVME_MESSAGE)
-    bdev_module(app, ErrorModule).inject_error(
+    module.inject_error(
         p.name, p.io_type, p.error_type, num=p.num, queue_depth=p.queue_depth,
         corrupt_offset=p.corrupt_offset, corrupt_value=p.corrupt_value, nvme_sct=p.nvme_sct,
         nvme_sc=p.nvme_sc)
     return True
 
 
-@rpc_method("bdev_error_resume_pending", NameParams, subsystem="bdev",
+@RPC.method("bdev_error_resume_pending", NameParams,
             decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
-def bdev_error_resume_pending(app: App, p: NameParams) -> bool:
+def bdev_error_resume_pending(module: ErrorModule, p: NameParams) -> bool:
     """Submit again every request held by a ``pending`` injection."""
-    bdev_module(app, ErrorModule).resume_pending(p.name)
+    module.resume_pending(p.name)
     return True

@@ -11,13 +11,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, Callback
-from pybdev.bdev.subsystem import bdev_layer, bdev_module
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
-from pybdev.rpc.registry import rpc_method
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import I32, U32, U64, NameParams, Params, Str, Uuid
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.bdev.core import BdevLayer
 
 MD_SIZES = (0, 8, 16, 32, 64, 128)
@@ -87,6 +88,7 @@ def numa_node_exists(numa_id: int) -> bool:
 
 class MallocModule(BdevModule):
     name = "malloc"
+    rpc = RPC
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
@@ -123,7 +125,6 @@ class MallocModule(BdevModule):
         return [batch]
 
 
-MODULE = MallocModule
 
 
 class MallocCreateParams(Params):
@@ -141,11 +142,12 @@ class MallocCreateParams(Params):
     numa_id: I32 = -1
 
 
-@rpc_method("bdev_malloc_create", MallocCreateParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-def bdev_malloc_create(app: App, p: MallocCreateParams) -> str:
+@RPC.method("bdev_malloc_create", MallocCreateParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_malloc_bdev",))
+def bdev_malloc_create(module: MallocModule, p: MallocCreateParams) -> str:
     """Create a RAM bdev of ``num_blocks`` x ``block_size``; answers its name."""
-    module = bdev_module(app, MallocModule)
+    module = module
     return module.create(
         name=p.name, block_size=p.block_size, num_blocks=p.num_blocks, uuid=p.uuid,
         physical_block_size=p.physical_block_size, optimal_io_boundary=p.optimal_io_boundary,
@@ -154,9 +156,10 @@ def bdev_malloc_create(app: App, p: MallocCreateParams) -> str:
 
 
 
-@rpc_method("bdev_malloc_delete", NameParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_malloc_delete(app: App, p: NameParams) -> bool:
+@RPC.method("bdev_malloc_delete", NameParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_malloc_bdev",))
+async def bdev_malloc_delete(module: MallocModule, p: NameParams) -> bool:
     """Delete a malloc bdev (and whatever is stacked on it)."""
-    await bdev_layer(app).unregister_by_name(p.name, "malloc")
+    await module.layer.unregister_by_name(p.name, "malloc")
     return True

@@ -1,31 +1,20 @@
-"""The bdev module files, in SPDK's registration order, and the bdev-layer RPCs.
+"""The built-in bdev modules, in SPDK's registration order (docs/architecture.md).
 
-Importing this registers every module's RPCs. Each module file defines ``MODULE``, its
-:class:`~pybdev.bdev.core.BdevModule` subclass. A file that is absent is skipped, so the
-package works while modules are being written.
+The order decides the order of module configs in ``save_config``. Plugins add their
+modules after these (:mod:`pybdev.assembly`).
 """
 
 from __future__ import annotations
 
-import importlib
-
-from pybdev.bdev import rpc as _rpc  # noqa: F401  (registers the bdev-layer RPCs)
+from pybdev.bdev.aio import AioModule
 from pybdev.bdev.core import BdevModule
+from pybdev.bdev.error import ErrorModule
+from pybdev.bdev.malloc import MallocModule
+from pybdev.bdev.nbd import NbdModule
+from pybdev.bdev.null import NullModule
+from pybdev.bdev.passthru import PassthruModule
+from pybdev.bdev.rbd import RbdModule
 
-MODULE_FILES = ("malloc", "null", "passthru", "error", "aio", "nbd", "rbd")
-
-
-def module_classes() -> list[type[BdevModule]]:
-    classes = []
-    for name in MODULE_FILES:
-        try:
-            mod = importlib.import_module(f"pybdev.bdev.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"pybdev.bdev.{name}":
-                continue
-            raise
-        classes.append(mod.MODULE)
-    return classes
-
-
-module_classes()
+BUILTIN_MODULES: tuple[type[BdevModule], ...] = (
+    MallocModule, NullModule, PassthruModule, ErrorModule, AioModule, NbdModule, RbdModule,
+)

@@ -8,7 +8,9 @@ RPCs (pybdev's own; SPDK has no NBD client bdev):
   Connects, negotiates (fixed newstyle, structured replies, ``base:allocation``,
   block sizes) and registers the bdev.  Errors: name taken -17; cannot connect -errno of
   the connect (-111, -2, ...); export unknown to the server -2; other handshake failures
-  -5; malformed URI -22; handshake timeout -110.
+  -5 (among them a server sending more option replies than a handshake may cost: at most
+  16,384 replies and 16 MiB); malformed URI -22; connect or handshake timeout (10 s) -110,
+  saying what it waited for.
 * ``bdev_nbd_delete {"name": NAME}`` -> ``true``: unregisters the bdev, which answers
   what is in flight and then says ``NBD_CMD_DISC`` to the server.  -19 if no such bdev.
 
@@ -35,16 +37,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_layer, bdev_module
-from pybdev.nbd import proto
-from pybdev.nbd import uri as nbd_uri
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
-from pybdev.rpc.registry import rpc_method
+from pybdev.errors import OperationError
+from pybdev.proto import nbd as proto
+from pybdev.proto.nbd import uri as nbd_uri
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import NameParams, Params, Str
 from pybdev.tasks import background
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.bdev.core import BdevLayer
 
 log = logging.getLogger("pybdev.bdev.nbd")
@@ -64,7 +67,7 @@ _WRITE = proto.NBD_CMD_WRITE
 class _Request:
     """One NBD request in flight."""
 
-    __slots__ = ("cb", "dest", "error", "extents", "length", "offset", "typ")
+    __slots__ = ("cb", "dest", "error", "extents", "length", "offset", "pieces", "typ")
 
     def __init__(self, typ: int, offset: int, length: int, cb: Callback,
                  dest: memoryview | None = None) -> None:
@@ -75,6 +78,9 @@ class _Request:
         self.dest = dest  # where READ data is assembled when it comes in pieces
         self.error = 0
         self.extents: list[tuple[int, int]] | None = None
+        # (start, end) within the request of each data or hole chunk, when a READ comes
+        # in pieces: checked for full cover at the end (a gap must not read as zeroes).
+        self.pieces: list[tuple[int, int]] | None = None
 
 
 class _Join:
@@ -107,8 +113,11 @@ class NbdClient(asyncio.Protocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self.info: proto.ClientReady | None = None
         self.dead = False
+        self.connected = False
         self.on_lost: Callable[[], None] | None = None
-        self._handshake: proto.ClientHandshake | None = proto.ClientHandshake(
+        # The handshake state machine bounds what a server can make it hold (count and
+        # bytes of option replies): a flooding server fails the handshake, not the target.
+        self.handshake: proto.ClientHandshake | None = proto.ClientHandshake(
             export_name, meta_contexts=[proto.BASE_ALLOCATION])
         self._parser: proto.ReplyParser | None = None
         self._buf = bytearray()
@@ -126,9 +135,10 @@ class NbdClient(asyncio.Protocol):
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.connected = True
 
     def data_received(self, data: bytes) -> None:
-        if self._handshake is not None:
+        if self.handshake is not None:
             self._feed_handshake(data)
             return
         self._progress = self.loop.time()
@@ -170,7 +180,7 @@ class NbdClient(asyncio.Protocol):
 
     # -- handshake -----------------------------------------------------------------------------
     def _feed_handshake(self, data: bytes) -> None:
-        hs = self._handshake
+        hs = self.handshake
         assert hs is not None and self.transport is not None
         event = hs.receive_data(data)
         out = hs.data_to_send()
@@ -178,7 +188,7 @@ class NbdClient(asyncio.Protocol):
             self.transport.write(out)
         if event is None:
             return
-        self._handshake = None
+        self.handshake = None
         if isinstance(event, proto.ClientReady):
             self.info = event
             self._parser = proto.ReplyParser(self._keys.get, structured=event.structured_replies)
@@ -257,9 +267,11 @@ class NbdClient(asyncio.Protocol):
                 return
             at = reply.offset - req.offset
             self._dest(req)[at:at + len(data)] = data
+            self._piece(req, at, at + len(data))
         elif type(reply) is proto.HoleChunk:
             at = reply.offset - req.offset
             self._dest(req)[at:at + reply.length] = bytes(reply.length)
+            self._piece(req, at, at + reply.length)
         elif type(reply) is proto.BlockStatusChunk:
             if reply.context_id == self.allocation_id:
                 req.extents = reply.extents
@@ -267,6 +279,13 @@ class NbdClient(asyncio.Protocol):
             req.error = -proto.nbd_to_errno(reply.error)
         if reply.done:
             self._finish(cookie, req, None)
+
+    @staticmethod
+    def _piece(req: _Request, start: int, end: int) -> None:
+        if req.pieces is None:
+            req.pieces = [(start, end)]
+        else:
+            req.pieces.append((start, end))
 
     @staticmethod
     def _dest(req: _Request) -> memoryview:
@@ -281,6 +300,13 @@ class NbdClient(asyncio.Protocol):
             req.cb(req.error, None)
         elif req.typ == _READ:
             if data is None:
+                if not _covers(req.pieces, req.length):
+                    log.error("NBD server answered a READ of %d bytes at %d with chunks "
+                              "that do not cover it exactly (%s); failing it with EIO",
+                              req.length, req.offset, sorted(req.pieces or ()))
+                    req.cb(-errno.EIO, None)
+                    self._if_idle()
+                    return
                 data = req.dest
             elif req.dest is not None:
                 req.dest[:] = data  # a piece of a split read
@@ -290,6 +316,9 @@ class NbdClient(asyncio.Protocol):
             req.cb(0, req.extents or [(req.length, 0)])
         else:
             req.cb(0, None)
+        self._if_idle()
+
+    def _if_idle(self) -> None:
         if not self._reqs and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
@@ -332,6 +361,18 @@ class NbdClient(asyncio.Protocol):
         except TimeoutError:
             if self.transport is not None:
                 self.transport.abort()
+
+
+def _covers(pieces: list[tuple[int, int]] | None, length: int) -> bool:
+    """Whether the ``(start, end)`` pieces tile ``[0, length)``: no gap, no overlap."""
+    if pieces is None:
+        return length == 0
+    at = 0
+    for start, end in sorted(pieces):
+        if start != at:
+            return False
+        at = end
+    return at == length
 
 
 def _handshake_error(event: proto.ClientFailed) -> OperationError:
@@ -477,15 +518,23 @@ async def connect(uri: str) -> NbdClient:
             else:
                 await loop.create_connection(lambda: client, address.host, address.port)
             await client.ready
+    except TimeoutError:
+        # Before OSError: TimeoutError is one of its subclasses, without an errno.
+        hs = client.handshake
+        if client.transport is not None:
+            client.transport.abort()
+        if not client.connected:
+            what = f"connecting to {uri}"
+        else:
+            waiting = hs.waiting_for if hs is not None else "the end of the handshake"
+            what = f"NBD handshake with {uri} (waiting for {waiting})"
+        raise OperationError(
+            errno.ETIMEDOUT, f"{what} timed out after {CONNECT_TIMEOUT:g} s") from None
     except OSError as e:
         if client.transport is not None:
             client.transport.abort()
         err = e.errno or errno.EIO
         raise OperationError(err, f"cannot connect to {uri}: {e.strerror or e}") from None
-    except TimeoutError:
-        if client.transport is not None:
-            client.transport.abort()
-        raise OperationError(errno.ETIMEDOUT, f"no NBD handshake from {uri}") from None
     except OperationError:
         if client.transport is not None:
             client.transport.abort()
@@ -495,6 +544,7 @@ async def connect(uri: str) -> NbdClient:
 
 class NbdModule(BdevModule):
     name = "nbd"
+    rpc = RPC
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
@@ -516,7 +566,6 @@ class NbdModule(BdevModule):
         return bdev
 
 
-MODULE = NbdModule
 
 
 class NbdCreateParams(Params):
@@ -524,17 +573,17 @@ class NbdCreateParams(Params):
     uri: Str
 
 
-@rpc_method("bdev_nbd_create", NbdCreateParams, subsystem="bdev",
+@RPC.method("bdev_nbd_create", NbdCreateParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-async def bdev_nbd_create(app: App, p: NbdCreateParams) -> str:
+async def bdev_nbd_create(module: NbdModule, p: NbdCreateParams) -> str:
     """Attach a remote NBD export (nbd://, nbd+unix:// or QEMU's nbd: syntax) as a bdev."""
-    bdev = await bdev_module(app, NbdModule).create(p.name, p.uri)
+    bdev = await module.create(p.name, p.uri)
     return bdev.name
 
 
-@rpc_method("bdev_nbd_delete", NameParams, subsystem="bdev",
+@RPC.method("bdev_nbd_delete", NameParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_nbd_delete(app: App, p: NameParams) -> bool:
+async def bdev_nbd_delete(module: NbdModule, p: NameParams) -> bool:
     """Detach an NBD bdev: finish its requests, disconnect from the server."""
-    await bdev_layer(app).unregister_by_name(p.name, "nbd")
+    await module.layer.unregister_by_name(p.name, "nbd")
     return True

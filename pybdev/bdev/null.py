@@ -12,16 +12,16 @@ block size plus ``md_size``, as in SPDK. DIF (``dif_type`` 1-3) is refused with
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_module
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
-from pybdev.rpc.registry import rpc_method
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import I32, U32, U64, NameParams, Params, Str, Uuid
 
-if TYPE_CHECKING:
-    from pybdev.app import App
+RPC = RpcTable()
+
 
 MD_SIZES = (0, 8, 16, 32, 64, 128)
 MIB = 1 << 20
@@ -93,6 +93,7 @@ class NullBdev(Bdev):
 
 class NullModule(BdevModule):
     name = "null"
+    rpc = RPC
 
     def create(self, *, name: str, block_size: int, num_blocks: int, uuid: str | None = None,
                physical_block_size: int = 0, md_size: int = 0, dif_type: int = 0,
@@ -153,7 +154,6 @@ class NullModule(BdevModule):
         return [batch]
 
 
-MODULE = NullModule
 
 
 
@@ -174,19 +174,21 @@ class NullCreateParams(Params):
     preferred_unmap_alignment: U32 = 0
 
 
-@rpc_method("bdev_null_create", NullCreateParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-def bdev_null_create(app: App, p: NullCreateParams) -> str:
+@RPC.method("bdev_null_create", NullCreateParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_null_bdev",))
+def bdev_null_create(module: NullModule, p: NullCreateParams) -> str:
     """Create a null bdev (writes discarded, reads return zeros); answers its name."""
-    return bdev_module(app, NullModule).create(**p.model_dump()).name
+    return module.create(**p.model_dump()).name
 
 
 
-@rpc_method("bdev_null_delete", NameParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_null_delete(app: App, p: NameParams) -> bool:
+@RPC.method("bdev_null_delete", NameParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_null_bdev",))
+async def bdev_null_delete(module: NullModule, p: NameParams) -> bool:
     """Delete a null bdev (and whatever is stacked on it)."""
-    await bdev_module(app, NullModule).delete(p.name)
+    await module.delete(p.name)
     return True
 
 
@@ -195,9 +197,9 @@ class NullResizeParams(Params):
     new_size: U64
 
 
-@rpc_method("bdev_null_resize", NullResizeParams, subsystem="bdev",
+@RPC.method("bdev_null_resize", NullResizeParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-def bdev_null_resize(app: App, p: NullResizeParams) -> bool:
+def bdev_null_resize(module: NullModule, p: NullResizeParams) -> bool:
     """Grow a null bdev to ``new_size`` MiB (shrinking is refused)."""
-    bdev_module(app, NullModule).resize(p.name, p.new_size)
+    module.resize(p.name, p.new_size)
     return True

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Descriptor, VirtualBdev
-from pybdev.bdev.subsystem import bdev_module
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
-from pybdev.rpc.registry import rpc_method
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import NameParams, Params, Str, Uuid
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.bdev.core import BdevLayer
 
 log = logging.getLogger("pybdev.bdev.passthru")
@@ -72,6 +73,7 @@ class PassthruBdev(VirtualBdev):
 
 class PassthruModule(BdevModule):
     name = "passthru"
+    rpc = RPC
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
@@ -154,7 +156,6 @@ class PassthruModule(BdevModule):
         self.nodes.clear()
 
 
-MODULE = PassthruModule
 
 
 
@@ -164,18 +165,20 @@ class PassthruCreateParams(Params):
     uuid: Uuid | None = None
 
 
-@rpc_method("bdev_passthru_create", PassthruCreateParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-def bdev_passthru_create(app: App, p: PassthruCreateParams) -> str:
+@RPC.method("bdev_passthru_create", PassthruCreateParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_passthru_bdev",))
+def bdev_passthru_create(module: PassthruModule, p: PassthruCreateParams) -> str:
     """Create a passthru vbdev on a base (deferred until the base exists); answers its name."""
-    return bdev_module(app, PassthruModule).create(
+    return module.create(
         base_bdev_name=p.base_bdev_name, name=p.name, uuid=p.uuid)
 
 
 
-@rpc_method("bdev_passthru_delete", NameParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_passthru_delete(app: App, p: NameParams) -> bool:
+@RPC.method("bdev_passthru_delete", NameParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_passthru_bdev",))
+async def bdev_passthru_delete(module: PassthruModule, p: NameParams) -> bool:
     """Delete a passthru vbdev, releasing its base."""
-    await bdev_module(app, PassthruModule).delete(p.name)
+    await module.delete(p.name)
     return True

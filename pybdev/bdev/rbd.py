@@ -39,18 +39,19 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from pybdev import ceph
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
-from pybdev.bdev.subsystem import bdev_layer, bdev_module
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError
-from pybdev.rpc.registry import rpc_method
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, U64, NameParams, Params, Str, Uuid
 from pybdev.tasks import background
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.bdev.core import BdevLayer
 
 log = logging.getLogger("pybdev.bdev.rbd")
@@ -75,14 +76,22 @@ def _norm(option: str) -> str:
     return option.strip().replace(" ", "_").replace("-", "_").lower()
 
 
-def _timeouts(*confs: dict[str, str] | None) -> dict[str, float]:
+class Timeouts(TypedDict, total=False):
+    """The timeout keyword arguments of :class:`ceph.Cluster`, in seconds."""
+
+    connect_timeout: float
+    osd_op_timeout: float
+    mon_op_timeout: float
+
+
+def _timeouts(*confs: dict[str, str] | None) -> Timeouts:
     """Our bounded defaults, minus those the user's options set themselves."""
     given = {_norm(k) for conf in confs if conf for k in conf}
-    out = {"connect_timeout": CONNECT_TIMEOUT, "osd_op_timeout": OP_TIMEOUT,
-           "mon_op_timeout": OP_TIMEOUT}
+    out = Timeouts(connect_timeout=CONNECT_TIMEOUT, osd_op_timeout=OP_TIMEOUT,
+                   mon_op_timeout=OP_TIMEOUT)
     for option, kwarg in _TIMEOUT_OPTIONS.items():
         if option in given:
-            del out[kwarg]
+            del out[kwarg]  # type: ignore[misc]  # kwarg is one of Timeouts' keys
     return out
 
 
@@ -301,6 +310,7 @@ class RbdBdev(Bdev):
 
 class RbdModule(BdevModule):
     name = "rbd"
+    rpc = RPC
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
@@ -534,7 +544,6 @@ async def _in_thread_bounded(fn: Callable[..., None], *args: Any, what: str = ""
         background(task, f"{what or fn} (left to finish)")
 
 
-MODULE = RbdModule
 
 
 
@@ -557,19 +566,19 @@ class RegisterClusterParams(Params):
     core_mask: Str | None = None
 
 
-@rpc_method("bdev_rbd_register_cluster", RegisterClusterParams, subsystem="bdev",
+@RPC.method("bdev_rbd_register_cluster", RegisterClusterParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-async def bdev_rbd_register_cluster(app: App, p: RegisterClusterParams) -> str:
+async def bdev_rbd_register_cluster(module: RbdModule, p: RegisterClusterParams) -> str:
     """Connect to a Ceph cluster and keep the connection for rbd bdevs to share."""
-    return await bdev_module(app, RbdModule).register_cluster(**p.model_dump())
+    return await module.register_cluster(**p.model_dump())
 
 
-@rpc_method("bdev_rbd_unregister_cluster", NameParams, subsystem="bdev",
+@RPC.method("bdev_rbd_unregister_cluster", NameParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_rbd_unregister_cluster(app: App, p: NameParams) -> bool:
+async def bdev_rbd_unregister_cluster(module: RbdModule, p: NameParams) -> bool:
     """Disconnect a registered cluster that no rbd bdev uses."""
     _run(_unavailable())
-    await bdev_module(app, RbdModule).unregister_cluster(p.name)
+    await module.unregister_cluster(p.name)
     return True
 
 
@@ -577,14 +586,14 @@ class GetClustersInfoParams(Params):
     name: Str | None = None
 
 
-@rpc_method("bdev_rbd_get_clusters_info", GetClustersInfoParams, subsystem="bdev",
+@RPC.method("bdev_rbd_get_clusters_info", GetClustersInfoParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED),
             result={"oneOf": [{"type": "object"},
                               {"type": "array", "items": {"type": "object"}}]})
-async def bdev_rbd_get_clusters_info(app: App, p: GetClustersInfoParams) -> Any:
+async def bdev_rbd_get_clusters_info(module: RbdModule, p: GetClustersInfoParams) -> Any:
     """Registered clusters (one object for ``name``, else an array), secrets redacted."""
     _run(_unavailable())
-    return bdev_module(app, RbdModule).clusters_info(p.name)
+    return module.clusters_info(p.name)
 
 
 class RbdCreateParams(Params):
@@ -599,20 +608,22 @@ class RbdCreateParams(Params):
     read_only: bool = False
 
 
-@rpc_method("bdev_rbd_create", RbdCreateParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"})
-async def bdev_rbd_create(app: App, p: RbdCreateParams) -> str:
+@RPC.method("bdev_rbd_create", RbdCreateParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
+            aliases=("construct_rbd_bdev",))
+async def bdev_rbd_create(module: RbdModule, p: RbdCreateParams) -> str:
     """Create a bdev on a Ceph RBD image; answers its name."""
-    bdev = await bdev_module(app, RbdModule).create(**p.model_dump())
-    await bdev_layer(app).wait_for_examine()
+    bdev = await module.create(**p.model_dump())
+    await module.layer.wait_for_examine()
     return bdev.name
 
 
-@rpc_method("bdev_rbd_delete", NameParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_rbd_delete(app: App, p: NameParams) -> bool:
+@RPC.method("bdev_rbd_delete", NameParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"},
+            aliases=("delete_rbd_bdev",))
+async def bdev_rbd_delete(module: RbdModule, p: NameParams) -> bool:
     """Delete an rbd bdev (the image stays in the cluster)."""
-    await bdev_module(app, RbdModule).delete(p.name)
+    await module.delete(p.name)
     return True
 
 
@@ -621,9 +632,9 @@ class RbdResizeParams(Params):
     new_size: U64
 
 
-@rpc_method("bdev_rbd_resize", RbdResizeParams, subsystem="bdev",
+@RPC.method("bdev_rbd_resize", RbdResizeParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def bdev_rbd_resize(app: App, p: RbdResizeParams) -> bool:
+async def bdev_rbd_resize(module: RbdModule, p: RbdResizeParams) -> bool:
     """Grow an rbd bdev and its image to ``new_size`` MiB."""
-    await bdev_module(app, RbdModule).resize(p.name, p.new_size)
+    await module.resize(p.name, p.new_size)
     return True

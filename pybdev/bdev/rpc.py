@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field
 
 from pybdev.bdev.core import BdevState
-from pybdev.bdev.subsystem import bdev_layer
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, INVALID_PARAMS, RpcError, errno_error
-from pybdev.rpc.registry import State, rpc_method
+from pybdev.rpc.registry import RpcTable, State
 from pybdev.rpc.types import U32, U64, NameParams, Params, Str
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
+    from pybdev.bdev.core import BdevLayer
 
 TICK_RATE = 1_000_000_000  # latencies are counted in nanoseconds
 
@@ -26,12 +27,13 @@ class GetBdevsParams(Params):
     timeout: U64 = 0
 
 
-@rpc_method("bdev_get_bdevs", GetBdevsParams, subsystem="bdev",
+@RPC.method("bdev_get_bdevs", GetBdevsParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED),
-            result={"type": "array", "items": {"type": "object"}})
-async def bdev_get_bdevs(app: App, p: GetBdevsParams) -> list[dict[str, Any]]:
+            result={"type": "array", "items": {"type": "object"}},
+            aliases=("get_bdevs",))
+async def bdev_get_bdevs(layer: BdevLayer, p: GetBdevsParams) -> list[dict[str, Any]]:
     """List bdevs (all, or one by name or alias, waiting up to ``timeout`` ms for it)."""
-    layer = bdev_layer(app)
+    layer = layer
     if p.name is None:
         return [b.info() for b in layer if b.state is BdevState.REGISTERED]
     deadline = time.monotonic() + p.timeout / 1000
@@ -53,11 +55,12 @@ class GetIostatParams(Params):
     reset_mode: Literal["all", "maxmin", "error", "none"] = "none"
 
 
-@rpc_method("bdev_get_iostat", GetIostatParams, subsystem="bdev",
-            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "object"})
-def bdev_get_iostat(app: App, p: GetIostatParams) -> dict[str, Any]:
+@RPC.method("bdev_get_iostat", GetIostatParams,
+            decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "object"},
+            aliases=("get_bdevs_iostat",))
+def bdev_get_iostat(layer: BdevLayer, p: GetIostatParams) -> dict[str, Any]:
     """I/O statistics of all or some bdevs; ``reset_mode`` resets after reading."""
-    layer = bdev_layer(app)
+    layer = layer
     names = list(p.names or []) + ([p.name] if p.name is not None else [])
     if p.per_channel and len(names) != 1:
         raise errno_error(errno.EINVAL, "per_channel needs exactly one name")
@@ -88,11 +91,11 @@ class ResetIostatParams(Params):
     mode: Literal["all", "maxmin", "error", "none"] = "all"
 
 
-@rpc_method("bdev_reset_iostat", ResetIostatParams, subsystem="bdev",
+@RPC.method("bdev_reset_iostat", ResetIostatParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-def bdev_reset_iostat(app: App, p: ResetIostatParams) -> bool:
+def bdev_reset_iostat(layer: BdevLayer, p: ResetIostatParams) -> bool:
     """Reset the I/O statistics of every bdev, or of the one named."""
-    layer = bdev_layer(app)
+    layer = layer
     if p.name is None:
         bdevs = list(layer)
     else:
@@ -113,11 +116,12 @@ class SetOptionsParams(Params):
     iobuf_large_cache_size: U32 | None = None
 
 
-@rpc_method("bdev_set_options", SetOptionsParams, states=State.STARTUP, subsystem="bdev",
-            result={"type": "boolean"})
-def bdev_set_options(app: App, p: SetOptionsParams) -> bool:
+@RPC.method("bdev_set_options", SetOptionsParams, states=State.STARTUP,
+            result={"type": "boolean"},
+            aliases=("set_bdev_options",))
+def bdev_set_options(layer: BdevLayer, p: SetOptionsParams) -> bool:
     """Set bdev layer options (before framework init); omitted fields keep their values."""
-    layer = bdev_layer(app)
+    layer = layer
     new = dict(layer.options)
     new.update(p.model_dump(exclude_none=True))
     threads = 1
@@ -128,11 +132,11 @@ def bdev_set_options(app: App, p: SetOptionsParams) -> bool:
     return True
 
 
-@rpc_method("bdev_examine", NameParams, subsystem="bdev",
+@RPC.method("bdev_examine", NameParams,
             decode_error=(INVALID_PARAMS, DECODE_FAILED), result={"type": "boolean"})
-def bdev_examine(app: App, p: NameParams) -> bool:
+def bdev_examine(layer: BdevLayer, p: NameParams) -> bool:
     """Allow examine of one bdev (only when auto examine is off)."""
-    layer = bdev_layer(app)
+    layer = layer
     if layer.options["bdev_auto_examine"]:
         raise errno_error(errno.EINVAL,
                           "Manual examine is not allowed if auto examine is enabled")
@@ -145,12 +149,12 @@ def bdev_examine(app: App, p: NameParams) -> bool:
     return True
 
 
-@rpc_method("bdev_wait_for_examine", subsystem="bdev", states=State.RUNTIME,
+@RPC.method("bdev_wait_for_examine", states=State.RUNTIME,
             decode_error=(INVALID_PARAMS, "bdev_wait_for_examine requires no parameters"),
             result={"type": "boolean"})
-async def bdev_wait_for_examine(app: App) -> bool:
+async def bdev_wait_for_examine(layer: BdevLayer) -> bool:
     """Answer once every module finished examining every bdev."""
-    await bdev_layer(app).wait_for_examine()
+    await layer.wait_for_examine()
     return True
 
 

@@ -1,30 +1,37 @@
-"""The ``bdev`` subsystem: owns the :class:`BdevLayer` and loads the modules in order.
+"""The ``bdev`` subsystem: owns the :class:`BdevLayer` and the bdev modules it was given.
 
-Module order (``pybdev.bdev.modules``) is SPDK's registration order (spec §3.3): it decides
-the order of module configs in ``save_config``, so a base is created before what sits on it.
+Module order is SPDK's registration order (docs/architecture.md): it decides the order of
+module configs in ``save_config``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import BdevLayer, M
-from pybdev.subsystem import Config, Subsystem, register_subsystem
+from pybdev.bdev.core import BdevLayer
+from pybdev.bdev.rpc import RPC as LAYER_RPC
+from pybdev.rpc.registry import RpcTable
+from pybdev.subsystem import Config, Subsystem
 
 if TYPE_CHECKING:
     from pybdev.app import App
 
-@register_subsystem
+
 class BdevSubsystem(Subsystem):
     name = "bdev"
 
     def __init__(self, app: App) -> None:
         super().__init__(app)
-        from pybdev.bdev.modules import module_classes
-
         self.layer = BdevLayer()
-        for cls in module_classes():
+        for cls in app.assembly.bdev_modules:
             self.layer.add_module(cls(self.layer))
+
+    def rpc_tables(self) -> Iterator[tuple[RpcTable | None, Any]]:
+        # The layer's own methods (bdev_get_bdevs, ...) and then each module's, bound to it.
+        yield LAYER_RPC, self.layer
+        for module in self.layer.modules:
+            yield module.rpc, module
 
     async def fini(self) -> None:
         await self.layer.shutdown()
@@ -43,10 +50,5 @@ class BdevSubsystem(Subsystem):
 
 
 def bdev_layer(app: App) -> BdevLayer:
+    """The target's bdev layer, for code outside the bdev package (exports)."""
     return app.subsystem(BdevSubsystem).layer
-
-
-def bdev_module(app: App, cls: type[M]) -> M:
-    """The target's instance of bdev module ``cls`` (for RPC handlers)."""
-    return app.subsystem(BdevSubsystem).layer.module(cls)
-

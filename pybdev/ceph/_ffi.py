@@ -131,11 +131,11 @@ def _load() -> Libs:
     rbd_path = os.environ.get(ENV_LIBRBD) or LIBRBD
     hint = "install Debian's librados2 and librbd1"
     try:
-        rados = ffi.dlopen(rados_path)
+        rados: Any = ffi.dlopen(rados_path)  # cffi Lib: symbols appear at run time
     except OSError as e:
         raise OSError(f"cannot load {rados_path} ({hint}): {e}") from e
     try:
-        rbd = ffi.dlopen(rbd_path)
+        rbd: Any = ffi.dlopen(rbd_path)
     except OSError as e:
         raise OSError(f"cannot load {rbd_path} ({hint}): {e}") from e
     try:

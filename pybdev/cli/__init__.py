@@ -2,24 +2,42 @@
 
 Standard library only, so the script runs with any Python 3.11 even outside the venv.
 Each subsystem adds its commands in its own module here (``framework``, ``bdev``, ``nbd``,
-``ublk``, ...) through ``add_parsers(subparsers)``; a command's ``func(args)`` calls
-``args.client.call(...)`` and prints with :mod:`pybdev.cli.output`.
+``ublk``, ``rbd``) through ``add_parsers(subparsers)``; a command's ``func(args)`` calls
+``args.client.call(...)`` and prints with :mod:`pybdev.cli.output`. Installed plugins add
+theirs through the entry-point group ``pybdev.cli`` (docs/plugins.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any, TextIO
 
-from pybdev.cli import output
+from pybdev.cli import bdev, framework, nbd, output, rbd, ublk
 from pybdev.rpc.client import DEFAULT_ADDR, DEFAULT_PORT, JsonRpcException, RpcClient
 
-COMMAND_MODULES = ("framework", "bdev", "nbd", "ublk", "rbd", "http")
+AddParsers = Callable[[Any], None]
+BUILTIN_COMMANDS: tuple[AddParsers, ...] = (
+    framework.add_parsers, bdev.add_parsers, nbd.add_parsers, ublk.add_parsers,
+    rbd.add_parsers,
+)
+CLI_ENTRY_POINT_GROUP = "pybdev.cli"
+
+
+def plugin_commands() -> list[AddParsers]:
+    """``add_parsers`` of installed plugins; one that fails to load is named and skipped."""
+    found = []
+    for ep in sorted(metadata.entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            found.append(ep.load())
+        except Exception as e:
+            print(f"rpc.py: plugin commands {ep.name!r} ({ep.value}) failed to load: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
+    return found
 
 
 class DryRunClient:
@@ -92,14 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file holding an HTTP bearer token (or PYBDEV_RPC_TOKEN)")
     parser.add_argument("--cacert", dest="http_cacert", help="CA certificate for https://")
     subparsers = parser.add_subparsers(dest="called_rpc_name", metavar="")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"pybdev.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"pybdev.cli.{name}":
-                raise
-            continue
-        module.add_parsers(subparsers)
+    for add_parsers in (*BUILTIN_COMMANDS, *plugin_commands()):
+        add_parsers(subparsers)
     return parser
 
 

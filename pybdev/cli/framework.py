@@ -55,7 +55,7 @@ def save_config(client: Any, fd: TextIO, indent: int = 2, subsystems: str | None
     dump(config, fd, indent)
 
 
-def _methods(elem: Any) -> list[str]:
+def _methods(elem: Any) -> list[str | None]:
     items = elem if isinstance(elem, list) else [elem]
     return [item.get("method") if isinstance(item, dict) else None for item in items]
 

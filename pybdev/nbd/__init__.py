@@ -1,1 +1,4 @@
-"""NBD: the sans-IO wire protocol (``proto``), the kernel export and the network export."""
+"""NBD exports: the network export (``server``) and the kernel export (``kernel``).
+
+The wire protocol they speak, and the NBD URI syntax, live in :mod:`pybdev.proto.nbd`.
+"""

@@ -14,7 +14,7 @@ Contract for an implementation (the kernel export module must define
   when the user asked for automatic choice (kernel export only); ``start`` then sets it.
 * ``await start()``: open the bdev (:meth:`open_bdev`, which also routes hot-remove),
   acquire the device or listener, and return once clients can use it.  Raise
-  :class:`~pybdev.rpc.errors.OperationError` (errno + detail) on failure, having released
+  :class:`~pybdev.errors.OperationError` (errno + detail) on failure, having released
   everything.  Afterwards ``nbd_device`` and ``bdev_name`` (the bdev's primary name) are
   final.  To pick a device, ask :meth:`NbdSubsystem.reserve` first: it fails for devices
   already used by this target.
@@ -28,10 +28,9 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any, Final
 
-from pybdev.bdev.subsystem import bdev_layer
 from pybdev.export import io
 from pybdev.export.base import Export
-from pybdev.nbd import proto
+from pybdev.proto import nbd as proto
 
 if TYPE_CHECKING:
     from pybdev.nbd.subsystem import NbdSubsystem
@@ -52,7 +51,7 @@ class NbdExport(Export):
     """One bdev exported over NBD, to the kernel or to the network."""
 
     def __init__(self, subsystem: NbdSubsystem, bdev_name: str, nbd_device: str | None) -> None:
-        super().__init__(bdev_layer(subsystem.app), bdev_name)
+        super().__init__(subsystem.layer, bdev_name)
         self.subsystem = subsystem
         self.nbd_device = nbd_device or ""
 

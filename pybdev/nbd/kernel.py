@@ -5,7 +5,7 @@ SPDK's ``lib/nbd/nbd.c`` sequence: the kernel gets one end of a socketpair with
 blocks in ``NBD_DO_IT`` for as long as the device lives.  The other end is served on the
 event loop by :class:`KernelConnection`, which speaks the transmission phase only (no
 handshake: the ioctls replace it) using the sans-IO parser and encoders of
-:mod:`pybdev.nbd.proto`.
+:mod:`pybdev.proto.nbd`.
 
 Stop: ``NBD_DISCONNECT`` (in a thread: it writes ``NBD_CMD_DISC`` into the socket and can
 block while the socket is full), the server answers what is in flight and closes its
@@ -30,12 +30,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.errors import OperationError
 from pybdev.export import io
 from pybdev.export.status import NBD_STATUS
-from pybdev.nbd import proto
+from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import NBD_OPS, NbdExport
-from pybdev.nbd.subsystem import IllegalDevice
-from pybdev.rpc.errors import OperationError, RpcError
+from pybdev.proto import nbd as proto
 
 if TYPE_CHECKING:
     from pybdev.nbd.subsystem import NbdSubsystem
@@ -75,11 +75,7 @@ class NbdError(OperationError):
     """An error answered with SPDK's exact message (``nbd device not found``)."""
 
     def __init__(self, err: int, message: str) -> None:
-        super().__init__(err, message)
-        self.message = message
-
-    def to_rpc(self) -> RpcError:
-        return RpcError(-self.errno, self.message)
+        super().__init__(err, message, message=message)
 
 
 # ============================================================================================

@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
-from pybdev.rpc.registry import rpc_method
+from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import Params, Str
 
+RPC = RpcTable()
+
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.nbd.subsystem import NbdSubsystem
 
 DECODE_ERROR = (INTERNAL_ERROR, DECODE_FAILED)
@@ -29,22 +30,17 @@ DISK_SCHEMA = {
 }
 
 
-def nbd(app: App) -> NbdSubsystem:
-    from pybdev.nbd.subsystem import NbdSubsystem
-
-    return app.subsystem(NbdSubsystem)
-
-
 class StartDiskParams(Params):
     bdev_name: Str
     nbd_device: Str | None = None
 
 
-@rpc_method("nbd_start_disk", StartDiskParams, subsystem="nbd", decode_error=DECODE_ERROR,
-            result={"type": "string"})
-async def nbd_start_disk(app: App, p: StartDiskParams) -> str:
+@RPC.method("nbd_start_disk", StartDiskParams, decode_error=DECODE_ERROR,
+            result={"type": "string"},
+            aliases=("start_nbd_disk",))
+async def nbd_start_disk(nbd: NbdSubsystem, p: StartDiskParams) -> str:
     """Export a bdev over NBD: to the kernel (/dev/nbdN) or to the network (an NBD URI)."""
-    export = await nbd(app).start_disk(p.bdev_name, p.nbd_device)
+    export = await nbd.start_disk(p.bdev_name, p.nbd_device)
     return export.nbd_device
 
 
@@ -52,11 +48,12 @@ class StopDiskParams(Params):
     nbd_device: Str
 
 
-@rpc_method("nbd_stop_disk", StopDiskParams, subsystem="nbd", decode_error=DECODE_ERROR,
-            result={"type": "boolean"})
-async def nbd_stop_disk(app: App, p: StopDiskParams) -> bool:
+@RPC.method("nbd_stop_disk", StopDiskParams, decode_error=DECODE_ERROR,
+            result={"type": "boolean"},
+            aliases=("stop_nbd_disk",))
+async def nbd_stop_disk(nbd: NbdSubsystem, p: StopDiskParams) -> bool:
     """Stop an export: answer requests in flight, close its connections or device."""
-    await nbd(app).stop_disk(p.nbd_device)
+    await nbd.stop_disk(p.nbd_device)
     return True
 
 
@@ -64,8 +61,9 @@ class GetDisksParams(Params):
     nbd_device: Str | None = None
 
 
-@rpc_method("nbd_get_disks", GetDisksParams, subsystem="nbd", decode_error=DECODE_ERROR,
-            result={"type": "array", "items": DISK_SCHEMA})
-def nbd_get_disks(app: App, p: GetDisksParams) -> list[dict[str, Any]]:
+@RPC.method("nbd_get_disks", GetDisksParams, decode_error=DECODE_ERROR,
+            result={"type": "array", "items": DISK_SCHEMA},
+            aliases=("get_nbd_disks",))
+def nbd_get_disks(nbd: NbdSubsystem, p: GetDisksParams) -> list[dict[str, Any]]:
     """List exports (all, or one by ``nbd_device``) in start order."""
-    return nbd(app).get_disks(p.nbd_device)
+    return nbd.get_disks(p.nbd_device)

@@ -36,12 +36,12 @@ import ipaddress
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.errors import OperationError
 from pybdev.export import io
 from pybdev.export.status import NBD_STATUS
 from pybdev.listener import (
@@ -52,10 +52,9 @@ from pybdev.listener import (
     unix_identity,
     unlink_unix,
 )
-from pybdev.nbd import proto
 from pybdev.nbd.export import NBD_OPS, NbdExport
-from pybdev.nbd.uri import NbdAddress
-from pybdev.rpc.errors import OperationError
+from pybdev.proto import nbd as proto
+from pybdev.proto.nbd.uri import NbdAddress
 
 if TYPE_CHECKING:
     from pybdev.nbd.subsystem import NbdSubsystem
@@ -74,9 +73,7 @@ _WRITE = proto.NBD_CMD_WRITE
 _FUA = proto.NBD_CMD_FLAG_FUA
 _REQ_ONE = proto.NBD_CMD_FLAG_REQ_ONE
 _SIMPLE = proto.SIMPLE_REPLY.pack
-# Header of a final NBD_REPLY_TYPE_OFFSET_DATA chunk (structured header + offset); proto's
-# own Struct for it is private.
-_DATA_CHUNK = struct.Struct(">IHHQIQ").pack
+_DATA_CHUNK = proto.OFFSET_DATA.pack  # header of a final NBD_REPLY_TYPE_OFFSET_DATA chunk
 assert (proto.NBD_STRUCTURED_REPLY_MAGIC, proto.NBD_SIMPLE_REPLY_MAGIC) == (0x668E33EF,
                                                                            0x67446698)
 assert (proto.NBD_REPLY_FLAG_DONE, proto.NBD_REPLY_TYPE_OFFSET_DATA) == (1, 1)

@@ -6,8 +6,7 @@ a kernel export, an NBD URI for a network export (docs/decisions/nbd-server-desi
 
 * ``nbd://HOST[:PORT]/NAME`` or ``nbd+unix:///NAME?socket=PATH`` -> network export
   (:mod:`pybdev.nbd.server`); a non-loopback address needs ``--nbd-allow-remote``;
-* a ``/dev/nbdN`` path or nothing -> kernel export from ``pybdev.nbd.kernel`` when that
-  module exists, else ``-ENODEV`` "kernel NBD export not available".
+* a ``/dev/nbdN`` path or nothing -> kernel export (:mod:`pybdev.nbd.kernel`).
 
 The Python API (:meth:`NbdSubsystem.start_disk`, ``stop_disk``, ``get_disks``) raises
 :class:`OperationError`; :mod:`pybdev.nbd.rpc` maps it to SPDK's codes.
@@ -15,58 +14,62 @@ The Python API (:meth:`NbdSubsystem.start_disk`, ``stop_disk``, ``get_disks``) r
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
-import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pybdev.nbd import uri as nbd_uri
+from pybdev.bdev.core import BdevLayer
+from pybdev.bdev.subsystem import BdevSubsystem
+from pybdev.errors import OperationError
+from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import NbdExport
+from pybdev.nbd.kernel import KernelExport
+from pybdev.nbd.rpc import RPC
 from pybdev.nbd.server import NetworkExport, NetworkServer
-from pybdev.rpc.errors import OperationError, RpcError
-from pybdev.subsystem import Config, Subsystem, register_subsystem
+from pybdev.proto.nbd import uri as nbd_uri
+from pybdev.subsystem import Config, Subsystem
 
 if TYPE_CHECKING:
     from pybdev.app import App
 
 log = logging.getLogger("pybdev.nbd")
 
-KERNEL_MODULE = "pybdev.nbd.kernel"
 STOP_TIMEOUT = 10.0
 
 
-class IllegalDevice(OperationError):
-    """SPDK answers a malformed ``nbd_device`` with -ENODEV "illegal nbd device <path>"."""
-
-    def __init__(self, device: str, reason: str) -> None:
-        super().__init__(errno.ENODEV, f"illegal nbd device {device}: {reason}")
-        self.device = device
-        self.reason = reason
-
-    def to_rpc(self) -> RpcError:
-        return RpcError(-errno.ENODEV, f"illegal nbd device {self.device}: {self.reason}")
-
-
-@register_subsystem
 class NbdSubsystem(Subsystem):
     name = "nbd"
     depends_on = ("bdev",)
+    rpc = RPC
 
     def __init__(self, app: App) -> None:
         super().__init__(app)
         self.exports: dict[str, NbdExport] = {}  # nbd_device -> export, start order
         self._reserved: set[str] = set()
-        self.network = NetworkServer(allow_remote=self.allow_remote)
+        self.layer: BdevLayer = app.subsystem(BdevSubsystem).layer
+        self.allow_remote = False
+        self.network = NetworkServer(allow_remote=False)
 
-    @property
-    def allow_remote(self) -> bool:
-        return bool(getattr(self.app.options, "nbd_allow_remote", False))
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--nbd-allow-remote", action="store_true",
+                            help="let nbd_start_disk serve NBD on non-loopback addresses "
+                                 "(no TLS, no authentication)")
+
+    def configure(self, options: argparse.Namespace) -> None:
+        self.allow_remote = options.nbd_allow_remote
+        self.network.allow_remote = self.allow_remote
 
     # -- Python API ------------------------------------------------------------------------
     async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> NbdExport:
         """Export ``bdev_name`` at ``nbd_device`` (URI, device path, or None: auto)."""
         export = self._make_export(bdev_name, nbd_device)
+        # SPDK opens the bdev before it looks at the device node: an unknown bdev is -19
+        # even where the nbd kernel module is not loaded.
+        if self.layer.get(bdev_name) is None:
+            raise OperationError(errno.ENODEV, f"bdev {bdev_name} not found")
         if nbd_device is not None and not self.reserve(nbd_device):
             raise OperationError(errno.EBUSY, f"{nbd_device} is already exported")
         try:
@@ -144,21 +147,5 @@ class NbdSubsystem(Subsystem):
                 address = nbd_uri.parse(nbd_device)
             except nbd_uri.UriError as e:
                 raise IllegalDevice(nbd_device, str(e)) from None
-            self.network.allow_remote = self.allow_remote
             return NetworkExport(self, bdev_name, nbd_device, address)
-        try:
-            kernel = importlib.import_module(KERNEL_MODULE)
-        except ModuleNotFoundError as e:
-            if e.name != KERNEL_MODULE:
-                raise
-            raise OperationError(
-                errno.ENODEV,
-                "kernel NBD export not available (pybdev.nbd.kernel is not installed); "
-                "give an nbd:// or nbd+unix:// URI for a network export",
-            ) from None
-        export: NbdExport = kernel.KernelExport(self, bdev_name, nbd_device)
-        return export
-
-
-# Last: the RPC module imports this one.
-importlib.import_module("pybdev.nbd.rpc")
+        return KernelExport(self, bdev_name, nbd_device)

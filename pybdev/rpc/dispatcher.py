@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from pybdev.errors import OperationError
 from pybdev.rpc import errors
-from pybdev.rpc.errors import OperationError, RpcError
-from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, REGISTRY, Method, Registry, State
+from pybdev.rpc.errors import RpcError
+from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, Method, Registry, State
 
 log = logging.getLogger("pybdev.rpc")
 
@@ -98,12 +99,13 @@ class Dispatcher:
     def __init__(
         self,
         ctx: RpcContext,
-        registry: Registry = REGISTRY,
+        registry: Registry,
         allowed: frozenset[str] | None = None,
     ) -> None:
         self.ctx = ctx
         self.registry = registry
         self.allowed = allowed
+        self._warned_aliases: set[str] = set()
 
     def is_allowed(self, name: str) -> bool:
         return self.allowed is None or name in self.allowed
@@ -169,15 +171,18 @@ class Dispatcher:
         method = self.lookup(method_name)
         if method is None:
             raise RpcError(errors.METHOD_NOT_FOUND)
+        if method.alias_of is not None and method_name not in self._warned_aliases:
+            self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
+            log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
+                        method.alias_of)
         state = self.ctx.state
         if not method.states & state:
             message = RUNTIME_ONLY_MESSAGE if state == State.STARTUP else STARTUP_ONLY_MESSAGE
             raise RpcError(errors.INVALID_STATE, message)
-        args = (self.ctx,) if method.params in (NO_PARAMS, IGNORE_PARAMS) else None
         if method.params == NO_PARAMS and params is not None:
             raise RpcError(method.decode_error_code, method.decode_error_message)
-        if args is None:
-            args = (self.ctx, self._decode(method, params))
+        args = () if method.params in (NO_PARAMS, IGNORE_PARAMS) else (
+            self._decode(method, params),)
         try:
             result = method.handler(*args)
             if inspect.isawaitable(result):
@@ -185,7 +190,7 @@ class Dispatcher:
         except RpcError:
             raise
         except OperationError as e:
-            raise e.to_rpc() from None
+            raise RpcError(-e.errno, e.message) from None
         except Exception:
             log.exception("RPC %s failed", method_name)
             raise RpcError(errors.INTERNAL_ERROR) from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from pybdev.errors import OperationError  # noqa: F401  (re-exported until every importer moved)
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -45,18 +47,3 @@ def errno_error(err: int, detail: str | None = None) -> RpcError:
     err = abs(err)
     text = os.strerror(err)
     return RpcError(-err, f"{text}: {detail}" if detail else text)
-
-
-class OperationError(Exception):
-    """A subsystem API failure carrying an errno; RPC handlers turn it into ``-errno``.
-
-    The Python APIs (bdev, nbd, ublk) raise this so they stay usable without RPC.
-    """
-
-    def __init__(self, err: int, detail: str = "") -> None:
-        self.errno = abs(err)
-        self.detail = detail
-        super().__init__(f"{os.strerror(self.errno)}" + (f": {detail}" if detail else ""))
-
-    def to_rpc(self) -> RpcError:
-        return errno_error(self.errno, self.detail or None)

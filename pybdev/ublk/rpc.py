@@ -6,8 +6,9 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
-from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, OperationError, RpcError, errno_error
-from pybdev.rpc.registry import IGNORE_PARAMS, rpc_method
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, RpcError, errno_error
+from pybdev.rpc.registry import IGNORE_PARAMS, RpcTable
 from pybdev.rpc.types import U32, Params, Str
 from pybdev.ublk.target import (
     DEFAULT_NUM_QUEUES,
@@ -17,19 +18,13 @@ from pybdev.ublk.target import (
 )
 
 if TYPE_CHECKING:
-    from pybdev.app import App
     from pybdev.ublk.subsystem import UblkSubsystem
 
+RPC = RpcTable()
 
 
-def _subsystem(app: App) -> UblkSubsystem:
-    from pybdev.ublk.subsystem import UblkSubsystem
-
-    return app.subsystem(UblkSubsystem)
-
-
-def _target(app: App) -> UblkTarget:
-    target = _subsystem(app).target
+def _target(ublk: UblkSubsystem) -> UblkTarget:
+    target = ublk.target
     if target is None:
         raise errno_error(errno.ENODEV, "no ublk target (call ublk_create_target first)")
     return target
@@ -52,15 +47,15 @@ class CreateTargetParams(Params):
     disable_user_copy: bool = False
 
 
-@rpc_method("ublk_create_target", CreateTargetParams, subsystem="ublk",
+@RPC.method("ublk_create_target", CreateTargetParams,
             decode_error=(INTERNAL_ERROR, os.strerror(errno.EINVAL)),
             result={"type": "boolean"})
-async def ublk_create_target(app: App, p: CreateTargetParams) -> bool:
+async def ublk_create_target(ublk: UblkSubsystem, p: CreateTargetParams) -> bool:
     """Create the ublk target (opens /dev/ublk-control, probes kernel features)."""
-    sub = _subsystem(app)
+    sub = ublk
     if sub.target is not None or sub.busy:
         raise _internal(errno.EBUSY, "the ublk target already exists")
-    app_mask = getattr(app.options, "cpumask", None) or "0x1"
+    app_mask = sub.app_cpumask
     try:
         app_cpus = parse_cpumask(app_mask)
         cpus = parse_cpumask(p.cpumask) if p.cpumask is not None else app_cpus
@@ -74,17 +69,18 @@ async def ublk_create_target(app: App, p: CreateTargetParams) -> bool:
         sub.target = UblkTarget.create(sub.layer, cpus, disable_user_copy=p.disable_user_copy)
     except OSError as e:
         err = e.errno or errno.EIO
-        raise _internal(err, e.strerror if e.strerror != os.strerror(err) else "") from None
+        detail = e.strerror if e.strerror and e.strerror != os.strerror(err) else ""
+        raise _internal(err, detail) from None
     finally:
         sub.busy = False
     return True
 
 
-@rpc_method("ublk_destroy_target", IGNORE_PARAMS, subsystem="ublk",
+@RPC.method("ublk_destroy_target", IGNORE_PARAMS,
             result={"type": "boolean"})
-async def ublk_destroy_target(app: App) -> bool:
+async def ublk_destroy_target(ublk: UblkSubsystem) -> bool:
     """Stop every ublk device and destroy the target."""
-    sub = _subsystem(app)
+    sub = ublk
     if sub.target is None:
         raise _internal(errno.ENOENT, "no ublk target")
     if sub.target.destroying:
@@ -100,11 +96,11 @@ class StartDiskParams(Params):
     queue_depth: U32 = DEFAULT_QUEUE_DEPTH
 
 
-@rpc_method("ublk_start_disk", StartDiskParams, subsystem="ublk",
+@RPC.method("ublk_start_disk", StartDiskParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "integer"})
-async def ublk_start_disk(app: App, p: StartDiskParams) -> int:
+async def ublk_start_disk(ublk: UblkSubsystem, p: StartDiskParams) -> int:
     """Export a bdev as /dev/ublkb<ublk_id>; answers the id once the device exists."""
-    target = _target(app)
+    target = _target(ublk)
     try:
         dev = await target.start_disk(p.bdev_name, p.ublk_id, p.num_queues, p.queue_depth)
     except OperationError:
@@ -118,11 +114,11 @@ class StopDiskParams(Params):
     ublk_id: U32
 
 
-@rpc_method("ublk_stop_disk", StopDiskParams, subsystem="ublk",
+@RPC.method("ublk_stop_disk", StopDiskParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "boolean"})
-async def ublk_stop_disk(app: App, p: StopDiskParams) -> bool:
+async def ublk_stop_disk(ublk: UblkSubsystem, p: StopDiskParams) -> bool:
     """Stop /dev/ublkb<ublk_id> (STOP_DEV, DEL_DEV) and close its bdev."""
-    target = _subsystem(app).target
+    target = ublk.target
     if target is None:
         raise errno_error(errno.ENODEV, "no ublk target")
     await target.stop_disk(p.ublk_id)
@@ -134,11 +130,11 @@ class RecoverDiskParams(Params):
     ublk_id: U32
 
 
-@rpc_method("ublk_recover_disk", RecoverDiskParams, subsystem="ublk",
+@RPC.method("ublk_recover_disk", RecoverDiskParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "integer"})
-async def ublk_recover_disk(app: App, p: RecoverDiskParams) -> int:
+async def ublk_recover_disk(ublk: UblkSubsystem, p: RecoverDiskParams) -> int:
     """Take over a ublk device whose previous server died (kernel USER_RECOVERY)."""
-    target = _target(app)
+    target = _target(ublk)
     try:
         dev = await target.recover_disk(p.bdev_name, p.ublk_id)
     except OperationError:
@@ -152,12 +148,12 @@ class GetDisksParams(Params):
     ublk_id: U32 | None = None
 
 
-@rpc_method("ublk_get_disks", GetDisksParams, subsystem="ublk",
+@RPC.method("ublk_get_disks", GetDisksParams,
             decode_error=(INTERNAL_ERROR, DECODE_FAILED),
             result={"type": "array", "items": {"type": "object"}})
-def ublk_get_disks(app: App, p: GetDisksParams) -> list[dict[str, Any]]:
+def ublk_get_disks(ublk: UblkSubsystem, p: GetDisksParams) -> list[dict[str, Any]]:
     """List ublk devices (all, or one by id; id 0 lists all, as in SPDK)."""
-    target = _subsystem(app).target
+    target = ublk.target
     devices = sorted(target.devices.values(), key=lambda d: d.id) if target else []
     if p.ublk_id:
         devices = [d for d in devices if d.id == p.ublk_id]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from pybdev.bdev.subsystem import bdev_layer
-from pybdev.subsystem import Config, Subsystem, register_subsystem
+from pybdev.bdev.subsystem import BdevSubsystem
+from pybdev.subsystem import Config, Subsystem
+from pybdev.ublk.rpc import RPC
 
 if TYPE_CHECKING:
     from pybdev.app import App
@@ -16,19 +18,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("pybdev.ublk")
 
 
-@register_subsystem
 class UblkSubsystem(Subsystem):
     name = "ublk"
     depends_on = ("bdev",)
+    rpc = RPC
 
     def __init__(self, app: App) -> None:
         super().__init__(app)
         self.target: UblkTarget | None = None
         self.busy = False
+        self.layer: BdevLayer = app.subsystem(BdevSubsystem).layer
+        self.app_cpumask = "0x1"
 
-    @property
-    def layer(self) -> BdevLayer:
-        return bdev_layer(self.app)
+    def configure(self, options: argparse.Namespace) -> None:
+        # The app's core mask (-m) bounds the cpumask of ublk_create_target.
+        self.app_cpumask = options.cpumask
 
     async def destroy_target(self) -> None:
         target = self.target
@@ -50,7 +54,3 @@ class UblkSubsystem(Subsystem):
         if self.target is None:
             return []
         return self.target.config()
-
-
-# The methods register themselves on import.
-from pybdev.ublk import rpc as _rpc  # noqa: E402,F401

@@ -24,10 +24,10 @@ from typing import Any, Final
 
 from pybdev import uring
 from pybdev.bdev.core import Bdev, BdevLayer
+from pybdev.errors import OperationError
 from pybdev.export import io
 from pybdev.export.base import Export
 from pybdev.export.status import UBLK_STATUS
-from pybdev.rpc.errors import OperationError
 from pybdev.ublk import uapi
 from pybdev.ublk.control import CONTROL_PATH, Control, ControlError, open_control
 from pybdev.ublk.process import set_io_flusher, unshare_mount_namespace

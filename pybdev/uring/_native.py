@@ -124,7 +124,7 @@ def load() -> Native:
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     # dlopen(None) is the C library the interpreter already has loaded: no file lookup.
-    lib = ffi.dlopen(None)
+    lib: Any = ffi.dlopen(None)  # cffi Lib: symbols appear at run time
     # Resolve the symbol now so a missing syscall() shows up as the availability reason
     # instead of an AttributeError on the first ring operation.
     _ = lib.syscall

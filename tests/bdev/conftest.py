@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pybdev.bdev.core import BdevLayer, BdevModule, Descriptor
-from pybdev.bdev.modules import module_classes
+from pybdev.bdev.modules import BUILTIN_MODULES
 from pybdev.rpc.client import JsonRpcException
 from tests.conftest import Target
 
@@ -31,7 +31,7 @@ M = TypeVar("M", bound=BdevModule)
 @pytest.fixture
 async def layer() -> AsyncIterator[BdevLayer]:
     bdev_layer = BdevLayer()
-    for cls in module_classes():
+    for cls in BUILTIN_MODULES:
         bdev_layer.add_module(cls(bdev_layer))
     yield bdev_layer
     await bdev_layer.shutdown()

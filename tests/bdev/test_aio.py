@@ -20,7 +20,7 @@ import pytest
 
 from pybdev.bdev.aio import AioBdev, AioModule
 from pybdev.bdev.core import BdevEvent, BdevLayer, BdevState
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 
 from .conftest import module, read
 

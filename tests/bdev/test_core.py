@@ -11,7 +11,7 @@ import pytest
 
 from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, BdevState, Descriptor
 from pybdev.bdev.malloc import MallocModule
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 
 from .conftest import complete, module, status
 

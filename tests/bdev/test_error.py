@@ -13,7 +13,7 @@ from pybdev.bdev.core import Bdev, BdevLayer, Callback, Descriptor
 from pybdev.bdev.error import PART_NAMESPACE, ErrorBdev, ErrorModule, part_uuid
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.passthru import sha1_uuid
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 
 from .conftest import complete, module, read, status
 

@@ -8,7 +8,7 @@ import pytest
 
 from pybdev.bdev.core import BdevLayer
 from pybdev.bdev.malloc import MallocModule
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 
 from .conftest import complete, module, read
 

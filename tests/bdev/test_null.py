@@ -9,7 +9,7 @@ import pytest
 
 from pybdev.bdev.core import BdevEvent, BdevLayer
 from pybdev.bdev.null import NullModule
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 
 from .conftest import complete, module, read, status
 

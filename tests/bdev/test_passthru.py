@@ -14,7 +14,7 @@ from pybdev.bdev.core import BdevLayer, BdevState
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.null import NullModule
 from pybdev.bdev.passthru import NAMESPACE, PassthruBdev, PassthruModule, sha1_uuid
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
 
 from .conftest import complete, module, read, status
 

@@ -8,8 +8,8 @@ from typing import Any
 from pybdev.bdev.core import BdevLayer
 from pybdev.bdev.malloc import MallocModule
 from pybdev.export import io
-from pybdev.nbd import proto
 from pybdev.nbd.export import NBD_OPS
+from pybdev.proto import nbd as proto
 from pybdev.ublk import uapi
 from pybdev.ublk.target import UBLK_OPS
 

@@ -10,7 +10,7 @@ import pytest
 
 from pybdev.export import status
 from pybdev.export.status import NBD_STATUS, NVME_STATUS, TABLES, UBLK_STATUS
-from pybdev.nbd import proto
+from pybdev.proto import nbd as proto
 from tests.conftest import Target
 from tests.nbd.conftest import Peer, need, peers, sockdir, unix_uri
 from tests.nbd.rawclient import RawClient

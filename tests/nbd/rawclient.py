@@ -1,4 +1,4 @@
-"""A small blocking NBD client built from pybdev.nbd.proto, for protocol-level tests.
+"""A small blocking NBD client built from pybdev.proto.nbd, for protocol-level tests.
 
 Real clients (libnbd, QEMU) refuse to send what the protocol forbids; this one sends
 anything, so the server's answers to bad requests can be checked byte by byte.
@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Any
 
-from pybdev.nbd import proto as nbd
+from pybdev.proto import nbd
 
 
 def connect_socket(address: str | tuple[str, int], timeout: float = 10) -> socket.socket:

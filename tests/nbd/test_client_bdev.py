@@ -19,8 +19,8 @@ import pytest
 
 from pybdev.bdev.core import BdevEvent, BdevLayer
 from pybdev.bdev.nbd import NbdBdev, NbdModule
-from pybdev.nbd import proto as nbd
-from pybdev.rpc.errors import OperationError
+from pybdev.errors import OperationError
+from pybdev.proto import nbd
 from tests.conftest import Target, wait_until
 
 from .conftest import Peer, need, run, unix_uri

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pybdev.nbd import proto as nbd
+from pybdev.proto import nbd
 
 from .conftest import MALLOC1_SIZE, Served
 from .rawclient import RawClient, connect_socket, wait_closed

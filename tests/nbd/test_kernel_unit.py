@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from pybdev.nbd import kernel, proto
+from pybdev.errors import OperationError
+from pybdev.nbd import kernel
 from pybdev.nbd.subsystem import IllegalDevice
-from pybdev.rpc.errors import OperationError
+from pybdev.proto import nbd as proto
 from tests.conftest import Target
 
 
@@ -55,9 +56,8 @@ def test_parse_device_accepts(path: str, index: int) -> None:
 def test_parse_device_rejects(path: str) -> None:
     with pytest.raises(IllegalDevice) as info:
         kernel.parse_device(path)
-    rpc = info.value.to_rpc()
-    assert rpc.code == -errno.ENODEV
-    assert rpc.message.startswith(f"illegal nbd device {path}")
+    assert info.value.errno == errno.ENODEV
+    assert info.value.message.startswith(f"illegal nbd device {path}")
 
 
 # -- flags -------------------------------------------------------------------------------------

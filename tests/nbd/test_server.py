@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pybdev.nbd import proto as nbd
+from pybdev.proto import nbd
 from tests.conftest import Target, wait_until
 
 from .conftest import (

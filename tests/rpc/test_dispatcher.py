@@ -10,7 +10,7 @@ import pytest
 
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import RpcError
-from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, Registry, State, rpc_method
+from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, Registry, RpcTable, State
 from pybdev.rpc.types import U32, Params, Str
 
 
@@ -25,39 +25,41 @@ class EchoParams(Params):
 
 
 def make() -> tuple[Dispatcher, Ctx]:
-    reg = Registry()
+    table = RpcTable()
 
-    @rpc_method("echo", EchoParams, states=BOTH, registry=reg,
+    @table.method("echo", EchoParams, states=BOTH,
                 decode_error=(-32603, "spdk_json_decode_object failed"))
     def echo(ctx: Ctx, p: EchoParams) -> dict[str, Any]:
         return {"name": p.name, "count": p.count, "flag": p.flag}
 
-    @rpc_method("noparams", registry=reg, decode_error=(-32602, "noparams requires none"))
+    @table.method("noparams", decode_error=(-32602, "noparams requires none"))
     def noparams(ctx: Ctx) -> bool:
         return True
 
-    @rpc_method("whatever", IGNORE_PARAMS, registry=reg)
+    @table.method("whatever", IGNORE_PARAMS)
     def whatever(ctx: Ctx) -> str:
         return "ok"
 
-    @rpc_method("startup_only", states=State.STARTUP, registry=reg)
+    @table.method("startup_only", states=State.STARTUP)
     def startup_only(ctx: Ctx) -> bool:
         return True
 
-    @rpc_method("slow", states=BOTH, registry=reg)
+    @table.method("slow", states=BOTH)
     async def slow(ctx: Ctx) -> str:
         await asyncio.sleep(0.01)
         return "slow"
 
-    @rpc_method("fail", states=BOTH, registry=reg)
+    @table.method("fail", states=BOTH)
     def fail(ctx: Ctx) -> None:
         raise RpcError(-19, "No such device")
 
-    @rpc_method("crash", states=BOTH, registry=reg)
+    @table.method("crash", states=BOTH)
     def crash(ctx: Ctx) -> None:
         raise ValueError("secret internal detail")
 
     ctx = Ctx()
+    reg = Registry()
+    reg.add_table(table, ctx, "framework")
     return Dispatcher(ctx, reg), ctx
 
 

@@ -37,7 +37,7 @@ from pybdev.rpc.http import (
     configure_http,
     parse_endpoint,
 )
-from pybdev.rpc.registry import BOTH, Registry, State, rpc_method
+from pybdev.rpc.registry import BOTH, Registry, RpcTable, State
 
 ROOT = Path(__file__).resolve().parents[2]
 RPC_PY = ROOT / "scripts" / "rpc.py"
@@ -721,11 +721,14 @@ class _Ctx:
 
 
 async def test_requests_wait_until_serving(session: aiohttp.ClientSession) -> None:
-    reg = Registry()
+    table = RpcTable()
 
-    @rpc_method("ping", states=BOTH, registry=reg)
+    @table.method("ping", states=BOTH)
     def ping(ctx: _Ctx) -> str:
         return "pong"
+
+    reg = Registry()
+    reg.add_table(table, _Ctx(), "framework")
 
     ready = asyncio.Event()
     server = HttpRpcServer(Dispatcher(_Ctx(), reg), [Endpoint("127.0.0.1", 0)], Credentials(),

@@ -1,14 +1,18 @@
-"""NBD protocol constants (part of :mod:`pybdev.nbd.proto`; import them from there).
+"""NBD protocol constants and wire structures (part of :mod:`pybdev.proto.nbd`).
 
 Every value exists twice on purpose: as a plain ``int`` named as in the NBD protocol
 document (``NBD_CMD_READ``), which is what hot paths compare against, and as a member of
 an ``IntEnum``/``IntFlag`` (``Cmd.READ``), which is what logs and error messages use to
 print a name.  The enum members compare equal to the plain ints.
+
+The ``struct.Struct`` objects at the end are the fixed-size wire layouts (big-endian, as
+every NBD field is), shared by both roles so that no module keeps a private copy.
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import struct
 from enum import IntEnum, IntFlag
 from typing import Final
 
@@ -320,13 +324,38 @@ def describe(value: int, enum: type[IntEnum]) -> str:
         return str(value)
 
 
+# --- wire layouts ---------------------------------------------------------------------------
+# Transmission phase.
+REQUEST: Final = struct.Struct(">IHHQQI")  # magic, flags, type, cookie, offset, length
+SIMPLE_REPLY: Final = struct.Struct(">IIQ")  # magic, error, cookie
+STRUCTURED_HEADER: Final = struct.Struct(">IHHQI")  # magic, flags, type, cookie, length
+#: An ``NBD_REPLY_TYPE_OFFSET_DATA`` chunk up to its data: structured header + offset.
+OFFSET_DATA: Final = struct.Struct(">IHHQIQ")
+#: A whole ``NBD_REPLY_TYPE_OFFSET_HOLE`` chunk: structured header + offset + hole size.
+OFFSET_HOLE: Final = struct.Struct(">IHHQIQI")
+#: An error chunk up to its message: structured header + error + message length.
+ERROR_CHUNK_HEADER: Final = struct.Struct(">IHHQIIH")
+# Handshake phase.
+GREETING: Final = struct.Struct(">QQH")  # NBDMAGIC, IHAVEOPT, handshake flags
+OPTION_HEADER: Final = struct.Struct(">QII")  # IHAVEOPT, option, length
+OPTION_REPLY_HEADER: Final = struct.Struct(">QIII")  # magic, option, reply type, length
+EXPORT_NAME_REPLY: Final = struct.Struct(">QH")  # size, transmission flags (then 124 zeroes)
+INFO_EXPORT: Final = struct.Struct(">HQH")  # NBD_INFO_EXPORT, size, transmission flags
+INFO_BLOCK_SIZE: Final = struct.Struct(">HIII")  # NBD_INFO_BLOCK_SIZE, min, preferred, max
+
+
 __all__ = [
     "BASE_ALLOCATION",
     "BASE_ALLOCATION_ID",
     "DEFAULT_MAX_BLOCK_SIZE",
     "DEFAULT_MIN_BLOCK_SIZE",
     "DEFAULT_PREFERRED_BLOCK_SIZE",
+    "ERROR_CHUNK_HEADER",
+    "EXPORT_NAME_REPLY",
+    "GREETING",
     "GREETING_SIZE",
+    "INFO_BLOCK_SIZE",
+    "INFO_EXPORT",
     "MAX_MIN_BLOCK_SIZE",
     "MAX_STRING",
     "NBD_CLISERV_MAGIC",
@@ -419,10 +448,17 @@ __all__ = [
     "NBD_STATE_HOLE",
     "NBD_STATE_ZERO",
     "NBD_STRUCTURED_REPLY_MAGIC",
+    "OFFSET_DATA",
+    "OFFSET_HOLE",
+    "OPTION_HEADER",
     "OPTION_HEADER_SIZE",
+    "OPTION_REPLY_HEADER",
     "OPTION_REPLY_HEADER_SIZE",
+    "REQUEST",
     "REQUEST_SIZE",
+    "SIMPLE_REPLY",
     "SIMPLE_REPLY_SIZE",
+    "STRUCTURED_HEADER",
     "STRUCTURED_REPLY_HEADER_SIZE",
     "ClientFlag",
     "Cmd",

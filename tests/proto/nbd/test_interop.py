@@ -1,6 +1,6 @@
 """The protocol module against real NBD peers.
 
-Server side: a small blocking server built only from :mod:`pybdev.nbd.proto` serves a RAM
+Server side: a small blocking server built only from :mod:`pybdev.proto.nbd` serves a RAM
 disk on a Unix socket to libnbd (``nbdinfo``, ``nbdsh``) and QEMU (``qemu-io``, ``qemu-img``).
 Client side: :class:`ClientHandshake` and :class:`ReplyParser` talk to ``nbdkit`` and
 ``qemu-nbd``.  Each test skips when its tool is not installed.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pybdev.nbd import proto as nbd
+from pybdev.proto import nbd
 
 SIZE = 4 * 1024 * 1024
 TX_FLAGS = (

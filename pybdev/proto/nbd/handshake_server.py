@@ -1,28 +1,30 @@
-"""NBD fixed-newstyle handshake, sans-IO (part of :mod:`pybdev.nbd.proto`; import from there).
+"""NBD fixed-newstyle handshake, server role, sans-IO (part of :mod:`pybdev.proto.nbd`).
 
-:class:`ServerHandshake` and :class:`ClientHandshake` are explicit state machines fed with
-bytes (:meth:`receive_data`) that queue bytes to send (:meth:`data_to_send`) and return a
-terminal event once the handshake is over.  Neither ever raises on peer input: a peer that
-breaks the protocol produces a :class:`Closed` / :class:`ClientFailed` event, because for
-the caller "the peer misbehaved" and "the peer asked to leave" end the same way.
+:class:`ServerHandshake` is an explicit state machine fed with bytes (:meth:`receive_data`)
+that queues bytes to send (:meth:`data_to_send`) and returns a terminal event once the
+handshake is over.  It never raises on peer input: a client that breaks the protocol
+produces a :class:`Closed` event, because for the caller "the peer misbehaved" and "the
+peer asked to leave" end the same way.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Final, TypeAlias
 
-from .proto_const import (
+from .const import (
     BASE_ALLOCATION,
     BASE_ALLOCATION_ID,
     DEFAULT_MAX_BLOCK_SIZE,
     DEFAULT_MIN_BLOCK_SIZE,
     DEFAULT_PREFERRED_BLOCK_SIZE,
+    EXPORT_NAME_REPLY,
+    GREETING,
+    INFO_BLOCK_SIZE,
+    INFO_EXPORT,
     MAX_MIN_BLOCK_SIZE,
-    MAX_STRING,
-    NBD_CLISERV_MAGIC,
     NBD_FLAG_BLOCK_STATUS_PAYLOAD,
     NBD_FLAG_C_FIXED_NEWSTYLE,
     NBD_FLAG_C_NO_ZEROES,
@@ -56,52 +58,22 @@ from .proto_const import (
     NBD_REP_ERR_TOO_BIG,
     NBD_REP_ERR_UNKNOWN,
     NBD_REP_ERR_UNSUP,
-    NBD_REP_FLAG_ERROR,
     NBD_REP_INFO,
     NBD_REP_META_CONTEXT,
     NBD_REP_SERVER,
+    OPTION_HEADER,
+    OPTION_REPLY_HEADER,
     Opt,
-    Rep,
     describe,
 )
-from .proto_transmission import RequestValidator
+from .handshake_common import U16, U32, decode_string, encode_string, is_pow2
+from .transmission import RequestValidator
 
-_GREETING: Final = struct.Struct(">QQH")  # NBDMAGIC, IHAVEOPT, handshake flags
-_OPTION_HEADER: Final = struct.Struct(">QII")  # IHAVEOPT, option, length
-_OPTION_REPLY_HEADER: Final = struct.Struct(">QIII")  # magic, option, reply type, length
-_EXPORT_NAME_REPLY: Final = struct.Struct(">QH")  # size, transmission flags
-_INFO_EXPORT: Final = struct.Struct(">HQH")
-_INFO_BLOCK_SIZE: Final = struct.Struct(">HIII")
-_U16: Final = struct.Struct(">H")
-_U32: Final = struct.Struct(">I")
 _ZEROES: Final = bytes(124)
 
 #: Default cap on option data the server accepts (proto.md sets none; the largest
 #: legitimate option, a meta context request with a few 4 KiB queries, is far below).
 DEFAULT_MAX_OPTION_LENGTH: Final = 64 * 1024
-#: Default cap on one option reply the client accepts.
-DEFAULT_MAX_OPTION_REPLY_LENGTH: Final = 1 << 20
-
-
-def _is_pow2(value: int) -> bool:
-    return value > 0 and not value & (value - 1)
-
-
-def _decode_string(raw: bytes | bytearray | memoryview) -> str | None:
-    """A protocol string (UTF-8, no NUL, at most 4096 bytes), or None if it is not one."""
-    if len(raw) > MAX_STRING:
-        return None
-    data = bytes(raw)
-    if b"\0" in data:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _encode_string(text: str) -> bytes:
-    return text.encode("utf-8", "replace")[:MAX_STRING]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +100,9 @@ class ExportInfo:
     def __post_init__(self) -> None:
         if not 0 <= self.size < 1 << 64:
             raise ValueError(f"export size {self.size} out of range")
-        if not _is_pow2(self.min_block_size) or self.min_block_size > MAX_MIN_BLOCK_SIZE:
+        if not is_pow2(self.min_block_size) or self.min_block_size > MAX_MIN_BLOCK_SIZE:
             raise ValueError("min_block_size must be a power of 2 no larger than 64 KiB")
-        if not _is_pow2(self.preferred_block_size) or self.preferred_block_size < max(
+        if not is_pow2(self.preferred_block_size) or self.preferred_block_size < max(
             self.min_block_size, 512
         ):
             raise ValueError("preferred_block_size must be a power of 2 >= min and >= 512")
@@ -144,11 +116,6 @@ class ExportInfo:
             DEFAULT_PREFERRED_BLOCK_SIZE,
             DEFAULT_MAX_BLOCK_SIZE,
         )
-
-
-# ============================================================================================
-# Server
-# ============================================================================================
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +168,7 @@ ServerEvent: TypeAlias = TransmissionReady | Closed
 ExportLookup: TypeAlias = Callable[[str], ExportInfo | None]
 ExportLister: TypeAlias = Callable[[], Iterable[ExportInfo]]
 
-# Server states
+# States
 _S_CLIENT_FLAGS: Final = 0
 _S_OPTION: Final = 1
 _S_SKIP: Final = 2
@@ -240,7 +207,7 @@ class ServerHandshake:
         self._max_option_length = max_option_length
         self._buf = bytearray()
         self._out = bytearray(
-            _GREETING.pack(
+            GREETING.pack(
                 NBD_MAGIC,
                 NBD_IHAVEOPT,
                 NBD_FLAG_FIXED_NEWSTYLE | (NBD_FLAG_NO_ZEROES if no_zeroes else 0),
@@ -300,7 +267,7 @@ class ServerHandshake:
             elif state == _S_OPTION:
                 if avail < 16:
                     break
-                magic, option, length = _OPTION_HEADER.unpack_from(buf, pos)
+                magic, option, length = OPTION_HEADER.unpack_from(buf, pos)
                 if magic != NBD_IHAVEOPT:
                     event = Closed(f"bad option magic 0x{magic:016x}")
                     break
@@ -316,7 +283,7 @@ class ServerHandshake:
             elif state == _S_CLIENT_FLAGS:
                 if avail < 4:
                     break
-                event = self._handle_client_flags(_U32.unpack_from(buf, pos)[0])
+                event = self._handle_client_flags(U32.unpack_from(buf, pos)[0])
                 pos += 4
             else:
                 break
@@ -333,11 +300,11 @@ class ServerHandshake:
     # -- internals -----------------------------------------------------------------------
 
     def _reply(self, option: int, rep: int, data: bytes = b"") -> None:
-        self._out += _OPTION_REPLY_HEADER.pack(NBD_OPT_REPLY_MAGIC, option, rep, len(data))
+        self._out += OPTION_REPLY_HEADER.pack(NBD_OPT_REPLY_MAGIC, option, rep, len(data))
         self._out += data
 
     def _error(self, option: int, rep: int, message: str) -> None:
-        self._reply(option, rep, _encode_string(message))
+        self._reply(option, rep, encode_string(message))
 
     def _handle_client_flags(self, flags: int) -> Closed | None:
         known = NBD_FLAG_C_FIXED_NEWSTYLE | (NBD_FLAG_C_NO_ZEROES if self._offer_no_zeroes else 0)
@@ -419,7 +386,7 @@ class ServerHandshake:
         )
 
     def _opt_export_name(self, data: bytes) -> ServerEvent:
-        name = _decode_string(data)
+        name = decode_string(data)
         if name is None:
             return Closed("NBD_OPT_EXPORT_NAME with an invalid name")
         if self._shutting_down:
@@ -430,7 +397,7 @@ class ServerHandshake:
         if export.require_block_size:
             return Closed(f"export {name!r} requires block size negotiation via NBD_OPT_GO")
         flags = self._tx_flags(export)
-        self._out += _EXPORT_NAME_REPLY.pack(export.size, flags)
+        self._out += EXPORT_NAME_REPLY.pack(export.size, flags)
         if not self._no_zeroes:
             self._out += _ZEROES
         return self._ready(export, name, flags, block_size=False, via_go=False)
@@ -443,11 +410,11 @@ class ServerHandshake:
             self._error(NBD_OPT_LIST, NBD_REP_ERR_POLICY, "export listing is disabled")
             return
         for export in self._exports():
-            name = _encode_string(export.name)
+            name = encode_string(export.name)
             self._reply(
                 NBD_OPT_LIST,
                 NBD_REP_SERVER,
-                _U32.pack(len(name)) + name + _encode_string(export.description),
+                U32.pack(len(name)) + name + encode_string(export.description),
             )
         self._reply(NBD_OPT_LIST, NBD_REP_ACK)
 
@@ -466,15 +433,15 @@ class ServerHandshake:
         if len(data) < 6:
             self._error(option, NBD_REP_ERR_INVALID, "option data too short")
             return None
-        name_len = _U32.unpack_from(data, 0)[0]
+        name_len = U32.unpack_from(data, 0)[0]
         if name_len > len(data) - 6:
             self._error(option, NBD_REP_ERR_INVALID, "export name length exceeds option data")
             return None
-        count = _U16.unpack_from(data, 4 + name_len)[0]
+        count = U16.unpack_from(data, 4 + name_len)[0]
         if len(data) != 6 + name_len + 2 * count:
             self._error(option, NBD_REP_ERR_INVALID, "information request count mismatch")
             return None
-        name = _decode_string(data[4 : 4 + name_len])
+        name = decode_string(data[4 : 4 + name_len])
         if name is None:
             self._error(option, NBD_REP_ERR_INVALID, "export name is not a valid string")
             return None
@@ -484,16 +451,14 @@ class ServerHandshake:
             self._error(option, NBD_REP_ERR_UNKNOWN, f"unknown export {name!r}")
             return None
         flags = self._tx_flags(export)
-        self._reply(option, NBD_REP_INFO, _INFO_EXPORT.pack(NBD_INFO_EXPORT, export.size, flags))
+        self._reply(option, NBD_REP_INFO, INFO_EXPORT.pack(NBD_INFO_EXPORT, export.size, flags))
         if NBD_INFO_NAME in requests:
-            self._reply(
-                option, NBD_REP_INFO, _U16.pack(NBD_INFO_NAME) + _encode_string(export.name)
-            )
+            self._reply(option, NBD_REP_INFO, U16.pack(NBD_INFO_NAME) + encode_string(export.name))
         if NBD_INFO_DESCRIPTION in requests and export.description:
             self._reply(
                 option,
                 NBD_REP_INFO,
-                _U16.pack(NBD_INFO_DESCRIPTION) + _encode_string(export.description),
+                U16.pack(NBD_INFO_DESCRIPTION) + encode_string(export.description),
             )
         block_size = NBD_INFO_BLOCK_SIZE in requests
         # Non-default constraints are sent unasked too: proto.md says a server MUST
@@ -502,7 +467,7 @@ class ServerHandshake:
             self._reply(
                 option,
                 NBD_REP_INFO,
-                _INFO_BLOCK_SIZE.pack(
+                INFO_BLOCK_SIZE.pack(
                     NBD_INFO_BLOCK_SIZE,
                     export.min_block_size,
                     export.preferred_block_size,
@@ -547,7 +512,7 @@ class ServerHandshake:
             self._reply(
                 option,
                 NBD_REP_META_CONTEXT,
-                _U32.pack(context_id) + BASE_ALLOCATION.encode(),
+                U32.pack(context_id) + BASE_ALLOCATION.encode(),
             )
         self._reply(option, NBD_REP_ACK)
         if setting:
@@ -574,14 +539,14 @@ def _parse_meta_request(data: bytes) -> tuple[str, list[str]] | None:
     size = len(data)
     if size < 8:
         return None
-    name_len = _U32.unpack_from(data, 0)[0]
+    name_len = U32.unpack_from(data, 0)[0]
     pos = 4 + name_len
     if pos + 4 > size:
         return None
-    name = _decode_string(data[4:pos])
+    name = decode_string(data[4:pos])
     if name is None:
         return None
-    count = _U32.unpack_from(data, pos)[0]
+    count = U32.unpack_from(data, pos)[0]
     pos += 4
     if count > (size - pos) // 4:  # each query needs at least its length field
         return None
@@ -589,11 +554,11 @@ def _parse_meta_request(data: bytes) -> tuple[str, list[str]] | None:
     for _ in range(count):
         if pos + 4 > size:
             return None
-        query_len = _U32.unpack_from(data, pos)[0]
+        query_len = U32.unpack_from(data, pos)[0]
         pos += 4
         if query_len > size - pos:
             return None
-        query = _decode_string(data[pos : pos + query_len])
+        query = decode_string(data[pos : pos + query_len])
         if query is None:
             return None
         queries.append(query)
@@ -603,426 +568,13 @@ def _parse_meta_request(data: bytes) -> tuple[str, list[str]] | None:
     return name, queries
 
 
-def encode_option(option: int, data: bytes = b"") -> bytes:
-    """A client option: IHAVEOPT, option, length, data."""
-    return _OPTION_HEADER.pack(NBD_IHAVEOPT, option, len(data)) + data
-
-
-def encode_info_request(name: str, info_requests: Sequence[int] = ()) -> bytes:
-    """Option data of ``NBD_OPT_INFO`` / ``NBD_OPT_GO``."""
-    raw = name.encode("utf-8")
-    return (
-        _U32.pack(len(raw))
-        + raw
-        + struct.pack(f">H{len(info_requests)}H", len(info_requests), *info_requests)
-    )
-
-
-def encode_meta_context_request(name: str, queries: Sequence[str]) -> bytes:
-    """Option data of ``NBD_OPT_LIST_META_CONTEXT`` / ``NBD_OPT_SET_META_CONTEXT``."""
-    raw = name.encode("utf-8")
-    parts = [_U32.pack(len(raw)), raw, _U32.pack(len(queries))]
-    for query in queries:
-        encoded = query.encode("utf-8")
-        parts += [_U32.pack(len(encoded)), encoded]
-    return b"".join(parts)
-
-
-# ============================================================================================
-# Client
-# ============================================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class ClientReady:
-    """Client handshake done: the export is open for transmission.
-
-    Block sizes are the server's (proto.md's defaults when it sent none).
-    ``meta_contexts`` maps each context name the server selected to its id.
-    ``block_size_negotiated`` is true when the client promised (via ``NBD_OPT_GO``) to
-    honour the constraints, which it then MUST.
-    """
-
-    name: str
-    size: int
-    flags: int
-    min_block_size: int
-    preferred_block_size: int
-    max_block_size: int
-    structured_replies: bool
-    meta_contexts: dict[str, int]
-    block_size_negotiated: bool
-    via_go: bool
-    description: str = ""
-    canonical_name: str | None = None
-    trailing: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class ExportList:
-    """Result of a listing handshake: ``(name, description)`` pairs.
-
-    ``NBD_OPT_ABORT`` is queued: send it, then close.
-    """
-
-    exports: list[tuple[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientFailed:
-    """Client handshake failed.  ``reply`` is the server's NBD_REP_ERR_* code if any.
-
-    ``soft`` means ``NBD_OPT_ABORT`` is queued (send it, then close); otherwise the
-    server broke the protocol and the connection is just closed (a hard disconnect).
-    """
-
-    reason: str
-    reply: int | None = None
-    soft: bool = False
-
-
-ClientEvent: TypeAlias = ClientReady | ExportList | ClientFailed
-
-# Client states
-_C_GREETING: Final = 0
-_C_OPTION_REPLY: Final = 1
-_C_EXPORT_NAME_REPLY: Final = 2
-_C_DONE: Final = 3
-
-
-@dataclass(slots=True)
-class _GoState:
-    size: int | None = None
-    flags: int = 0
-    min_block: int = DEFAULT_MIN_BLOCK_SIZE
-    preferred_block: int = DEFAULT_PREFERRED_BLOCK_SIZE
-    max_block: int = DEFAULT_MAX_BLOCK_SIZE
-    description: str = ""
-    canonical_name: str | None = None
-    contexts: dict[str, int] = field(default_factory=dict)
-
-
-class ClientHandshake:
-    """Client side of the handshake, for the NBD client bdev.
-
-    Sequence: greeting -> client flags -> [``NBD_OPT_STRUCTURED_REPLY``] ->
-    [``NBD_OPT_SET_META_CONTEXT`` with ``meta_contexts``, if structured replies were
-    accepted] -> ``NBD_OPT_GO`` (asking for ``NBD_INFO_BLOCK_SIZE`` when
-    ``request_block_size``, plus NAME and DESCRIPTION).  Falls back to
-    ``NBD_OPT_EXPORT_NAME`` when the server is not fixed-newstyle or answers
-    ``NBD_OPT_GO`` with ``NBD_REP_ERR_UNSUP``; retries ``NBD_OPT_GO`` with the block size
-    request if the server demands it.  With ``list_exports`` it lists exports with
-    ``NBD_OPT_LIST`` instead and ends with :class:`ExportList`.
-
-    Nothing is sent before the server's greeting arrives.  If the connection closes
-    before a terminal event (a server refusing ``NBD_OPT_EXPORT_NAME`` does that), the
-    export could not be opened.
-    """
-
-    def __init__(
-        self,
-        export_name: str = "",
-        *,
-        structured_replies: bool = True,
-        meta_contexts: Sequence[str] = (),
-        request_block_size: bool = True,
-        no_zeroes: bool = True,
-        list_exports: bool = False,
-        max_reply_length: int = DEFAULT_MAX_OPTION_REPLY_LENGTH,
-    ) -> None:
-        self.export_name = export_name
-        self._want_structured = structured_replies
-        self._want_meta = list(meta_contexts)
-        self._request_block_size = request_block_size
-        self._want_no_zeroes = no_zeroes
-        self._list = list_exports
-        self._max_reply_length = max_reply_length
-        self._buf = bytearray()
-        self._out = bytearray()
-        self._state = _C_GREETING
-        self._option = 0  # option awaiting its reply
-        self._fixed = False
-        self._no_zeroes = False
-        self._structured = False
-        self._go = _GoState()
-        self._listed: list[tuple[str, str]] = []
-        self.event: ClientEvent | None = None
-
-    def data_to_send(self) -> bytes:
-        """Bytes queued for the server (and forget them)."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    @property
-    def done(self) -> bool:
-        return self._state == _C_DONE
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> ClientEvent | None:
-        """Feed bytes from the server; returns the terminal event when reached, else None.
-
-        Always flush :meth:`data_to_send` afterwards.  Data received after the terminal
-        event is ignored.
-        """
-        if self._state == _C_DONE:
-            return None
-        buf = self._buf
-        buf += data
-        pos = 0
-        event: ClientEvent | None = None
-        while event is None:
-            avail = len(buf) - pos
-            state = self._state
-            if state == _C_OPTION_REPLY:
-                if avail < 20:
-                    break
-                magic, option, rep, length = _OPTION_REPLY_HEADER.unpack_from(buf, pos)
-                if magic != NBD_OPT_REPLY_MAGIC:
-                    event = ClientFailed(f"bad option reply magic 0x{magic:x}")
-                elif option != self._option:
-                    event = ClientFailed(
-                        f"reply to {describe(option, Opt)} while waiting for "
-                        f"{describe(self._option, Opt)}"
-                    )
-                elif length > self._max_reply_length:
-                    event = ClientFailed(f"option reply of {length} bytes is too long")
-                elif avail < 20 + length:
-                    break
-                else:
-                    payload = bytes(buf[pos + 20 : pos + 20 + length])
-                    pos += 20 + length
-                    event = self._handle_reply(rep, payload)
-            elif state == _C_GREETING:
-                if avail < 18:
-                    break
-                event = self._handle_greeting(*_GREETING.unpack_from(buf, pos))
-                pos += 18
-            elif state == _C_EXPORT_NAME_REPLY:
-                need = 10 if self._no_zeroes else 134
-                if avail < need:
-                    break
-                size, flags = _EXPORT_NAME_REPLY.unpack_from(buf, pos)
-                pos += need
-                self._go.size = size
-                self._go.flags = flags
-                event = self._ready(via_go=False, block_size=False)
-            else:
-                break
-        if event is not None:
-            self._state = _C_DONE
-            if isinstance(event, ClientReady) and pos < len(buf):
-                event = replace(event, trailing=bytes(buf[pos:]))
-            buf.clear()
-            self.event = event
-        else:
-            del buf[:pos]
-        return event
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _send_option(self, option: int, data: bytes = b"") -> None:
-        self._out += encode_option(option, data)
-        self._option = option
-        self._state = _C_OPTION_REPLY
-
-    def _abort(self, reason: str, reply: int | None) -> ClientFailed:
-        # proto.md: a client that gives up MUST use a soft disconnect.
-        self._out += encode_option(NBD_OPT_ABORT)
-        return ClientFailed(reason, reply, soft=True)
-
-    def _handle_greeting(self, magic: int, magic2: int, flags: int) -> ClientEvent | None:
-        if magic != NBD_MAGIC:
-            return ClientFailed(f"not an NBD server (magic 0x{magic:016x})")
-        if magic2 == NBD_CLISERV_MAGIC:
-            return ClientFailed("oldstyle negotiation is not supported")
-        if magic2 != NBD_IHAVEOPT:
-            return ClientFailed(f"bad newstyle magic 0x{magic2:016x}")
-        self._fixed = bool(flags & NBD_FLAG_FIXED_NEWSTYLE)
-        self._no_zeroes = self._want_no_zeroes and bool(flags & NBD_FLAG_NO_ZEROES)
-        client_flags = (NBD_FLAG_C_FIXED_NEWSTYLE if self._fixed else 0) | (
-            NBD_FLAG_C_NO_ZEROES if self._no_zeroes else 0
-        )
-        self._out += _U32.pack(client_flags)
-        if self._list:
-            if not self._fixed:
-                return ClientFailed("server cannot list exports (not fixed newstyle)")
-            self._send_option(NBD_OPT_LIST)
-        elif not self._fixed:
-            self._send_export_name()
-        elif self._want_structured:
-            self._send_option(NBD_OPT_STRUCTURED_REPLY)
-        else:
-            self._send_go()
-        return None
-
-    def _send_export_name(self) -> None:
-        self._out += encode_option(NBD_OPT_EXPORT_NAME, self.export_name.encode("utf-8"))
-        self._option = NBD_OPT_EXPORT_NAME
-        self._state = _C_EXPORT_NAME_REPLY
-
-    def _send_go(self) -> None:
-        requests = [NBD_INFO_NAME, NBD_INFO_DESCRIPTION]
-        if self._request_block_size:
-            requests.append(NBD_INFO_BLOCK_SIZE)
-        self._go = _GoState(contexts=self._go.contexts)
-        self._send_option(NBD_OPT_GO, encode_info_request(self.export_name, requests))
-
-    def _after_structured(self) -> None:
-        if self._structured and self._want_meta:
-            self._send_option(
-                NBD_OPT_SET_META_CONTEXT,
-                encode_meta_context_request(self.export_name, self._want_meta),
-            )
-        else:
-            self._send_go()
-
-    def _handle_reply(self, rep: int, data: bytes) -> ClientEvent | None:
-        option = self._option
-        if rep & NBD_REP_FLAG_ERROR:
-            message = data.decode("utf-8", "replace")
-            return self._handle_error(option, rep, message)
-        if option == NBD_OPT_STRUCTURED_REPLY:
-            if rep != NBD_REP_ACK:
-                return self._unexpected(rep)
-            self._structured = True
-            self._after_structured()
-            return None
-        if option == NBD_OPT_SET_META_CONTEXT:
-            if rep == NBD_REP_META_CONTEXT:
-                if len(data) < 4:
-                    return ClientFailed("short NBD_REP_META_CONTEXT")
-                name = _decode_string(data[4:])
-                if name is None:
-                    return ClientFailed("invalid metadata context name")
-                self._go.contexts[name] = _U32.unpack_from(data, 0)[0]
-                return None
-            if rep != NBD_REP_ACK:
-                return self._unexpected(rep)
-            self._send_go()
-            return None
-        if option == NBD_OPT_GO:
-            if rep == NBD_REP_INFO:
-                return self._handle_info(data)
-            if rep != NBD_REP_ACK:
-                return self._unexpected(rep)
-            if self._go.size is None:
-                return ClientFailed("server acknowledged NBD_OPT_GO without NBD_INFO_EXPORT")
-            return self._ready(via_go=True, block_size=self._request_block_size)
-        if option == NBD_OPT_LIST:
-            if rep == NBD_REP_SERVER:
-                if len(data) < 4:
-                    return ClientFailed("short NBD_REP_SERVER")
-                name_len = _U32.unpack_from(data, 0)[0]
-                if name_len > len(data) - 4:
-                    return ClientFailed("NBD_REP_SERVER name longer than the reply")
-                name = data[4 : 4 + name_len].decode("utf-8", "replace")
-                description = data[4 + name_len :].decode("utf-8", "replace")
-                self._listed.append((name, description))
-                return None
-            if rep != NBD_REP_ACK:
-                return self._unexpected(rep)
-            self._out += encode_option(NBD_OPT_ABORT)
-            return ExportList(list(self._listed))
-        return self._unexpected(rep)  # pragma: no cover - no other option is ever sent
-
-    def _unexpected(self, rep: int) -> ClientFailed:
-        return ClientFailed(
-            f"unexpected reply {describe(rep, Rep)} to {describe(self._option, Opt)}"
-        )
-
-    def _handle_error(self, option: int, rep: int, message: str) -> ClientEvent | None:
-        detail = f"{describe(option, Opt)}: {describe(rep, Rep)}" + (
-            f": {message}" if message else ""
-        )
-        if rep == NBD_REP_ERR_SHUTDOWN:
-            return self._abort(f"server is shutting down ({detail})", rep)
-        if option == NBD_OPT_STRUCTURED_REPLY:
-            self._structured = False
-            self._after_structured()
-            return None
-        if option == NBD_OPT_SET_META_CONTEXT:
-            # Go on without contexts: block status is an optimisation.
-            self._go.contexts = {}
-            self._send_go()
-            return None
-        if option == NBD_OPT_GO:
-            if rep == NBD_REP_ERR_UNSUP:
-                self._send_export_name()
-                return None
-            if rep == NBD_REP_ERR_BLOCK_SIZE_REQD and not self._request_block_size:
-                self._request_block_size = True
-                self._send_go()
-                return None
-            if rep == NBD_REP_ERR_UNKNOWN:
-                return self._abort(f"export {self.export_name!r} not found ({detail})", rep)
-        return self._abort(detail, rep)
-
-    def _handle_info(self, data: bytes) -> ClientFailed | None:
-        if len(data) < 2:
-            return ClientFailed("short NBD_REP_INFO")
-        info = _U16.unpack_from(data, 0)[0]
-        go = self._go
-        if info == NBD_INFO_EXPORT:
-            if len(data) != 12:
-                return ClientFailed("NBD_INFO_EXPORT of wrong length")
-            _, go.size, go.flags = _INFO_EXPORT.unpack(data)
-        elif info == NBD_INFO_BLOCK_SIZE:
-            if len(data) != 14:
-                return ClientFailed("NBD_INFO_BLOCK_SIZE of wrong length")
-            _, minimum, preferred, maximum = _INFO_BLOCK_SIZE.unpack(data)
-            if not (
-                _is_pow2(minimum)
-                and minimum <= MAX_MIN_BLOCK_SIZE
-                and _is_pow2(preferred)
-                and preferred >= minimum
-                and maximum >= minimum
-            ):
-                return ClientFailed(
-                    f"invalid block size constraints {minimum}/{preferred}/{maximum}"
-                )
-            go.min_block, go.preferred_block, go.max_block = minimum, preferred, maximum
-        elif info == NBD_INFO_NAME:
-            go.canonical_name = data[2:].decode("utf-8", "replace")
-        elif info == NBD_INFO_DESCRIPTION:
-            go.description = data[2:].decode("utf-8", "replace")
-        # proto.md: the client MUST ignore information types it does not understand.
-        return None
-
-    def _ready(self, *, via_go: bool, block_size: bool) -> ClientReady:
-        go = self._go
-        assert go.size is not None
-        return ClientReady(
-            name=self.export_name,
-            size=go.size,
-            flags=go.flags,
-            min_block_size=go.min_block,
-            preferred_block_size=go.preferred_block,
-            max_block_size=go.max_block,
-            structured_replies=self._structured,
-            meta_contexts=dict(go.contexts) if self._structured else {},
-            block_size_negotiated=block_size,
-            via_go=via_go,
-            description=go.description,
-            canonical_name=go.canonical_name,
-        )
-
-
 __all__ = [
     "DEFAULT_MAX_OPTION_LENGTH",
-    "DEFAULT_MAX_OPTION_REPLY_LENGTH",
-    "ClientEvent",
-    "ClientFailed",
-    "ClientHandshake",
-    "ClientReady",
     "Closed",
     "ExportInfo",
-    "ExportList",
     "ExportLister",
     "ExportLookup",
     "ServerEvent",
     "ServerHandshake",
     "TransmissionReady",
-    "encode_info_request",
-    "encode_meta_context_request",
-    "encode_option",
 ]

@@ -1,4 +1,4 @@
-"""NBD transmission phase, sans-IO (part of :mod:`pybdev.nbd.proto`; import from there).
+"""NBD transmission phase, sans-IO (part of :mod:`pybdev.proto.nbd`).
 
 Server side: :func:`parse_requests`, :func:`peek_request`, :class:`RequestValidator` and
 the ``encode_*`` reply encoders.  Client side: :func:`encode_request` and
@@ -15,8 +15,9 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple, TypeAlias
 
-from .proto_const import (
+from .const import (
     DEFAULT_MAX_BLOCK_SIZE,
+    ERROR_CHUNK_HEADER,
     NBD_CMD_BLOCK_STATUS,
     NBD_CMD_CACHE,
     NBD_CMD_DISC,
@@ -53,6 +54,11 @@ from .proto_const import (
     NBD_REQUEST_MAGIC,
     NBD_SIMPLE_REPLY_MAGIC,
     NBD_STRUCTURED_REPLY_MAGIC,
+    OFFSET_DATA,
+    OFFSET_HOLE,
+    REQUEST,
+    SIMPLE_REPLY,
+    STRUCTURED_HEADER,
 )
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -61,12 +67,6 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 #: parsed buffer for NBD_CMD_WRITE, else None.
 Request: TypeAlias = tuple[int, int, int, int, int, memoryview | None]
 
-REQUEST: Final = struct.Struct(">IHHQQI")  # magic, flags, type, cookie, offset, length
-SIMPLE_REPLY: Final = struct.Struct(">IIQ")  # magic, error, cookie
-STRUCTURED_HEADER: Final = struct.Struct(">IHHQI")  # magic, flags, type, cookie, length
-_DATA_CHUNK_HEADER: Final = struct.Struct(">IHHQIQ")  # structured header + offset
-_HOLE_CHUNK: Final = struct.Struct(">IHHQIQI")  # structured header + offset + hole size
-_ERROR_CHUNK_HEADER: Final = struct.Struct(">IHHQIIH")  # structured header + error + msglen
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
@@ -359,7 +359,7 @@ def encode_data_chunk_header(
     offset: int,
     data_length: int,
     done: bool = True,
-    _pack: Callable[..., bytes] = _DATA_CHUNK_HEADER.pack,
+    _pack: Callable[..., bytes] = OFFSET_DATA.pack,
 ) -> bytes:
     """28-byte header of an ``NBD_REPLY_TYPE_OFFSET_DATA`` chunk; the data follows.
 
@@ -374,7 +374,7 @@ def encode_data_chunk_header(
 def encode_hole_chunk(cookie: int, offset: int, hole_size: int, done: bool = True) -> bytes:
     """32-byte ``NBD_REPLY_TYPE_OFFSET_HOLE`` chunk: ``hole_size`` (> 0) bytes read as zero."""
     flags = NBD_REPLY_FLAG_DONE if done else 0
-    return _HOLE_CHUNK.pack(
+    return OFFSET_HOLE.pack(
         NBD_STRUCTURED_REPLY_MAGIC, flags, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, 12, offset, hole_size
     )
 
@@ -399,7 +399,7 @@ def encode_error_chunk(cookie: int, error: int, message: str = "", done: bool = 
     msg = _message_bytes(message)
     flags = NBD_REPLY_FLAG_DONE if done else 0
     return (
-        _ERROR_CHUNK_HEADER.pack(
+        ERROR_CHUNK_HEADER.pack(
             NBD_STRUCTURED_REPLY_MAGIC,
             flags,
             NBD_REPLY_TYPE_ERROR,
@@ -419,7 +419,7 @@ def encode_error_offset_chunk(
     msg = _message_bytes(message)
     flags = NBD_REPLY_FLAG_DONE if done else 0
     return (
-        _ERROR_CHUNK_HEADER.pack(
+        ERROR_CHUNK_HEADER.pack(
             NBD_STRUCTURED_REPLY_MAGIC,
             flags,
             NBD_REPLY_TYPE_ERROR_OFFSET,
@@ -462,7 +462,7 @@ def encode_read_reply_header(
     length: int,
     structured: bool,
     _simple: Callable[..., bytes] = SIMPLE_REPLY.pack,
-    _data: Callable[..., bytes] = _DATA_CHUNK_HEADER.pack,
+    _data: Callable[..., bytes] = OFFSET_DATA.pack,
 ) -> bytes:
     """Header preceding ``length`` bytes of successful READ data, in the negotiated form.
 
@@ -742,9 +742,6 @@ def _decode_chunk(
 
 
 __all__ = [
-    "REQUEST",
-    "SIMPLE_REPLY",
-    "STRUCTURED_HEADER",
     "BlockStatusChunk",
     "Buffer",
     "DataChunk",

@@ -2,8 +2,20 @@
 
 Reference: ``doc/proto.md`` of the NetworkBlockDevice/nbd project (fixed newstyle
 handshake, structured replies, ``base:allocation`` block status; no TLS, no extended
-headers).  The implementation lives in ``proto_const``, ``proto_handshake`` and
-``proto_transmission``; import everything from here.
+headers).  Import everything from here (``from pybdev.proto import nbd``); the modules
+split it by role:
+
+``const``
+    constants, enums, errno conversion and the ``struct.Struct`` wire layouts.
+``transmission``
+    request parsing and validation, reply encoding (server); request encoding and
+    reply parsing (client).
+``handshake_server`` / ``handshake_client``
+    the two roles of the fixed-newstyle handshake, over ``handshake_common`` (protocol
+    strings) which both use.
+``uri``
+    NBD addresses (``nbd://``, ``nbd+unix://``, QEMU's ``nbd:``), not re-exported here:
+    ``from pybdev.proto.nbd import uri``.
 
 Constants
     Plain ints named as in proto.md (``NBD_CMD_READ``, ``NBD_FLAG_SEND_FUA``,
@@ -21,9 +33,11 @@ Handshake (state machines; never raise on peer input)
     require_block_size=False)``.
 
     ``ClientHandshake(export_name="", *, structured_replies=True, meta_contexts=(),
-    request_block_size=True, no_zeroes=True, list_exports=False)``: same
-    ``receive_data`` / ``data_to_send``; ends with ``ClientReady``, ``ExportList`` or
-    ``ClientFailed``.
+    request_block_size=True, no_zeroes=True, list_exports=False, max_reply_length=1 MiB,
+    max_replies=16384, max_reply_bytes=16 MiB)``: same ``receive_data`` /
+    ``data_to_send``; ends with ``ClientReady``, ``ExportList`` or ``ClientFailed`` (also
+    when the server sends more replies than the bounds allow).  ``waiting_for`` says
+    what it waits for (for a timeout's message).
 
 Transmission, server side
     ``parse_requests(buf, pos=0, end=None, max_write=32 MiB) -> (requests, pos, need)``
@@ -34,7 +48,8 @@ Transmission, server side
     ``encode_read_reply_header``, ``encode_error_reply``, ``encode_data_chunk_header``,
     ``encode_hole_chunk``, ``encode_none_chunk``, ``encode_error_chunk``,
     ``encode_error_offset_chunk``, ``encode_block_status_chunk``, and the raw
-    ``struct.Struct`` objects ``REQUEST``, ``SIMPLE_REPLY``, ``STRUCTURED_HEADER``.
+    ``struct.Struct`` objects ``REQUEST``, ``SIMPLE_REPLY``, ``STRUCTURED_HEADER``,
+    ``OFFSET_DATA``, ``OFFSET_HOLE``, ``ERROR_CHUNK_HEADER``.
     Corrupt streams raise ``ProtocolError`` (hard disconnect).
 
 Transmission, client side
@@ -59,13 +74,13 @@ Notes
     negotiated.  Under structured replies a READ must be answered with chunks, errors
     included: ``encode_read_reply_header`` / ``encode_error_reply`` pick the right form.
     ``NBD_CMD_DISC`` is never answered.  ``ProtocolError.parsed`` / ``.offset`` keep
-    what was decoded before the fault.  ``tests/nbd/test_proto_interop.py`` has a
+    what was decoded before the fault.  ``tests/proto/nbd/test_interop.py`` has a
     complete blocking server and client on this API, run against libnbd, QEMU and
     nbdkit.
 
 Server (network export, asyncio Protocol)::
 
-    from pybdev.nbd import proto as nbd
+    from pybdev.proto import nbd
 
     hs = nbd.ServerHandshake(lambda name: exports.get(name), exports=exports.values)
     transport.write(hs.data_to_send())                  # greeting
@@ -131,13 +146,15 @@ Client (NBD client bdev)::
 
 from __future__ import annotations
 
-from . import proto_const, proto_handshake, proto_transmission
-from .proto_const import *  # noqa: F403
-from .proto_handshake import *  # noqa: F403
-from .proto_transmission import *  # noqa: F403
+from . import const, handshake_client, handshake_server, transmission
+from .const import *  # noqa: F403
+from .handshake_client import *  # noqa: F403
+from .handshake_server import *  # noqa: F403
+from .transmission import *  # noqa: F403
 
 __all__ = [
-    *proto_const.__all__,
-    *proto_handshake.__all__,
-    *proto_transmission.__all__,
+    *const.__all__,
+    *handshake_server.__all__,
+    *handshake_client.__all__,
+    *transmission.__all__,
 ]

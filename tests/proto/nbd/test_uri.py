@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pybdev.nbd.uri import NbdAddress, UriError, is_uri, parse
+from pybdev.proto.nbd.uri import NbdAddress, UriError, is_uri, parse
 
 
 @pytest.mark.parametrize(("text", "expected"), [
