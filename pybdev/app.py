@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -270,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv))
     if options.no_rpc_server and options.wait_for_rpc:
         parser.error("--wait-for-rpc needs the RPC server; it cannot go with --no-rpc-server")
+    if not options.no_rpc_server and re.fullmatch(r"[^/]*:\d+", options.rpc_socket):
+        parser.error(f"-r {options.rpc_socket}: -r takes a Unix socket path; serve HTTP "
+                     "JSON-RPC with --http HOST:PORT")
     unknown = logs.check_flags(options.logflag)
     if unknown:
         parser.error(f"unknown log flag {', '.join(unknown)} (known: all, {', '.join(logs.FLAGS)})")
