@@ -155,6 +155,7 @@ class Bdev:
         # Largest single request the module takes; 0 means no limit (the layer splits).
         self.max_io_bytes = max_io_bytes
         self.claim_module: str | None = None
+        self.claim_type = "exclusive_write"
         self.state = BdevState.REGISTERED
         self.descriptors: set[Descriptor] = set()
         self.stat = IoStat()
@@ -227,7 +228,7 @@ class Bdev:
                                        "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}
         out["claimed"] = self.claim_module is not None
         if self.claim_module is not None:
-            out["claim_type"] = "exclusive_write"
+            out["claim_type"] = self.claim_type
         out["zoned"] = False
         out["supported_io_types"] = {t: self.supports(t) for t in IO_TYPE_NAMES}
         out["driver_specific"] = self.driver_specific()
@@ -546,7 +547,9 @@ class BdevLayer:
 
     def register(self, bdev: Bdev) -> None:
         """Add ``bdev`` under its name and UUID alias, then run examine. -EEXIST on clash."""
-        names = [bdev.name] + ([bdev.uuid] if bdev.uuid != bdev.name else [])
+        # Aliases a module set before registering (an lvol's "lvs/lvol") come after the UUID.
+        extra = [a for a in bdev.aliases if a not in (bdev.name, bdev.uuid)]
+        names = [bdev.name] + ([bdev.uuid] if bdev.uuid != bdev.name else []) + extra
         for n in names:
             if n in self._names:
                 log.error("Bdev name %s already exists", n)
@@ -593,20 +596,35 @@ class BdevLayer:
         if bdev is None or bdev.state is not BdevState.REGISTERED:
             raise OperationError(errno.ENODEV, f"bdev {name} not found")
         if write and bdev.claim_module is not None:
-            log.error("bdev %s already claimed: type exclusive_write by module %s",
-                      bdev.name, bdev.claim_module)
+            log.error("bdev %s already claimed: type %s by module %s",
+                      bdev.name, bdev.claim_type, bdev.claim_module)
             raise OperationError(
                 errno.EPERM, f"bdev {bdev.name} is claimed by module {bdev.claim_module}")
         desc = Descriptor(bdev, write, event_cb, self)
         bdev.descriptors.add(desc)
         return desc
 
-    def claim(self, desc: Descriptor, module: str) -> None:
+    def claim(self, desc: Descriptor, module: str, claim_type: str = "exclusive_write") -> None:
         bdev = desc.bdev
         if bdev.claim_module is not None:
             raise OperationError(
                 errno.EPERM, f"bdev {bdev.name} is claimed by module {bdev.claim_module}")
         bdev.claim_module = module
+        bdev.claim_type = claim_type
+
+    # -- aliases ----------------------------------------------------------------------
+    def add_alias(self, bdev: Bdev, alias: str) -> None:
+        """Give ``bdev`` another name (SPDK's ``spdk_bdev_alias_add``); -EEXIST on a clash."""
+        if alias in self._names:
+            raise OperationError(errno.EEXIST, f"bdev name or alias {alias} already exists")
+        self._names[alias] = bdev
+        bdev.aliases.append(alias)
+
+    def remove_alias(self, bdev: Bdev, alias: str) -> None:
+        if self._names.get(alias) is bdev:
+            del self._names[alias]
+        if alias in bdev.aliases:
+            bdev.aliases.remove(alias)
 
     def release_claim(self, bdev: Bdev) -> None:
         bdev.claim_module = None

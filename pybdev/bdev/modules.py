@@ -9,6 +9,7 @@ from __future__ import annotations
 from pybdev.bdev.aio import AioModule
 from pybdev.bdev.core import BdevModule
 from pybdev.bdev.error import ErrorModule
+from pybdev.bdev.lvol.module import LvolModule
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.nbd import NbdModule
 from pybdev.bdev.null import NullModule
@@ -16,5 +17,6 @@ from pybdev.bdev.passthru import PassthruModule
 from pybdev.bdev.rbd import RbdModule
 
 BUILTIN_MODULES: tuple[type[BdevModule], ...] = (
-    MallocModule, NullModule, PassthruModule, ErrorModule, AioModule, NbdModule, RbdModule,
+    MallocModule, NullModule, PassthruModule, LvolModule, ErrorModule, AioModule, NbdModule,
+    RbdModule,
 )
