@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pybdev"
 LAYERS: list[set[str]] = [
     {"pybdev", "errors", "listener", "proto", "uring", "ceph", "spdk_tgt_options"},  # leaves
     {"rpc"},  # JSON-RPC: registry, dispatcher, transports, client
-    {"cli", "subsystem"},  # rpc.py's commands; the subsystem base
+    {"cli", "subsystem", "logs"},  # rpc.py commands; the subsystem base; logging
     {"bdev"},  # the bdev layer and its modules
     {"export"},  # the base of every export
     {"nbd", "ublk", "nvmf"},  # exports and their subsystems

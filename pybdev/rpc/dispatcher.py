@@ -9,6 +9,7 @@ notifications (success suppressed, errors still sent with ``"id": null``), batch
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import logging
@@ -114,6 +115,14 @@ class Dispatcher:
         method = self.registry.get(name)
         return method if method is not None and self.is_allowed(name) else None
 
+    def _suggest(self, name: str) -> dict[str, list[str]] | None:
+        """``{"did_you_mean": [...]}`` for a misspelt name (only methods this target serves)."""
+        if not isinstance(name, str) or len(name) > 256:
+            return None
+        names = [m.name for m in self.registry.methods() if self.is_allowed(m.name)]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+        return {"did_you_mean": close} if close else None
+
     async def handle_raw(self, raw: bytes) -> bytes | None:
         """Answer one framed value; None when nothing is to be sent. Raises ParseError."""
         return await self.handle_value(parse_json(raw))
@@ -170,7 +179,7 @@ class Dispatcher:
         """Look up, state-check, decode and run a method; raises RpcError on failure."""
         method = self.lookup(method_name)
         if method is None:
-            raise RpcError(errors.METHOD_NOT_FOUND)
+            raise RpcError(errors.METHOD_NOT_FOUND, data=self._suggest(method_name))
         if method.alias_of is not None and method_name not in self._warned_aliases:
             self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
             log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
