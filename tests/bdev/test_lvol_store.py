@@ -297,6 +297,7 @@ class CutDescriptor:
         self.bdev = desc.bdev
         self.budget = budget
         self.rng = rng
+        self.can_unmap = desc.bdev.supports("unmap")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._desc, name)
@@ -401,8 +402,7 @@ async def test_crash_loop(layer: BdevLayer, seed: int) -> None:
         # From here on, writes vanish after a random number of them.
         cut = CutDescriptor(desc, rng.randrange(0, 60), rng)
         store.desc = cut  # type: ignore[assignment]
-        for v in store.lvols.values():
-            v._base = cut  # type: ignore[assignment]
+        store.set_io(cut)  # type: ignore[arg-type]
         await _random_operations(store, rng, 30, {})
         after = await LvolStore.load(desc)
         report = check_store(after)

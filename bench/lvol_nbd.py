@@ -1,0 +1,191 @@
+"""Logical volumes: what the lvol layer costs, measured with fio's nbd engine and RPC timings.
+
+1. A thick lvol against a malloc bdev of the same size, both exported over NBD (Unix socket)
+   by one target, interleaved in the same run: 4 KiB QD32 random read and write. Both disks
+   are filled first so neither pays anything on first touch.
+2. First-write allocation: 4 KiB QD32 random writes on a fresh thin lvol (most writes
+   allocate a cluster: a metadata commit each, grouped), against the same on the thick lvol.
+3. Snapshot and clone creation while fio writes to the origin: the RPC latency.
+4. Start-up: an aio base holding an lvstore with N lvols and N/10 snapshots; the time
+   ``bdev_aio_create`` takes (it answers after examine loaded the store and registered
+   every lvol bdev), for a few N.
+
+    python bench/lvol_nbd.py [--runtime 5] [--rounds 3] [--size 256M] [--load 100,500,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pybdev.rpc.client import JsonRpcException, RpcClient  # noqa: E402
+
+MiB = 1 << 20
+
+
+class Target:
+    def __init__(self, tmp: Path, name: str) -> None:
+        self.sock = tmp / f"{name}.sock"
+        self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "pybdev", "-r", str(self.sock)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.rpc("spdk_get_version")
+                break
+            except (OSError, JsonRpcException):
+                if time.monotonic() > deadline:
+                    raise SystemExit("target did not start") from None
+                time.sleep(0.05)
+
+    def rpc(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        with RpcClient(str(self.sock), timeout=600) as c:
+            return c.call(method, params)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def fio(uri: str, size: int, runtime: float, *args: str) -> dict[str, float]:
+    argv = ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
+            "--time_based", f"--runtime={runtime}", "--ramp_time=1", "--output-format=json",
+            *args]
+    res = subprocess.run(argv, capture_output=True, text=True, check=True,
+                         timeout=runtime + 120)
+    job = json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]
+    side = job["read"] if job["read"]["io_bytes"] else job["write"]
+    return {"iops": side["iops"], "lat_us": side["lat_ns"]["mean"] / 1000}
+
+
+def fill(uri: str, size: int) -> None:
+    subprocess.run(["fio", "--name=f", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
+                    "--rw=write", "--bs=1m", "--iodepth=4"], capture_output=True, check=True,
+                   timeout=600)
+
+
+def export(t: Target, tmp: Path, bdev: str, name: str) -> str:
+    uri = f"nbd+unix:///{name}?socket={tmp}/{name}.nbd"
+    got: str = t.rpc("nbd_start_disk", {"bdev_name": bdev, "nbd_device": uri})
+    return got
+
+
+def thick_vs_base(t: Target, tmp: Path, size: int, runtime: float, rounds: int) -> None:
+    mb = size // MiB
+    t.rpc("bdev_malloc_create", {"name": "Base", "num_blocks": size // 512, "block_size": 512})
+    # Room for the thick lvol, the thin one and the metadata cluster.
+    t.rpc("bdev_malloc_create", {"name": "LvsBase", "num_blocks": (2 * size + 8 * MiB) // 512,
+                                 "block_size": 512})
+    t.rpc("bdev_lvol_create_lvstore", {"bdev_name": "LvsBase", "lvs_name": "lvs"})
+    t.rpc("bdev_lvol_create", {"lvs_name": "lvs", "lvol_name": "thick", "size_in_mib": mb})
+    t.rpc("bdev_lvol_create", {"lvs_name": "lvs", "lvol_name": "thin", "size_in_mib": mb,
+                               "thin_provision": True})
+    uris = {"base": export(t, tmp, "Base", "base"), "lvol": export(t, tmp, "lvs/thick", "lvol")}
+    for uri in uris.values():
+        fill(uri, size)
+    for rw in ("randread", "randwrite"):
+        got: dict[str, list[float]] = {k: [] for k in uris}
+        ratios = []
+        for _ in range(rounds):
+            r = {k: fio(u, size, runtime, f"--rw={rw}", "--bs=4k", "--iodepth=32")["iops"]
+                 for k, u in uris.items()}
+            for k, v in r.items():
+                got[k].append(v)
+            ratios.append(r["lvol"] / r["base"])
+        print(f"4k QD32 {rw:9s}: base {statistics.median(got['base']):8.0f} IOPS, "
+              f"thick lvol {statistics.median(got['lvol']):8.0f} IOPS, "
+              f"ratio {statistics.median(ratios):.2f} (rounds: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)})")
+    thin = export(t, tmp, "lvs/thin", "thin")
+    r = fio(thin, size, runtime, "--rw=randwrite", "--bs=4k", "--iodepth=32")
+    n = t.rpc("bdev_lvol_get_lvols")[1]["num_allocated_clusters"]
+    print(f"4k QD32 randwrite on a fresh thin lvol: {r['iops']:.0f} IOPS, mean latency "
+          f"{r['lat_us']:.0f} us, {n} clusters allocated during the run")
+    # Snapshot and clone under I/O.
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            fio(uris["lvol"], size, 2, "--rw=randwrite", "--bs=4k", "--iodepth=32")
+
+    th = threading.Thread(target=writer)
+    th.start()
+    time.sleep(1.5)
+    times = []
+    for i in range(5):
+        t0 = time.perf_counter()
+        t.rpc("bdev_lvol_snapshot", {"lvol_name": "lvs/thick", "snapshot_name": f"s{i}"})
+        t1 = time.perf_counter()
+        t.rpc("bdev_lvol_clone", {"snapshot_name": f"lvs/s{i}", "clone_name": f"c{i}"})
+        times.append((t1 - t0, time.perf_counter() - t1))
+        time.sleep(0.5)
+    stop.set()
+    th.join()
+    print("snapshot / clone under QD32 writes: " + ", ".join(
+        f"{a * 1000:.0f}/{b * 1000:.0f} ms" for a, b in times))
+
+
+def load_time(tmp: Path, n: int) -> None:
+    image = tmp / f"load{n}.img"
+    with image.open("wb") as f:
+        f.truncate(8 << 30)
+    t = Target(tmp, f"load{n}")
+    try:
+        t.rpc("bdev_aio_create", {"name": "aio0", "filename": str(image), "block_size": 4096})
+        t.rpc("bdev_lvol_create_lvstore", {"bdev_name": "aio0", "lvs_name": "lvs",
+                                           "cluster_sz": MiB, "clear_method": "none"})
+        for i in range(n):
+            t.rpc("bdev_lvol_create", {"lvs_name": "lvs", "lvol_name": f"v{i}",
+                                       "size_in_mib": 4, "thin_provision": True})
+        for i in range(n // 10):
+            t.rpc("bdev_lvol_snapshot", {"lvol_name": f"lvs/v{i}", "snapshot_name": f"s{i}"})
+    finally:
+        t.stop()
+    t = Target(tmp, f"load{n}b")
+    try:
+        t0 = time.perf_counter()
+        t.rpc("bdev_aio_create", {"name": "aio0", "filename": str(image), "block_size": 4096})
+        dt = time.perf_counter() - t0
+        count = len(t.rpc("bdev_lvol_get_lvols"))
+        print(f"start-up with {n} lvols + {n // 10} snapshots: bdev_aio_create answered in "
+              f"{dt:.2f} s with {count} lvols loaded")
+    finally:
+        t.stop()
+        image.unlink()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runtime", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", default="256M")
+    ap.add_argument("--load", default="100,500,1000")
+    a = ap.parse_args()
+    size = int(a.size[:-1]) * MiB if a.size.endswith("M") else int(a.size)
+    with tempfile.TemporaryDirectory(prefix="lvbench", dir="/tmp") as d:
+        tmp = Path(d)
+        t = Target(tmp, "io")
+        try:
+            thick_vs_base(t, tmp, size, a.runtime, a.rounds)
+        finally:
+            t.stop()
+        for n in (int(x) for x in a.load.split(",") if x):
+            load_time(tmp, n)
+
+
+if __name__ == "__main__":
+    main()
