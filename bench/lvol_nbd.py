@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from pybdev.rpc.client import JsonRpcException, RpcClient  # noqa: E402
 
 MiB = 1 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Target:
@@ -54,6 +56,10 @@ class Target:
         with RpcClient(str(self.sock), timeout=600) as c:
             return c.call(method, params)
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
@@ -68,7 +74,8 @@ def fio(uri: str, size: int, runtime: float, *args: str) -> dict[str, float]:
                          timeout=runtime + 120)
     job = json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]
     side = job["read"] if job["read"]["io_bytes"] else job["write"]
-    return {"iops": side["iops"], "lat_us": side["lat_ns"]["mean"] / 1000}
+    return {"iops": side["iops"], "lat_us": side["lat_ns"]["mean"] / 1000,
+            "ios": side["total_ios"]}
 
 
 def fill(uri: str, size: int) -> None:
@@ -98,28 +105,38 @@ def thick_vs_base(t: Target, tmp: Path, size: int, runtime: float, rounds: int) 
         fill(uri, size)
     for rw in ("randread", "randwrite"):
         got: dict[str, list[float]] = {k: [] for k in uris}
+        cpu: dict[str, list[float]] = {k: [] for k in uris}
         ratios = []
         for _ in range(rounds):
-            r = {k: fio(u, size, runtime, f"--rw={rw}", "--bs=4k", "--iodepth=32")["iops"]
-                 for k, u in uris.items()}
-            for k, v in r.items():
-                got[k].append(v)
+            r = {}
+            for k, u in uris.items():
+                c0 = t.cpu_seconds()
+                res = fio(u, size, runtime, f"--rw={rw}", "--bs=4k", "--iodepth=32")
+                # fio's ramp time is not in total_ios: only a bound, the same for both.
+                cpu[k].append((t.cpu_seconds() - c0) / res["ios"] * 1e6)
+                r[k] = res["iops"]
+                got[k].append(res["iops"])
             ratios.append(r["lvol"] / r["base"])
-        print(f"4k QD32 {rw:9s}: base {statistics.median(got['base']):8.0f} IOPS, "
-              f"thick lvol {statistics.median(got['lvol']):8.0f} IOPS, "
-              f"ratio {statistics.median(ratios):.2f} (rounds: "
-              f"{', '.join(f'{x:.2f}' for x in ratios)})")
+        cpu_ratio = statistics.median(cpu["base"]) / statistics.median(cpu["lvol"])
+        print(f"4k QD32 {rw:9s}: base {statistics.median(got['base']):8.0f} IOPS "
+              f"{statistics.median(cpu['base']):5.1f} us CPU/IO, thick lvol "
+              f"{statistics.median(got['lvol']):8.0f} IOPS "
+              f"{statistics.median(cpu['lvol']):5.1f} us CPU/IO; IOPS ratio "
+              f"{statistics.median(ratios):.2f} (rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+              f", CPU/IO base/lvol {cpu_ratio:.2f}")
     thin = export(t, tmp, "lvs/thin", "thin")
     r = fio(thin, size, runtime, "--rw=randwrite", "--bs=4k", "--iodepth=32")
     n = t.rpc("bdev_lvol_get_lvols")[1]["num_allocated_clusters"]
     print(f"4k QD32 randwrite on a fresh thin lvol: {r['iops']:.0f} IOPS, mean latency "
           f"{r['lat_us']:.0f} us, {n} clusters allocated during the run")
-    # Snapshot and clone under I/O.
+    # Snapshot and clone under I/O (the thin lvol goes: the origin needs room for copies).
+    t.rpc("nbd_stop_disk", {"nbd_device": thin})
+    t.rpc("bdev_lvol_delete", {"name": "lvs/thin"})
     stop = threading.Event()
 
     def writer() -> None:
         while not stop.is_set():
-            fio(uris["lvol"], size, 2, "--rw=randwrite", "--bs=4k", "--iodepth=32")
+            fio(uris["lvol"], size, 1, "--rw=randwrite", "--bs=4k", "--iodepth=32")
 
     th = threading.Thread(target=writer)
     th.start()
@@ -130,12 +147,17 @@ def thick_vs_base(t: Target, tmp: Path, size: int, runtime: float, rounds: int) 
         t.rpc("bdev_lvol_snapshot", {"lvol_name": "lvs/thick", "snapshot_name": f"s{i}"})
         t1 = time.perf_counter()
         t.rpc("bdev_lvol_clone", {"snapshot_name": f"lvs/s{i}", "clone_name": f"c{i}"})
-        times.append((t1 - t0, time.perf_counter() - t1))
-        time.sleep(0.5)
+        t2 = time.perf_counter()
+        time.sleep(1)
+        # Back to one lvol: the clone goes, the snapshot merges into the origin.
+        t.rpc("bdev_lvol_delete", {"name": f"lvs/c{i}"})
+        t3 = time.perf_counter()
+        t.rpc("bdev_lvol_delete", {"name": f"lvs/s{i}"})
+        times.append((t1 - t0, t2 - t1, time.perf_counter() - t3))
     stop.set()
     th.join()
-    print("snapshot / clone under QD32 writes: " + ", ".join(
-        f"{a * 1000:.0f}/{b * 1000:.0f} ms" for a, b in times))
+    print("snapshot / clone / merge-delete of the snapshot, under QD32 writes: " + ", ".join(
+        f"{a * 1000:.0f}/{b * 1000:.0f}/{c * 1000:.0f} ms" for a, b, c in times))
 
 
 def load_time(tmp: Path, n: int) -> None:

@@ -15,7 +15,6 @@ answer ``-errno``; failures of the operation itself answer ``-32602`` with strer
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
@@ -140,7 +139,7 @@ class LvolModule(BdevModule):
 
     def _base_event(self, store: LvolStore, event: BdevEvent) -> None:
         if event is BdevEvent.REMOVE and store in self.stores:
-            asyncio.get_running_loop().create_task(self._unload(store))
+            store.spawn(self._unload(store))
 
     async def _unload(self, store: LvolStore) -> None:
         """The base went away: every lvol bdev goes, then the store lets go of the base."""
