@@ -21,7 +21,7 @@ import os
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState
+from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, ClaimType
 from pybdev.bdev.lvol.check import check_store
 from pybdev.bdev.lvol.store import NAME_MAX, Lvol, LvolStore, read_slots
 from pybdev.errors import OperationError
@@ -96,15 +96,17 @@ class LvolModule(BdevModule):
 
     # -- finding stores ---------------------------------------------------------------
     def examine(self, bdev: Bdev) -> Awaitable[None] | None:
-        if bdev.claim_module is not None or bdev.state is not BdevState.REGISTERED:
+        if bdev.claim_type is not ClaimType.NONE or bdev.state is not BdevState.REGISTERED:
             return None
         return self._taste(bdev)
 
     async def _taste(self, bdev: Bdev) -> None:
+        # Read-only until a store is found: a write descriptor would keep other modules
+        # (passthru, an export's claim) from claiming a bdev that holds no store.
         try:
-            desc = self.layer.open(bdev.name, write=True)
+            desc = self.layer.open(bdev.name, write=False)
         except OperationError:
-            return  # claimed meanwhile, or gone
+            return  # gone meanwhile
         try:
             if not await read_slots(desc):
                 desc.close()
@@ -114,9 +116,15 @@ class LvolModule(BdevModule):
             log.info("bdev %s holds no loadable lvstore: %s", bdev.name, e)
             desc.close()
             return
-        if any(s.name == store.name for s in self.stores) or bdev.claim_module is not None:
-            log.info("lvstore %s on %s not loaded: the name is taken or the bdev claimed",
-                     store.name, bdev.name)
+        if any(s.name == store.name for s in self.stores):
+            log.info("lvstore %s on %s not loaded: the name is taken", store.name, bdev.name)
+            desc.close()
+            return
+        try:
+            # The claim makes the descriptor writable (SPDK's spdk_bs_bdev_claim).
+            self.layer.claim(desc, self.name, ClaimType.READ_MANY_WRITE_ONE)
+        except OperationError as e:
+            log.info("lvstore %s on %s not loaded: %s", store.name, bdev.name, e)
             desc.close()
             return
         self._attach(store)
@@ -132,8 +140,8 @@ class LvolModule(BdevModule):
                  len(store.lvols))
 
     def _attach(self, store: LvolStore) -> None:
+        """Take a store whose descriptor holds the claim on its base."""
         desc = store.desc
-        self.layer.claim(desc, self.name, "read_many_write_one")
         desc.event_cb = lambda event, _bdev: self._base_event(store, event)
         self.stores.append(store)
 
@@ -146,8 +154,7 @@ class LvolModule(BdevModule):
         await self._unregister_all(store)
         if store in self.stores:
             self.stores.remove(store)
-        self.layer.release_claim(store.desc.bdev)
-        store.desc.close()
+        store.desc.close()  # releases the claim
 
     async def _unregister_all(self, store: LvolStore) -> None:
         for lvol in reversed(list(store.lvols.values())):
@@ -205,18 +212,13 @@ class LvolModule(BdevModule):
             if any(s.name == lvs_name for s in self.stores):
                 raise OperationError(errno.EEXIST)
             # Claimed before the first write, so nothing else opens it for write meanwhile.
-            self.layer.claim(desc, self.name, "read_many_write_one")
-            try:
-                store = await _completion(LvolStore.create(
-                    desc, lvs_name, cluster_size=cluster_sz, clear_method=clear_method,
-                    md_ratio=md_ratio, md_page_size=md_page_size))
-            except BaseException:
-                self.layer.release_claim(desc.bdev)
-                raise
+            self.layer.claim(desc, self.name, ClaimType.READ_MANY_WRITE_ONE)
+            store = await _completion(LvolStore.create(
+                desc, lvs_name, cluster_size=cluster_sz, clear_method=clear_method,
+                md_ratio=md_ratio, md_page_size=md_page_size))
         except BaseException:
-            desc.close()
+            desc.close()  # releases the claim
             raise
-        self.layer.release_claim(desc.bdev)
         self._attach(store)
         return store.uuid
 
@@ -225,8 +227,7 @@ class LvolModule(BdevModule):
         await _completion(store.destroy())
         if store in self.stores:
             self.stores.remove(store)
-        self.layer.release_claim(store.desc.bdev)
-        store.desc.close()
+        store.desc.close()  # releases the claim
 
     async def rename_lvstore(self, old_name: str, new_name: str) -> None:
         store = next((s for s in self.stores if s.name == old_name), None)
@@ -339,7 +340,6 @@ class LvolModule(BdevModule):
 
     async def fini(self) -> None:
         for store in list(self.stores):
-            self.layer.release_claim(store.desc.bdev)
             store.desc.close()
         self.stores.clear()
 
