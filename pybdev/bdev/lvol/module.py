@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, ClaimType
 from pybdev.bdev.lvol.check import check_store
 from pybdev.bdev.lvol.store import NAME_MAX, Lvol, LvolStore, read_slots
+from pybdev.bdev.vbdev import StackedBdev
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from pybdev.rpc.registry import RpcTable
@@ -39,8 +40,12 @@ MiB = 1 << 20
 T = TypeVar("T")
 
 
-class LvolBdev(Bdev):
-    """An lvol as a bdev: requests go straight to the lvol's I/O path."""
+class LvolBdev(StackedBdev):
+    """An lvol as a bdev: requests go straight to the lvol's I/O path.
+
+    A stacked bdev without an attachment: the lvstore, not the vbdev framework's
+    :class:`~pybdev.bdev.vbdev.Attachment`, holds the base (docs/vbdev-framework.md).
+    """
 
     product_name = "Logical Volume"
     module_name = "lvol"
