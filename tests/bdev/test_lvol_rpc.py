@@ -605,3 +605,29 @@ def _random_rpcs(t: Target, seed: float, stop: threading.Event) -> None:
             continue
         except OSError:
             return
+
+
+def test_grow_lvstore_like_nvmf_lvs_grow(start_target: Callable[..., Target],
+                                         tmp_path: Path) -> None:
+    """nvmf_lvs_grow.sh: 200 MiB aio, 4 MiB clusters, ratio 300 -> 49 data clusters; after
+    the file grows to 400 MiB, rescan and grow -> 99, also after a restart."""
+    image = tmp_path / "aio.img"
+    with image.open("wb") as f:
+        f.truncate(200 * MiB)
+    t = start_target()
+    sp(t, "bdev_aio_create", str(image), "aio0", "4096")
+    lvs = sp(t, "bdev_lvol_create_lvstore", "aio0", "lvs", "-c", str(4 * MiB), "-m", "300")
+    sp(t, "bdev_lvol_create", "-u", lvs, "lvol", "150")
+    assert sp(t, "bdev_lvol_get_lvstores", "-u", lvs)[0]["total_data_clusters"] == 49
+    with image.open("r+b") as f:
+        f.truncate(400 * MiB)
+    sp(t, "bdev_aio_rescan", "aio0")
+    # Growing the base does not grow the lvstore by itself.
+    assert sp(t, "bdev_lvol_get_lvstores", "-u", lvs)[0]["total_data_clusters"] == 49
+    sp(t, "bdev_lvol_grow_lvstore", "-u", lvs)
+    got = sp(t, "bdev_lvol_get_lvstores", "-u", lvs)[0]
+    assert (got["total_data_clusters"], got["free_clusters"]) == (99, 99 - 38)
+    assert t.stop() == 0
+    t2 = start_target()
+    sp(t2, "bdev_aio_create", str(image), "aio0", "4096")
+    assert sp(t2, "bdev_lvol_get_lvstores", "-u", lvs)[0]["total_data_clusters"] == 99
