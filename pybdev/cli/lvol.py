@@ -55,6 +55,10 @@ def bdev_lvol_resize(a: argparse.Namespace) -> None:
     _call(a, "bdev_lvol_resize", name=a.name, size_in_mib=a.size_in_mib)
 
 
+def bdev_lvol_set_parent(a: argparse.Namespace) -> None:
+    _call(a, "bdev_lvol_set_parent", lvol_name=a.lvol_name, parent_name=a.parent_name)
+
+
 def _by_name(method: str) -> Callable[[argparse.Namespace], None]:
     def run(a: argparse.Namespace) -> None:
         _call(a, method, name=a.name)
@@ -144,6 +148,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = cmd("bdev_lvol_resize", bdev_lvol_resize, "Resize existing lvol bdev")
     p.add_argument("name", help="UUID or alias of the logical volume to resize")
     p.add_argument("size_in_mib", type=int, help="Desired size of the logical volume in MiB")
+
+    p = cmd("bdev_lvol_set_parent", bdev_lvol_set_parent, "Set the parent snapshot of a lvol")
+    p.add_argument("lvol_name", help="UUID or alias of the lvol to set parent of")
+    p.add_argument("parent_name", help="UUID or alias of the snapshot to become parent of lvol")
 
     p = cmd("bdev_lvol_delete_lvstore", bdev_lvol_delete_lvstore,
             "Destroy an logical volume store")

@@ -628,3 +628,39 @@ def test_grow_lvstore_like_nvmf_lvs_grow(start_target: Callable[..., Target],
     t2 = start_target()
     sp(t2, "bdev_aio_create", str(image), "aio0", "4096")
     assert sp(t2, "bdev_lvol_get_lvstores", "-u", lvs)[0]["total_data_clusters"] == 99
+
+
+@needs_qemu_io
+def test_lvol_set_parent_from_snapshot(t: Target, nbd: Callable[[str], str]) -> None:
+    """snapshot_clone.sh test_lvol_set_parent_from_snapshot / _failed: unwritten clusters show
+    the new parent, the lvol's own clusters stay; a repeat, a non-snapshot, another lvstore
+    and another size fail."""
+    malloc(t)
+    malloc(t, "Malloc1")
+    sp(t, "bdev_lvol_create_lvstore", "Malloc0", "lvs_test")
+    sp(t, "bdev_lvol_create_lvstore", "Malloc1", "lvs_other")
+    origin = sp(t, "bdev_lvol_create", "-l", "lvs_test", "origin", "20")
+    qemu_io(nbd(origin), "write -P 0xaa 0 20M")
+    snap = sp(t, "bdev_lvol_snapshot", origin, "snap")
+    lvol = sp(t, "bdev_lvol_create", "-l", "lvs_test", "-t", "lvol", "20")
+    uri = nbd(lvol)
+    qemu_io(uri, "write -P 0xbb 8M 4M")
+    sp(t, "bdev_lvol_set_parent", "lvs_test/lvol", "lvs_test/snap")
+    qemu_io(uri, "read -P 0xaa 0 8M", "read -P 0xbb 8M 4M", "read -P 0xaa 12M 8M")
+    ds = t.rpc("bdev_get_bdevs", {"name": lvol})[0]["driver_specific"]["lvol"]
+    assert ds["clone"] and ds["base_snapshot"] == "snap" and ds["thin_provision"]
+    err = t.rpc_error("bdev_lvol_set_parent", {"lvol_name": lvol, "parent_name": snap})
+    assert (err["code"], err["message"]) == (-32602, "File exists")
+    other = sp(t, "bdev_lvol_create", "-l", "lvs_other", "-t", "other", "20")
+    for parent in (origin, other):  # not a snapshot; a thin lvol of another lvstore
+        err = t.rpc_error("bdev_lvol_set_parent", {"lvol_name": lvol, "parent_name": parent})
+        assert (err["code"], err["message"]) == (-32602, "Invalid argument")
+    assert t.rpc_error("bdev_lvol_set_parent", {"lvol_name": lvol,
+                                                "parent_name": "Malloc1"})["code"] == -19
+    for disk in t.rpc("nbd_get_disks"):
+        t.rpc("nbd_stop_disk", {"nbd_device": disk["nbd_device"]})
+    assert t.rpc("bdev_lvol_check_lvstore", {"lvs_name": "lvs_test"})["ok"]
+    sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
+    sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_other")
+    sp(t, "bdev_malloc_delete", "Malloc0")
+    sp(t, "bdev_malloc_delete", "Malloc1")

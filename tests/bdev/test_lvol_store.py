@@ -414,3 +414,20 @@ async def test_crash_loop(layer: BdevLayer, seed: int) -> None:
         assert (await check_base(desc)).ok
     finally:
         desc.close()
+
+
+async def test_checker_reports_what_is_wrong(base: Descriptor) -> None:
+    store = await LvolStore.create(base, "lvs0", cluster_size=CS)
+    a = await store.create_lvol("a", 2 * MiB)
+    b = await store.create_lvol("b", 2 * MiB, thin=True)
+    assert check_store(store).ok
+    b.clusters[0] = a.clusters[0]  # two owners
+    b.clusters[1] = 1_000_000  # outside the device
+    a.clusters[1] = 0  # a thick lvol with a hole
+    problems = check_store(store).problems
+    assert any("owned by" in p for p in problems), problems
+    assert any("outside the data area" in p for p in problems), problems
+    assert any("thick but cluster 1" in p for p in problems), problems
+    assert any("free_clusters" in p or "marked used" in p for p in problems), problems
+    # What is on disk is still the last commit, and that one is sound.
+    assert (await check_base(base)).ok

@@ -9,8 +9,8 @@ whenever a base with one appears, before ``bdev_wait_for_examine`` answers.
 Errors follow ``module/bdev/lvol/vbdev_lvol_rpc.c``: checks made before the operation
 answer ``-errno``; failures of the operation itself answer ``-32602`` with strerror's text
 (``-32603`` for ``bdev_lvol_delete``). Not served (``-32601``): ``bdev_lvol_clone_bdev``,
-``bdev_lvol_set_parent_bdev`` (external snapshots), ``bdev_lvol_start_shallow_copy``,
-``bdev_lvol_check_shallow_copy`` and ``bdev_lvol_set_parent`` (docs/lvol-format.md).
+``bdev_lvol_set_parent_bdev`` (external snapshots), ``bdev_lvol_start_shallow_copy`` and
+``bdev_lvol_check_shallow_copy`` (docs/lvol-format.md).
 """
 
 from __future__ import annotations
@@ -517,6 +517,21 @@ async def bdev_lvol_decouple_parent(module: LvolModule, p: NameParams) -> bool:
     """Copy the parent's own clusters into an lvol; its grandparent becomes its parent."""
     lvol = module.lvol_by(p.name)
     await _completion(lvol.store.decouple_parent(lvol))
+    return True
+
+
+class SetParentParams(Params):
+    lvol_name: Str
+    parent_name: Str
+
+
+@RPC.method("bdev_lvol_set_parent", SetParentParams, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_set_parent(module: LvolModule, p: SetParentParams) -> bool:
+    """Make a snapshot the parent of a thin lvol; the lvol keeps the clusters it owns."""
+    lvol = module.lvol_by(p.lvol_name)
+    parent = module.lvol_by(p.parent_name)
+    await _completion(lvol.store.set_parent(lvol, parent))
     return True
 
 

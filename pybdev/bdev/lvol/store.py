@@ -842,6 +842,33 @@ class LvolStore:
                     self._release(phys)
                 lvol.unfreeze()
 
+    async def set_parent(self, lvol: Lvol, parent: Lvol) -> None:
+        """Make snapshot ``parent`` what ``lvol``'s unallocated clusters read (metadata only).
+
+        As SPDK's ``spdk_bs_blob_set_parent``: EEXIST if it already is; EINVAL for the lvol
+        itself, a parent that is not a snapshot, another cluster count, a thick lvol or a
+        parent in another lvstore.
+        """
+        if parent.store is not self or parent is lvol:
+            raise OperationError(errno.EINVAL, "Invalid argument")
+        if lvol.parent is parent:
+            raise OperationError(errno.EEXIST, "File exists")
+        if (not parent.is_snapshot or not parent.read_only
+                or len(parent.clusters) != len(lvol.clusters) or not lvol.thin):
+            raise OperationError(errno.EINVAL, "Invalid argument")
+        async with self.op_lock:
+            await lvol.freeze()
+            try:
+                old = lvol.parent
+                self._set_parent(lvol, parent)
+
+                def undo() -> None:
+                    self._set_parent(lvol, old)
+
+                await self._commit_or_undo(undo)
+            finally:
+                lvol.unfreeze()
+
     # -- the store --------------------------------------------------------------------
     async def grow(self) -> None:
         """Take in clusters the base gained, up to the limit fixed at creation."""
