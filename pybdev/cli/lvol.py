@@ -59,6 +59,15 @@ def bdev_lvol_set_parent(a: argparse.Namespace) -> None:
     _call(a, "bdev_lvol_set_parent", lvol_name=a.lvol_name, parent_name=a.parent_name)
 
 
+def bdev_lvol_start_shallow_copy(a: argparse.Namespace) -> None:
+    print_json(_call(a, "bdev_lvol_start_shallow_copy", src_lvol_name=a.src_lvol_name,
+                     dst_bdev_name=a.dst_bdev_name))
+
+
+def bdev_lvol_check_shallow_copy(a: argparse.Namespace) -> None:
+    print_json(_call(a, "bdev_lvol_check_shallow_copy", operation_id=a.operation_id))
+
+
 def _by_name(method: str) -> Callable[[argparse.Namespace], None]:
     def run(a: argparse.Namespace) -> None:
         _call(a, method, name=a.name)
@@ -152,6 +161,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = cmd("bdev_lvol_set_parent", bdev_lvol_set_parent, "Set the parent snapshot of a lvol")
     p.add_argument("lvol_name", help="UUID or alias of the lvol to set parent of")
     p.add_argument("parent_name", help="UUID or alias of the snapshot to become parent of lvol")
+
+    p = cmd("bdev_lvol_start_shallow_copy", bdev_lvol_start_shallow_copy,
+            "Start a shallow copy of an lvol over a given bdev")
+    p.add_argument("src_lvol_name", help="UUID or alias of lvol to create a copy from")
+    p.add_argument("dst_bdev_name", help="Name of the bdev that acts as destination for the copy")
+
+    p = cmd("bdev_lvol_check_shallow_copy", bdev_lvol_check_shallow_copy,
+            "Get shallow copy status")
+    p.add_argument("operation_id", type=int, help="operation identifier")
 
     p = cmd("bdev_lvol_delete_lvstore", bdev_lvol_delete_lvstore,
             "Destroy an logical volume store")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pybdev.rpc.client import JsonRpcException
-from tests.conftest import Target
+from tests.conftest import Target, wait_until
 
 MiB = 1 << 20
 MALLOC_SIZE_MB = 128
@@ -662,5 +662,41 @@ def test_lvol_set_parent_from_snapshot(t: Target, nbd: Callable[[str], str]) -> 
     assert t.rpc("bdev_lvol_check_lvstore", {"lvs_name": "lvs_test"})["ok"]
     sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
     sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_other")
+    sp(t, "bdev_malloc_delete", "Malloc0")
+    sp(t, "bdev_malloc_delete", "Malloc1")
+
+
+@needs_qemu_io
+def test_shallow_copy_compare(t: Target, nbd: Callable[[str], str]) -> None:
+    """external_copy.sh: poll check for complete with copied == total == 2; the owned
+    clusters compare equal, the rest of the destination stays zero."""
+    malloc(t)
+    malloc(t, "Malloc1", 32)
+    sp(t, "bdev_lvol_create_lvstore", "Malloc0", "lvs_test")
+    lvol = sp(t, "bdev_lvol_create", "-l", "lvs_test", "-t", "lvol", "20")
+    uri = nbd(lvol)
+    qemu_io(uri, "write -P 0xcc 0 4M", "write -P 0xdd 8M 4M")
+    t.rpc("nbd_stop_disk", {"nbd_device": uri})
+    err = t.rpc_error("bdev_lvol_start_shallow_copy", {"src_lvol_name": lvol,
+                                                       "dst_bdev_name": "nope"})
+    assert (err["code"], err["message"]) == (-32602, "No such device")
+    # A writable source fails later, in check.
+    op = sp(t, "bdev_lvol_start_shallow_copy", lvol, "Malloc1")["operation_id"]
+    got = wait_until(lambda: (r := t.rpc("bdev_lvol_check_shallow_copy",
+                                         {"operation_id": op}))["state"] != "in progress"
+                     and r, 10)
+    assert (got["state"], got["error"]) == ("error", "Operation not permitted")
+    sp(t, "bdev_lvol_set_read_only", lvol)
+    op = sp(t, "bdev_lvol_start_shallow_copy", "lvs_test/lvol", "Malloc1")["operation_id"]
+    got = wait_until(lambda: (r := t.rpc("bdev_lvol_check_shallow_copy",
+                                         {"operation_id": op}))["state"] != "in progress"
+                     and r, 10)
+    assert got == {"copied_clusters": 2, "total_clusters": 2, "state": "complete"}
+    assert t.rpc_error("bdev_lvol_check_shallow_copy", {"operation_id": op})["code"] == -19
+    dst = nbd("Malloc1")
+    qemu_io(dst, "read -P 0xcc 0 4M", "read -P 0 4M 4M", "read -P 0xdd 8M 4M",
+            "read -P 0 12M 20M")
+    t.rpc("nbd_stop_disk", {"nbd_device": dst})
+    sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
     sp(t, "bdev_malloc_delete", "Malloc0")
     sp(t, "bdev_malloc_delete", "Malloc1")

@@ -29,6 +29,8 @@ COMMANDS = [
     ["bdev_lvol_set_read_only", "lvs/vol"],
     ["bdev_lvol_delete", "lvs/vol"],
     ["bdev_lvol_set_parent", "lvs/vol", "lvs/snap"],
+    ["bdev_lvol_start_shallow_copy", "lvs/snap", "Malloc1"],
+    ["bdev_lvol_check_shallow_copy", "3"],
     ["bdev_lvol_delete_lvstore", "-l", "lvs"],
     ["bdev_lvol_delete_lvstore", "-u", "1b4c6bcb-7c9d-4f6e-9a8a-1c2b3d4e5f60"],
     ["bdev_lvol_get_lvstores"],

@@ -8,20 +8,21 @@ whenever a base with one appears, before ``bdev_wait_for_examine`` answers.
 
 Errors follow ``module/bdev/lvol/vbdev_lvol_rpc.c``: checks made before the operation
 answer ``-errno``; failures of the operation itself answer ``-32602`` with strerror's text
-(``-32603`` for ``bdev_lvol_delete``). Not served (``-32601``): ``bdev_lvol_clone_bdev``,
-``bdev_lvol_set_parent_bdev`` (external snapshots), ``bdev_lvol_start_shallow_copy`` and
-``bdev_lvol_check_shallow_copy`` (docs/lvol-format.md).
+(``-32603`` for ``bdev_lvol_delete``). Not served (``-32601``): the external
+snapshot methods ``bdev_lvol_clone_bdev`` and ``bdev_lvol_set_parent_bdev``
+(docs/lvol-format.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, ClaimType
+from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, ClaimType, Descriptor
 from pybdev.bdev.lvol.check import check_store
 from pybdev.bdev.lvol.store import NAME_MAX, Lvol, LvolStore, read_slots
 from pybdev.bdev.vbdev import StackedBdev
@@ -98,6 +99,9 @@ class LvolModule(BdevModule):
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
         self.stores: list[LvolStore] = []
+        self.copies: dict[int, dict[str, Any]] = {}  # shallow copies by operation id
+        self._next_copy = 1
+        self._copy_tasks: set[asyncio.Task[None]] = set()
 
     # -- finding stores ---------------------------------------------------------------
     def examine(self, bdev: Bdev) -> Awaitable[None] | None:
@@ -325,6 +329,62 @@ class LvolModule(BdevModule):
         except OperationError as e:
             raise RpcError(INTERNAL_ERROR, os.strerror(e.errno)) from e
 
+    # -- shallow copy -----------------------------------------------------------------
+    def start_shallow_copy(self, src: Lvol, dst_name: str) -> int:
+        """Copy the clusters ``src`` owns to the same offsets of ``dst_name``, in the
+        background (SPDK's ``spdk_bs_blob_shallow_copy``); the operation id."""
+        try:
+            desc = self.layer.open(dst_name, write=True)
+        except OperationError as e:
+            raise _async_error(e.errno) from e
+        try:
+            self.layer.claim(desc, self.name, ClaimType.READ_MANY_WRITE_ONE)
+        except OperationError as e:
+            desc.close()
+            raise _async_error(e.errno) from e
+        op_id = self._next_copy
+        self._next_copy += 1
+        op: dict[str, Any] = {"copied_clusters": 0,
+                              "total_clusters": src.num_allocated_clusters,
+                              "state": "in progress"}
+        self.copies[op_id] = op
+        task = asyncio.get_running_loop().create_task(self._shallow_copy(src, desc, op))
+        self._copy_tasks.add(task)
+        task.add_done_callback(self._copy_tasks.discard)
+        return op_id
+
+    async def _shallow_copy(self, src: Lvol, dst: Descriptor, op: dict[str, Any]) -> None:
+        store = src.store
+        cs = store.cluster_size
+        try:
+            # Checked after the start answered, as SPDK does (failures show in check).
+            if not src.read_only:
+                raise OperationError(errno.EPERM)
+            if dst.bdev.size < src.size or store.block_size % dst.bdev.block_size:
+                raise OperationError(errno.EINVAL)
+            step = min(cs, 1 << 20)
+            for idx, phys in enumerate(list(src.clusters)):
+                if not phys:
+                    continue
+                for at in range(0, cs, step):
+                    data = await store.desc.read_async(phys * cs + at, step)
+                    await dst.write_async(idx * cs + at, data)
+                op["copied_clusters"] += 1
+            op["state"] = "complete"
+        except OperationError as e:
+            op["state"] = "error"
+            op["error"] = os.strerror(e.errno)
+        finally:
+            dst.close()  # releases the claim
+
+    def check_shallow_copy(self, op_id: int) -> dict[str, Any]:
+        op = self.copies.get(op_id)
+        if op is None:
+            raise OperationError(errno.ENODEV)
+        if op["state"] != "in progress":
+            del self.copies[op_id]  # reported once, then forgotten
+        return dict(op)
+
     def lvol_info(self, lvol: Lvol) -> dict[str, Any]:
         store = lvol.store
         return {
@@ -533,6 +593,32 @@ async def bdev_lvol_set_parent(module: LvolModule, p: SetParentParams) -> bool:
     parent = module.lvol_by(p.parent_name)
     await _completion(lvol.store.set_parent(lvol, parent))
     return True
+
+
+class StartShallowCopyParams(Params):
+    src_lvol_name: Str
+    dst_bdev_name: Str
+
+
+@RPC.method("bdev_lvol_start_shallow_copy", StartShallowCopyParams, decode_error=DECODE,
+            result={"type": "object"})
+def bdev_lvol_start_shallow_copy(module: LvolModule,
+                                 p: StartShallowCopyParams) -> dict[str, Any]:
+    """Start copying the clusters a read-only lvol owns onto a bdev; answers an operation id."""
+    src = module.lvol_by(p.src_lvol_name)
+    return {"operation_id": module.start_shallow_copy(src, p.dst_bdev_name)}
+
+
+class CheckShallowCopyParams(Params):
+    operation_id: U32
+
+
+@RPC.method("bdev_lvol_check_shallow_copy", CheckShallowCopyParams, decode_error=DECODE,
+            result={"type": "object"})
+def bdev_lvol_check_shallow_copy(module: LvolModule,
+                                 p: CheckShallowCopyParams) -> dict[str, Any]:
+    """The progress of a shallow copy; a finished one is reported once."""
+    return module.check_shallow_copy(p.operation_id)
 
 
 class GetLvolsParams(Params):
