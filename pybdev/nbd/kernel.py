@@ -1,6 +1,6 @@
 """The kernel NBD export: a bdev as ``/dev/nbdN`` through the kernel's ``nbd`` driver.
 
-SPDK's ``lib/nbd`` sequence (spec §5): the kernel gets one end of a socketpair with
+SPDK's ``lib/nbd/nbd.c`` sequence: the kernel gets one end of a socketpair with
 ``NBD_SET_SOCK``, the size, block size, timeout and transmission flags, and a thread
 blocks in ``NBD_DO_IT`` for as long as the device lives.  The other end is served on the
 event loop by :class:`KernelConnection`, which speaks the transmission phase only (no
@@ -473,7 +473,6 @@ class KernelConnection(asyncio.Protocol):
         self.size = bdev.size
         self.validator = proto.RequestValidator(
             bdev.size, flags, min_block_size=min(bs & -bs, 4096), max_payload=MAX_PAYLOAD)
-        self.flush_supported = bdev.supports("flush")
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buf = bytearray()
@@ -563,20 +562,12 @@ class KernelConnection(asyncio.Protocol):
         elif typ == proto.NBD_CMD_FLUSH:
             desc.flush(0, self.size, done)
         elif typ == proto.NBD_CMD_TRIM:
-            desc.unmap(offset, length, done)
+            desc.unmap(offset, length, done, bool(flags & proto.NBD_CMD_FLAG_FUA))
         elif typ == proto.NBD_CMD_WRITE_ZEROES:
-            if flags & proto.NBD_CMD_FLAG_FUA and self.flush_supported:
-                done = partial(self._then_flush, cookie, offset, length)
-            desc.write_zeroes(offset, length, done)
+            desc.write_zeroes(offset, length, done, bool(flags & proto.NBD_CMD_FLAG_FUA))
         else:  # the validator lets nothing else through
             self._done(cookie, -errno.EINVAL, None)
         return False
-
-    def _then_flush(self, cookie: int, offset: int, length: int, status: int, _: Any) -> None:
-        if status:
-            self._done(cookie, status, None)
-        else:
-            self.desc.flush(offset, length, partial(self._done, cookie))
 
     def _read_done(self, cookie: int, status: int, data: Any) -> None:
         if status:

@@ -13,18 +13,19 @@ Hot path (see docs/decisions/nbd-server-design.md for the measurements)
     callback API, and every reply produced while the batch runs goes out in one
     ``transport.writelines``.  No task, future or coroutine per request: a bdev that
     completes inside the call (malloc) costs a function call per request.  READ replies
-    are ``[header, data]``, where ``data`` is the module's own memory when the bdev offers
-    ``zcopy`` (its read views stay valid), a copy otherwise (core's contract: read data
-    is valid during the callback only).  WRITE payloads are views of the receive buffer;
-    when a write does not complete inside the call, the buffer is left to it and the
-    connection continues in a fresh one.  Writes larger than the buffer are received
-    into a buffer of their own.
+    are ``[header, data]``, where ``data`` is the module's own buffer when the bdev declares
+    ``read_buffer = ReadBuffer.HELD`` (it stays valid while queued for sending), a copy
+    otherwise (``ReadBuffer.CALLBACK``: valid during the callback only).  WRITE payloads
+    are views of the receive buffer; when a write does not complete inside the call, the
+    buffer is left to it and the connection continues in a fresh one.  Writes larger than
+    the buffer are received into a buffer of their own.
 
 Allocation hint
-    ``NBD_CMD_BLOCK_STATUS`` for ``base:allocation`` asks the bdev for
-    ``get_block_status(offset, length, cb)`` when it has one; ``cb(status, extents)``
-    with ``extents`` a list of ``(length, flags)`` (``NBD_STATE_HOLE`` = 1,
-    ``NBD_STATE_ZERO`` = 2) starting at ``offset``.  Without it everything is data.
+    ``NBD_CMD_BLOCK_STATUS`` for ``base:allocation`` asks the descriptor's
+    ``block_status(offset, length, cb)`` when the bdev ``reports_holes``;
+    ``cb(status, extents)`` with ``extents`` a list of ``(length, flags)``
+    (``NBD_STATE_HOLE`` = 1, ``NBD_STATE_ZERO`` = 2) starting at ``offset``.  Otherwise
+    everything is data.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.bdev.core import Bdev, Descriptor, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.nbd.export import Export
 from pybdev.netaddr import bind_address, is_loopback_ip
@@ -167,12 +168,10 @@ def describe_export(name: str, bdev: Bdev) -> proto.ExportInfo:
     minimum = bs & -bs
     minimum = min(minimum, proto.MAX_MIN_BLOCK_SIZE)
     preferred = max(minimum, 4096, bdev.physical_block_size & -bdev.physical_block_size)
-    maximum = MAX_PAYLOAD
-    if bdev.max_io_bytes:
-        maximum = max(preferred, min(maximum, bdev.max_io_bytes - bdev.max_io_bytes % bs))
+    # The bdev's max_io_bytes is not advertised: the bdev layer splits larger requests.
     return proto.ExportInfo(
         name=name, size=bdev.size, flags=transmission_flags(bdev),
-        min_block_size=minimum, preferred_block_size=preferred, max_block_size=maximum,
+        min_block_size=minimum, preferred_block_size=preferred, max_block_size=MAX_PAYLOAD,
         description=f"pybdev bdev {bdev.name} ({bdev.product_name})",
     )
 
@@ -370,7 +369,6 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._structured = False
         self._zcopy = False
         self._block_status: Callable[..., None] | None = None
-        self._flush_after = False
         self._size = 0
         self._out: list[Any] = []
         self._hot: tuple[Any, ...] = ()
@@ -525,10 +523,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._size = bdev.size
         self._validator.size = self._size
         self._structured = ready.structured_replies
-        # zcopy bdevs hand out views of their own memory, valid after the callback.
-        self._zcopy = bdev.supports("zcopy")
-        self._block_status = getattr(bdev, "get_block_status", None)
-        self._flush_after = bdev.supports("flush")
+        # Read data the bdev declares valid after the callback is sent without a copy.
+        self._zcopy = bdev.read_buffer is ReadBuffer.HELD
+        self._block_status = desc.block_status if bdev.reports_holes else None
         # What the per-batch loop needs, fetched in one tuple unpack.
         self._hot = (self._validator.check, desc.read, desc.write, self._read_done,
                      self._simple_done, self._structured, self._zcopy, self._out)
@@ -629,7 +626,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self._big_err:
             self._big_left -= self._big_filled
             if self._big_left > 0:
-                self._big_view = memoryview(self._big_buf)[: min(len(self._big_buf or b""),
+                assert self._big_buf is not None
+                self._big_view = memoryview(self._big_buf)[: min(len(self._big_buf),
                                                                  self._big_left)]
                 self._big_filled = 0
                 return
@@ -721,11 +719,13 @@ class NbdConnection(asyncio.BufferedProtocol):
             desc.flush(0, self._size, partial(self._simple_done, cookie, -1))
         elif typ == proto.NBD_CMD_TRIM:
             self._inflight += 1
-            desc.unmap(offset, length, self._then_flush(flags, cookie, offset, length))
+            desc.unmap(offset, length, partial(self._simple_done, cookie, -1),
+                       bool(flags & _FUA))
         elif typ == proto.NBD_CMD_WRITE_ZEROES:
             # NO_HOLE needs nothing: write_zeroes never punches holes here.
             self._inflight += 1
-            desc.write_zeroes(offset, length, self._then_flush(flags, cookie, offset, length))
+            desc.write_zeroes(offset, length, partial(self._simple_done, cookie, -1),
+                              bool(flags & _FUA))
         elif typ == proto.NBD_CMD_CACHE:
             # Everything a bdev holds is as close as it gets: nothing to prefetch.
             self._out.append(proto.encode_simple_reply(cookie))
@@ -738,20 +738,6 @@ class NbdConnection(asyncio.BufferedProtocol):
                 done(0, [(length, 0)])
         else:  # the validator lets nothing else through
             self._out.append(proto.encode_error_reply(cookie, proto.NBD_EINVAL, self._structured))
-
-    def _then_flush(self, flags: int, cookie: int, offset: int,
-                    length: int) -> Callable[[int, Any], None]:
-        """Completion of TRIM / WRITE_ZEROES: with FUA, flush the range before answering."""
-        if not (flags & _FUA and self._flush_after):
-            return partial(self._simple_done, cookie, -1)
-
-        def flush(status: int, _data: Any) -> None:
-            if status or self._desc is None:
-                self._simple_done(cookie, -1, status, None)
-            else:
-                self._desc.flush(offset, length, partial(self._simple_done, cookie, -1))
-
-        return flush
 
     # -- completions -----------------------------------------------------------------------------
     def _read_done(self, cookie: int, offset: int, status: int, data: Any) -> None:

@@ -174,11 +174,11 @@ class FakeDesc:
         self.flushes += 1
         self._complete(cb, 0, None)
 
-    def unmap(self, offset: int, length: int, cb: Any) -> None:
+    def unmap(self, offset: int, length: int, cb: Any, fua: bool = False) -> None:
         self.data[offset:offset + length] = bytes(length)
         self._complete(cb, 0, None)
 
-    def write_zeroes(self, offset: int, length: int, cb: Any) -> None:
+    def write_zeroes(self, offset: int, length: int, cb: Any, fua: bool = False) -> None:
         self.unmap(offset, length, cb)
 
 
