@@ -50,6 +50,7 @@ class LvolBdev(StackedBdev):
 
     product_name = "Logical Volume"
     module_name = "lvol"
+    fua_native = True  # passed to the base (BaseIo emulates it where the base cannot)
 
     def __init__(self, lvol: Lvol) -> None:
         store = lvol.store
@@ -62,8 +63,11 @@ class LvolBdev(StackedBdev):
                          io_types=frozenset(io_types),
                          physical_block_size=base.physical_block_size,
                          optimal_io_boundary=store.cluster_size // base.block_size,
-                         numa_id=base.numa_id)
+                         numa_id=base.numa_id, max_io_bytes=base.max_io_bytes)
         self.lvol = lvol
+        # Reads complete with the base's buffers, or with buffers of the lvol's own that
+        # nobody writes again (zeros, joined pieces): the base's promise holds.
+        self.read_buffer = base.read_buffer
         # The hot path: no frame of our own between the descriptor and the lvol.
         self.submit_read = lvol.read  # type: ignore[method-assign]
         self.submit_write = lvol.write  # type: ignore[method-assign]

@@ -54,20 +54,32 @@ def _zero_map(n: int) -> array[int]:
 class BaseIo:
     """Where lvol data I/O goes: the base bdev's ``submit_*``, past its descriptor.
 
-    Lvol requests are already checked (inside one cluster of the data area, aligned), and
-    the base outlives every lvol bdev (the store closes its descriptor only after they
-    unregistered), so the base descriptor's checks and statistics are skipped: the lvol
-    layer then costs one call and one map lookup per request (bench/lvol_nbd.py). The
-    base's ``bdev_get_iostat`` therefore counts metadata I/O only.
+    Lvol requests are already checked (inside one cluster of the data area, aligned, at most
+    the base's ``max_io_bytes``: the lvol bdev declares the same limit), and the base
+    outlives every lvol bdev (the store closes its descriptor only after they unregistered),
+    so the base descriptor's checks and statistics are skipped: the lvol layer then costs
+    one call and one map lookup per request (bench/lvol_nbd.py). The base's
+    ``bdev_get_iostat`` therefore counts metadata I/O only. A FUA write to a base without
+    native FUA goes through the descriptor, which emulates it. -ENOMEM from the base reaches
+    the lvol bdev's descriptor, which retries the lvol request.
     """
 
     def __init__(self, desc: Descriptor) -> None:
         bdev = desc.bdev
+        self._desc = desc
+        self._submit_write = bdev.submit_write
         self.read = bdev.submit_read
-        self.write = bdev.submit_write
+        self.write: Callable[[int, Any, Callback, bool], None] = (
+            bdev.submit_write if bdev.fua_native else self._write)
         self.unmap = bdev.submit_unmap
         self.write_zeroes = bdev.submit_write_zeroes
         self.can_unmap = bdev.supports("unmap")
+
+    def _write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        if fua:
+            self._desc.write(offset, data, cb, True)
+        else:
+            self._submit_write(offset, data, cb, False)
 
 
 class Lvol:
