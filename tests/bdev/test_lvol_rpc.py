@@ -700,3 +700,25 @@ def test_shallow_copy_compare(t: Target, nbd: Callable[[str], str]) -> None:
     sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
     sp(t, "bdev_malloc_delete", "Malloc0")
     sp(t, "bdev_malloc_delete", "Malloc1")
+
+
+@needs_qemu_io
+@pytest.mark.skipif(shutil.which("nbdinfo") is None, reason="needs nbdinfo")
+def test_thin_lvol_holes_in_the_nbd_allocation_map(t: Target, nbd: Callable[[str], str]) -> None:
+    """base:allocation of a thin lvol: its own and its parent's clusters are data, the rest
+    holes reading zeros."""
+    malloc(t)
+    sp(t, "bdev_lvol_create_lvstore", "Malloc0", "lvs_test")
+    lvol = sp(t, "bdev_lvol_create", "-l", "lvs_test", "-t", "lvol", "16")
+    uri = nbd(lvol)
+    qemu_io(uri, "write -P 0xaa 4M 4k")
+    sp(t, "bdev_lvol_snapshot", lvol, "snap")
+    qemu_io(uri, "write -P 0xbb 12M 4k")
+    out = subprocess.run(["nbdinfo", "--map", "--json", uri], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    extents = [(e["offset"], e["length"], e["type"]) for e in json.loads(out)]
+    M = MiB
+    assert extents == [(0, 4 * M, 3), (4 * M, 4 * M, 0), (8 * M, 4 * M, 3), (12 * M, 4 * M, 0)]
+    t.rpc("nbd_stop_disk", {"nbd_device": uri})
+    sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
+    sp(t, "bdev_malloc_delete", "Malloc0")

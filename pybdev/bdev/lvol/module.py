@@ -22,7 +22,15 @@ import os
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pybdev.bdev.core import Bdev, BdevEvent, BdevModule, BdevState, ClaimType, Descriptor
+from pybdev.bdev.core import (
+    Bdev,
+    BdevEvent,
+    BdevModule,
+    BdevState,
+    Callback,
+    ClaimType,
+    Descriptor,
+)
 from pybdev.bdev.lvol.check import check_store
 from pybdev.bdev.lvol.store import NAME_MAX, Lvol, LvolStore, read_slots
 from pybdev.bdev.vbdev import StackedBdev
@@ -76,6 +84,27 @@ class LvolBdev(StackedBdev):
 
     def on_removed(self) -> None:
         self.lvol.fail_queued(-errno.ENODEV)
+
+    reports_holes = True
+
+    def get_block_status(self, offset: int, length: int, cb: Callback) -> None:
+        """Clusters with no data in the lvol or its parents are holes reading zeros."""
+        lvol = self.lvol
+        store = lvol.store
+        cs = store.cluster_size
+        extents: list[tuple[int, int]] = []
+        pos, end = offset, offset + length
+        while pos < end:
+            idx = pos // cs
+            n = min(end, (idx + 1) * cs) - pos
+            owned = idx < len(lvol.clusters) and lvol.clusters[idx]
+            flags = 0 if owned or store.back_cluster(lvol, idx) else 3
+            if extents and extents[-1][1] == flags:
+                extents[-1] = (extents[-1][0] + n, flags)
+            else:
+                extents.append((n, flags))
+            pos += n
+        cb(0, extents)
 
     def driver_specific(self) -> dict[str, Any]:
         lvol = self.lvol
