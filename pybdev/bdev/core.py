@@ -76,6 +76,9 @@ log = logging.getLogger("pybdev.bdev")
 
 Callback = Callable[[int, Any], None]
 EventCallback = Callable[["BdevEvent", "Bdev"], None]
+# Told of "bdev_register", "bdev_unregister" and "bdev_resize" with the bdev's name, as
+# SPDK's lib/bdev/bdev.c calls spdk_notify_send (the notify ring subscribes here).
+Observer = Callable[[str, str], object]
 
 # Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (lib/bdev/bdev_rpc.c).
 IO_TYPE_NAMES = (
@@ -240,6 +243,7 @@ class Bdev:
         self.claim_type = ClaimType.NONE
         self.claims: list[Claim] = []
         self.claim_key = 0  # read_many_write_shared: the key every claimer must present
+        self.qd_sampling_period = 0  # bdev_set_qd_sampling_period, microseconds
         self.state = BdevState.REGISTERED
         self.descriptors: set[Descriptor] = set()
         self.stat = IoStat()
@@ -775,6 +779,7 @@ class BdevLayer:
             "iobuf_small_cache_size": 128, "iobuf_large_cache_size": 16,
         }
         self.examine_allowlist: list[str] = []
+        self.observers: list[Observer] = []
         self._examining: set[asyncio.Future[None]] = set()
         self._examine_done = asyncio.Event()
         self._examine_done.set()
@@ -822,6 +827,7 @@ class BdevLayer:
             self._names[n] = bdev
         self.bdevs[bdev.name] = bdev
         log.debug("registered bdev %s", bdev.name)
+        self._tell("bdev_register", bdev.name)
         if self.options["bdev_auto_examine"] or bdev.name in self.examine_allowlist:
             self.examine(bdev)
 
@@ -1002,6 +1008,7 @@ class BdevLayer:
                 del self._names[n]
         self.bdevs.pop(bdev.name, None)
         bdev.state = BdevState.GONE
+        self._tell("bdev_unregister", bdev.name)
         await bdev.destruct()
         log.debug("bdev %s removed", bdev.name)
 
@@ -1015,9 +1022,17 @@ class BdevLayer:
     def resize(self, bdev: Bdev, num_blocks: int) -> None:
         """Change the size and tell every descriptor (exports update their devices)."""
         bdev.num_blocks = num_blocks
+        self._tell("bdev_resize", bdev.name)
         for desc in list(bdev.descriptors):
             if desc.event_cb is not None:
                 asyncio.get_running_loop().call_soon(_notify, desc, BdevEvent.RESIZE)
+
+    def _tell(self, event: str, name: str) -> None:
+        for observer in self.observers:
+            try:
+                observer(event, name)
+            except Exception:
+                log.exception("observer of %s %s failed", event, name)
 
     async def shutdown(self) -> None:
         """Unregister every bdev, newest first, so vbdevs go before their bases."""

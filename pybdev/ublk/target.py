@@ -17,12 +17,15 @@ import errno
 import functools
 import logging
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from pybdev import uring
 from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
+
+# Re-exported: the cpumask helpers lived here before pybdev.cpus.
+from pybdev.cpus import format_cpumask as format_cpumask
+from pybdev.cpus import parse_cpumask as parse_cpumask
 from pybdev.errors import OperationError
 from pybdev.ublk import uapi
 from pybdev.ublk.control import CONTROL_PATH, Control, ControlError, open_control
@@ -52,43 +55,6 @@ class DeviceState(enum.Enum):
     RECOVERING = "recovering"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-# -- cpumask ------------------------------------------------------------------------------
-def parse_cpumask(text: str) -> frozenset[int]:
-    """SPDK's forms: hex with or without 0x, or a list "[0,2-3]". ValueError when invalid."""
-    text = text.strip()
-    if not text:
-        raise ValueError("empty cpumask")
-    if text.startswith("["):
-        if not text.endswith("]"):
-            raise ValueError(f"unterminated cpu list {text!r}")
-        cpus: set[int] = set()
-        for part in text[1:-1].split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if not m:
-                raise ValueError(f"bad cpu list element {part!r}")
-            lo = int(m.group(1))
-            hi = int(m.group(2)) if m.group(2) else lo
-            if hi < lo:
-                raise ValueError(f"bad cpu range {part!r}")
-            cpus.update(range(lo, hi + 1))
-        if not cpus:
-            raise ValueError("empty cpu list")
-        return frozenset(cpus)
-    digits = text[2:] if text.lower().startswith("0x") else text
-    if not digits or not re.fullmatch(r"[0-9a-fA-F]+", digits):
-        raise ValueError(f"cpumask {text!r} is not hexadecimal")
-    value = int(digits, 16)
-    if value == 0:
-        raise ValueError("cpumask selects no CPU")
-    return frozenset(i for i in range(value.bit_length()) if value >> i & 1)
-
-
-def format_cpumask(cpus: frozenset[int]) -> str:
-    """Lowercase hex without 0x, as SPDK's spdk_cpuset_fmt."""
-    return format(sum(1 << c for c in cpus), "x")
 
 
 # -- device parameters ------------------------------------------------------------------------

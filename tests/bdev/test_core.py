@@ -247,6 +247,22 @@ async def test_every_module_refuses_out_of_range_and_misaligned(layer: BdevLayer
         desc.close()
 
 
+async def test_observers_hear_register_resize_and_unregister(layer: BdevLayer) -> None:
+    heard: list[tuple[str, str]] = []
+    layer.observers.append(lambda event, name: heard.append((event, name)))
+    layer.observers.append(lambda event, name: 1 / 0)  # a failing observer is logged only
+    bdev = malloc(layer, "Obs0")
+    desc = layer.open("Obs0", write=False)
+    layer.resize(bdev, 128)
+    assert heard == [("bdev_register", "Obs0"), ("bdev_resize", "Obs0")]
+    deleting = asyncio.ensure_future(layer.unregister(bdev))
+    await asyncio.sleep(0)
+    assert heard[-1] == ("bdev_resize", "Obs0")  # not gone while a descriptor is open
+    desc.close()
+    await deleting
+    assert heard[-1] == ("bdev_unregister", "Obs0")
+
+
 # -- I/O semantics the layer owns: FUA, splitting, write-zeroes, -ENOMEM, declarations ----
 
 class Recorder(Bdev):
