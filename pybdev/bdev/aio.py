@@ -53,6 +53,7 @@ from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, NameParams, Params, Str, Uuid
+from pybdev.tasks import background
 
 RPC = RpcTable()
 
@@ -429,8 +430,7 @@ class AioModule(BdevModule):
             raise OperationError(errno.ENODEV, f"aio bdev {name} is being deleted")
         if size == 0:
             log.error("%s: hot-remove detected, unregistering bdev", name)
-            task = asyncio.get_running_loop().create_task(self.layer.unregister(bdev))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            background(self.layer.unregister(bdev), f"removing aio bdev {name}")
             return
         num_blocks = size // bdev.block_size
         if num_blocks == bdev.num_blocks:

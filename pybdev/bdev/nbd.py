@@ -43,6 +43,7 @@ from pybdev.proto.nbd import uri as nbd_uri
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import NameParams, Params, Str
+from pybdev.tasks import background
 
 RPC = RpcTable()
 
@@ -481,8 +482,7 @@ class NbdBdev(Bdev):
             return
         log.error("NBD bdev %s: lost the connection to %s; removing the bdev", self.name,
                   self.uri)
-        task = asyncio.ensure_future(layer.unregister(self))
-        task.add_done_callback(_log_failure)
+        background(layer.unregister(self), f"removing NBD bdev {self.name}")
 
     async def destruct(self) -> None:
         await self.client.disconnect()
@@ -492,11 +492,6 @@ class NbdBdev(Bdev):
 
     def write_config(self) -> list[dict[str, Any]]:
         return [{"method": "bdev_nbd_create", "params": {"name": self.name, "uri": self.uri}}]
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("hot-remove failed: %s", task.exception())
 
 
 async def connect(uri: str) -> NbdClient:

@@ -47,6 +47,7 @@ from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, U64, NameParams, Params, Str, Uuid
+from pybdev.tasks import background
 
 RPC = RpcTable()
 
@@ -532,7 +533,7 @@ async def _in_thread_bounded(fn: Callable[..., None], *args: Any, what: str = ""
     except TimeoutError:
         log.warning("%s still blocked after %.0f s; continuing without it", what or fn,
                     timeout)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        background(task, f"{what or fn} (left to finish)")
 
 
 
