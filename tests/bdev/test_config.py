@@ -1,4 +1,4 @@
-"""save_config of the bdev subsystem and its round trip (SPDK's lib/init/json_config.c), SPDK's rpc_batching.sh."""
+"""save_config of the bdev subsystem and its round trip, as SPDK's rpc_batching.sh checks."""
 
 from __future__ import annotations
 
