@@ -1,8 +1,8 @@
 """JSON-RPC error codes and the exception handlers raise to answer with an error.
 
 Codes follow SPDK (``include/spdk/jsonrpc.h``): envelope errors in the -32xxx range,
-``-errno`` with the glibc ``strerror`` text for failed operations, and -1 for a call in the wrong state.
-Messages start with SPDK's text; pybdev may add a precise detail after ``": "``.
+``-errno`` with the glibc ``strerror`` text for failed operations, and -1 for a call in the
+wrong state. Messages start with SPDK's text; pybdev may add a precise detail after ``": "``.
 """
 
 from __future__ import annotations
