@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 
-from pybdev.errors import OperationError  # noqa: F401  (re-exported until every importer moved)
-
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
