@@ -61,7 +61,3 @@ class BdevSubsystem(Subsystem):
         config.append({"method": "bdev_wait_for_examine"})
         return config
 
-
-def bdev_layer(app: App) -> BdevLayer:
-    """The target's bdev layer, for code outside the bdev package (exports)."""
-    return app.subsystem(BdevSubsystem).layer

@@ -72,6 +72,7 @@ from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import PARSE_ERROR, RpcError
 from pybdev.rpc.framing import MAX_REQUEST_BYTES, FramingError, JsonStream
 from pybdev.rpc.registry import Registry, State
+from pybdev.rpc.schema import openrpc_document
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -378,8 +379,6 @@ async def configure_http(
 
 def schema_document(registry: Registry) -> bytes:
     """The OpenRPC description of the methods, as in ``rpc_schemas/`` (same generator)."""
-    from pybdev.rpc.schema import openrpc_document
-
     return (encode(openrpc_document(registry)) + "\n").encode()
 
 
