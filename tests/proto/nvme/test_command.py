@@ -31,7 +31,7 @@ def test_cqe_status_encoding() -> None:
     assert struct.unpack_from("<H", raw, 14)[0] == 0x8308  # wire value from docs/nvmf.md
     cqe = nvme.decode_cqe(raw)
     assert (cqe.sct, cqe.sc, cqe.dnr, cqe.dw0, cqe.cid) == (1, 0x84, True, 0x10200, 5)
-    assert nvme.Sc.LBA_OUT_OF_RANGE == nvme.status(0, 0x80)
+    assert nvme.status(0, 0x80) == nvme.Sc.LBA_OUT_OF_RANGE
 
 
 def test_connect_sqe_and_data() -> None:
@@ -57,7 +57,7 @@ def test_connect_sqe_and_data() -> None:
     (lambda d: d.__setitem__(slice(256, 512), b"a" * 256), 256),  # no NUL
     (lambda d: d.__setitem__(slice(512, 515), b"\xff\xfe\0"), 512),  # not UTF-8
 ])
-def test_connect_data_rejects(mutate, offset: int) -> None:  # noqa: ANN001
+def test_connect_data_rejects(mutate, offset: int) -> None:
     data = bytearray(nvme.ConnectData(bytes(16), 1, "s", "h").encode())
     mutate(data)
     with pytest.raises(nvme.DecodeError) as info:

@@ -218,7 +218,7 @@ def test_term_req_bytes_and_parse() -> None:
      Fes.DATA_TRANSFER_LIMIT_EXCEEDED, 4),
     (lambda b: struct.pack_into("<I", b, 4, 0xFFFFFFFF), Fes.DATA_TRANSFER_LIMIT_EXCEEDED, 4),
 ])
-def test_capsule_header_checks_before_buffering(mutate, fes: int, fei: int) -> None:  # noqa: ANN001
+def test_capsule_header_checks_before_buffering(mutate, fes: int, fei: int) -> None:
     raw = bytearray(b"".join(nvme.Framer().capsule_cmd(SQE, b"z" * 64)))
     mutate(raw)
     with pytest.raises(nvme.PduError) as info:
