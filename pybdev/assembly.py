@@ -21,6 +21,7 @@ from pybdev.bdev.core import BdevModule
 from pybdev.bdev.modules import BUILTIN_MODULES
 from pybdev.bdev.subsystem import BdevSubsystem
 from pybdev.nbd.subsystem import NbdSubsystem
+from pybdev.nvmf.subsystem import NvmfSubsystem
 from pybdev.subsystem import Subsystem, init_order
 from pybdev.ublk.subsystem import UblkSubsystem
 
@@ -41,7 +42,7 @@ class Plugin:
 BUILTIN = Plugin(
     "pybdev",
     bdev_modules=BUILTIN_MODULES,
-    subsystems=(BdevSubsystem, NbdSubsystem, UblkSubsystem),
+    subsystems=(BdevSubsystem, NbdSubsystem, UblkSubsystem, NvmfSubsystem),
 )
 
 
