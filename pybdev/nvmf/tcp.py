@@ -144,8 +144,7 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), str(peer[1]))
         sock = transport.get_extra_info("socket")
