@@ -4,14 +4,16 @@ identify, I/O patterns, flush, deallocate, events and malformed input."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from pybdev.proto import nvme
 from pybdev.proto.nvme import Sc
-from tests.conftest import wait_until
-from tests.nvmf.conftest import NQN, Nvmf
+from tests.conftest import Target, wait_until
+from tests.nvmf.conftest import NQN, Nvmf, free_port
 from tests.nvmf.initiator import HOSTNQN, Host, Queue, TermReqReceived
 
 DNR = nvme.STATUS_DNR
@@ -119,7 +121,7 @@ def test_pipelined_commands_on_one_queue(nvmf: Nvmf) -> None:
         cids.append(cid)
         q.submit(nvme.encode_read(cid, 1, i, 1, 512))
     for i, cid in enumerate(cids):
-        cqe, data = q.wait(cid)
+        _cqe, data = q.wait(cid)
         assert data == pattern[i]
     host.close()
 
@@ -179,8 +181,6 @@ def test_malformed_pdu_terminates_only_that_connection(nvmf: Nvmf, garbage: byte
 
 
 def test_garbage_before_icreq(nvmf: Nvmf) -> None:
-    import socket
-
     with socket.create_connection(("127.0.0.1", nvmf.port)) as s:
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         parser = nvme.PduParser(nvme.HOST)
@@ -259,7 +259,7 @@ def test_discovery(nvmf: Nvmf) -> None:
     assert host.ident.subnqn == nvme.DISCOVERY_NQN
     _, head = host.admin.ok(lambda c: nvme.encode_get_log_page(c, nvme.Lid.DISCOVERY, 1024,
                                                                 nsid=0))
-    genctr, numrec = nvme.decode_discovery_header(head)
+    _genctr, numrec = nvme.decode_discovery_header(head)
     assert numrec == 1  # "hidden" does not allow this host
     _, page = host.admin.ok(lambda c: nvme.encode_get_log_page(
         c, nvme.Lid.DISCOVERY, 1024 + numrec * 1024, nsid=0))
@@ -274,10 +274,8 @@ def test_discovery(nvmf: Nvmf) -> None:
     host.close()
 
 
-def test_keep_alive_timeout_ends_the_controller(start_target, tmp_path) -> None:  # noqa: ANN001
+def test_keep_alive_timeout_ends_the_controller(start_target: Callable[..., Target]) -> None:
     t = start_target()
-    from tests.nvmf.conftest import free_port
-
     port = free_port()
     t.rpc("nvmf_create_transport", {"trtype": "TCP", "min_kato": 1000, "kas": 10})
     t.rpc("nvmf_create_subsystem", {"nqn": NQN, "allow_any_host": True})
