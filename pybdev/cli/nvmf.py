@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from pybdev.cli.output import print_dict, print_json
+from pybdev.cli.output import print_dict
 
 DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 _GLOBALS = {"client", "func", "called_rpc_name", "server_addr", "port", "timeout", "verbose",
@@ -70,7 +70,7 @@ def nvmf_subsystem_add_ns(a: argparse.Namespace) -> None:
     params = _group(_params(a), "namespace", [
         "bdev_name", "ptpl_file", "nsid", "nguid", "eui64", "uuid", "anagrpid",
         "no_auto_visible", "hide_metadata"])
-    print_json(a.client.call("nvmf_subsystem_add_ns", params))
+    a.client.call("nvmf_subsystem_add_ns", params)  # SPDK's CLI prints nothing here
 
 
 def _simple(method: str, a: argparse.Namespace) -> None:
@@ -176,6 +176,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    "milliseconds", type=int)
     p.add_argument("--min-kato", help="Minimum Keep Alive Timeout value in milliseconds",
                    type=int)
+    p.add_argument("--masked-oncs", help="Comma-separated list of ONCS features to mask "
+                   "(disable): all, nvmcmps, nvmdsmsv, nvmwzsv, reservs, nvmcpys",
+                   type=partial(str.split, sep=","))
+    p.add_argument("--masked-fuses", help="Comma-separated list of FUSES features to mask "
+                   "(disable): all, fcws", type=partial(str.split, sep=","))
 
     p = cmd("nvmf_get_transports", nvmf_get_transports,
             "Display nvmf transports or required transport")
