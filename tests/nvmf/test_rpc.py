@@ -86,7 +86,8 @@ def test_errors(nvmf: Nvmf) -> None:
         assert t.rpc_error("nvmf_create_subsystem", {"nqn": bad}) == {
             "code": -32603, "message": f"Unable to create subsystem {bad}"}
     other = "nqn.2016-06.io.spdk:cnode2"
-    assert is_invalid(t.rpc_error("nvmf_create_subsystem", {"nqn": other, "serial_number": "x" * 21}))
+    assert is_invalid(t.rpc_error("nvmf_create_subsystem",
+                                  {"nqn": other, "serial_number": "x" * 21}))
     assert t.rpc_error("nvmf_create_subsystem", {"nqn": other, "min_cntlid": 5,
                                                  "max_cntlid": 4}) == {
         "code": -32602, "message": "Invalid cntlid range [5-4]"}
