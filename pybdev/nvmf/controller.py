@@ -495,7 +495,8 @@ def commands_effects_log() -> bytes:
                 AdminOpc.SET_FEATURES, AdminOpc.GET_FEATURES, AdminOpc.ASYNC_EVENT_REQUEST,
                 AdminOpc.KEEP_ALIVE):
         _U32.pack_into(page, opc * 4, 1)
-    for opc in (IoOpc.FLUSH, IoOpc.WRITE, IoOpc.READ, IoOpc.WRITE_ZEROES,
-                IoOpc.DATASET_MANAGEMENT):
-        _U32.pack_into(page, 1024 + opc * 4, 1 | (2 if opc != IoOpc.READ else 0))
+    for io in (IoOpc.FLUSH, IoOpc.WRITE, IoOpc.READ, IoOpc.WRITE_ZEROES,
+               IoOpc.DATASET_MANAGEMENT):
+        # CSUPP, and LBCC (the command may change logical block content) for all but Read
+        _U32.pack_into(page, 1024 + io * 4, 1 | (2 if io != IoOpc.READ else 0))
     return bytes(page)

@@ -16,14 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import BdevEvent, BdevLayer, Descriptor
+from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
 from pybdev.errors import OperationError
 from pybdev.nvmf.nqn import nqn_is_valid
 from pybdev.proto.nvme import DISCOVERY_NQN
 from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 
 if TYPE_CHECKING:
-    from pybdev.bdev.core import Bdev
     from pybdev.nvmf.controller import Controller
     from pybdev.nvmf.tcp import TcpTransport
 
@@ -309,9 +308,11 @@ class Target:
             raise invalid_params()
         if anagrpid > sub.max_namespaces:
             raise invalid_params()
+        def on_event(event: BdevEvent, _bdev: Bdev, s: NvmSubsystem = sub, n: int = nsid) -> None:
+            self._bdev_event(s, n, event)
+
         try:
-            desc = self.layer.open(bdev_name, True,
-                                   lambda ev, bdev, s=sub, n=nsid: self._bdev_event(s, n, ev))
+            desc = self.layer.open(bdev_name, True, on_event)
         except OperationError:
             raise invalid_params() from None
         try:

@@ -144,7 +144,8 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), str(peer[1]))
         sock = transport.get_extra_info("socket")
@@ -170,6 +171,16 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed()
+
+    # A host that stops reading must not make the target buffer its answers without end:
+    # while the socket's send buffer is over the high-water mark, take no new commands.
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     @property
     def local_address(self) -> tuple[str, str]:
@@ -369,10 +380,11 @@ class Connection(asyncio.Protocol):
                                opts)
             sub.controllers[cntlid] = ctrlr
         else:
-            ctrlr = sub.controllers.get(cdata.cntlid)
-            if ctrlr is None or ctrlr.hostnqn != cdata.hostnqn or sub.is_discovery:
+            found = sub.controllers.get(cdata.cntlid)
+            if found is None or found.hostnqn != cdata.hostnqn or sub.is_discovery:
                 self.complete(cid, Sc.CONNECT_INVALID_PARAMETERS | DNR, CONNECT_IATTR_DATA | 16)
                 return
+            ctrlr = found
             if qid > opts.max_io_qpairs_per_ctrlr:
                 self.complete(cid, Sc.CONNECT_INVALID_PARAMETERS | DNR, 42)
                 return

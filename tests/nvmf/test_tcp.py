@@ -286,3 +286,40 @@ def test_keep_alive_timeout_ends_the_controller(start_target: Callable[..., Targ
                timeout=10, what="keep-alive expiry")
     with pytest.raises((ConnectionError, OSError)):
         host.admin.ok(lambda c: nvme.encode_keep_alive(c))
+
+
+def test_fuzzed_connections_leave_the_target_serving(nvmf: Nvmf) -> None:
+    """Mutated PDU streams from many connections; a good connection keeps working."""
+    import random
+
+    rng = random.Random(1234)
+    good = Host(nvmf.port, NQN)
+    (gq,) = good.open_io(1)
+    framer = nvme.Framer()
+    pieces = [
+        b"".join(framer.capsule_cmd(nvme.encode_read(7, 1, 0, 8, 512))),
+        b"".join(framer.capsule_cmd(nvme.encode_write(8, 1, 0, 1, 512, in_capsule=True),
+                                    b"w" * 512)),
+        b"".join(framer.capsule_cmd(nvme.encode_connect(9, 0, 31), nvme.ConnectData(
+            bytes(16), 0xFFFF, NQN, HOSTNQN).encode())),
+        b"".join(framer.capsule_cmd(nvme.encode_write(10, 1, 0, 256, 512))),
+        b"".join(framer.h2c_data(10, 0, 0, b"d" * 4096, last=False)),
+        b"".join(framer.capsule_cmd(nvme.encode_property_set(11, nvme.PROP_CC, 0x460001))),
+    ]
+    for _ in range(40):
+        stream = bytearray(nvme.encode_ic_req() + b"".join(
+            rng.choice(pieces) for _ in range(rng.randint(1, 6))))
+        for _ in range(rng.randint(0, 4)):
+            stream[rng.randrange(len(stream))] = rng.randrange(256)
+        with socket.create_connection(("127.0.0.1", nvmf.port), timeout=5) as s:
+            s.sendall(stream)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+        data = os.urandom(512)
+        write(gq, 100, data)
+        assert read(gq, 100, 1) == data
+    good.close()
