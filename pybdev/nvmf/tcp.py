@@ -405,13 +405,16 @@ class Connection(asyncio.Protocol):
     def complete(self, cid: int, status: int = 0, dw0: int = 0, dw1: int = 0) -> None:
         if self.closed:
             return
+        assert self.transport is not None
+        self.transport.write(self.framer.capsule_resp(self._cqe(cid, status, dw0, dw1)))
+
+    def _cqe(self, cid: int, status: int, dw0: int, dw1: int) -> bytes:
+        """The CQE of a finished command (and its accounting)."""
         self.outstanding -= 1
         if self.qid > 0:
             self.tcp.stats["completed_nvme_io"] += 1
         sqhd = SQHD_DISABLED if self.sqhd_disabled else self.sq_head
-        cqe = nvme.encode_cqe(cid, status, dw0, dw1, sqhd, max(self.qid, 0))
-        assert self.transport is not None
-        self.transport.write(self.framer.capsule_resp(cqe))
+        return nvme.encode_cqe(cid, status, dw0, dw1, sqhd, max(self.qid, 0))
 
     def send_data(self, cid: int, data: Any) -> None:
         """Answer a command with C2H data and success."""
@@ -420,11 +423,13 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         payload = data if isinstance(data, bytes) else bytes(data)
         if self.sqhd_disabled and self.opts.c2h_success:
-            self.outstanding -= 1
+            self._cqe(cid, 0, 0, 0)  # accounted, not sent: SUCCESS replaces it
             self.transport.writelines(self.framer.c2h_data(cid, 0, payload, True, True))
             return
-        self.transport.writelines(self.framer.c2h_data(cid, 0, payload, True, False))
-        self.complete(cid)
+        # data and completion in one write: one syscall per read on an idle socket
+        parts = self.framer.c2h_data(cid, 0, payload, True, False)
+        parts.append(self.framer.capsule_resp(self._cqe(cid, 0, 0, 0)))
+        self.transport.writelines(parts)
 
     def to_json(self) -> dict[str, Any]:
         ctrlr = self.controller
