@@ -148,10 +148,14 @@ def test_save_config_order_and_replay(nvmf: Nvmf, start_target: Callable[..., Ta
     host.close()
 
 
-def test_cli_and_spdk_rpc(target: Target) -> None:
-    port = str(free_port())
-    target.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 256, "block_size": 512})
-    for run in (target.spdk, target.cli):
+def test_cli_and_spdk_rpc(start_target: Callable[..., Target]) -> None:
+    # transports cannot be deleted (as in SPDK): one fresh target per client
+    for client in ("spdk", "cli"):
+        target = start_target()
+        run = getattr(target, client)
+        port = str(free_port())
+        target.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 256,
+                                          "block_size": 512})
         run("nvmf_create_transport", "-t", "tcp", "-o", "-c", "8192")
         run("nvmf_create_subsystem", NQN, "-a", "-s", "SPDK001", "-d", "model", "-m", "8")
         assert run("nvmf_subsystem_add_ns", NQN, "Malloc0", "-n", "2").stdout == ""
@@ -177,12 +181,8 @@ def test_cli_and_spdk_rpc(target: Target) -> None:
         run("nvmf_subsystem_remove_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1",
             "-s", port)
         run("nvmf_delete_subsystem", NQN)
-        # transports cannot be deleted (as in SPDK): restart with a fresh target next round
+        assert len(target.rpc("nvmf_get_subsystems")) == 1
         target.stop()
-        target.__init__(target.sock, [], target.log_path)  # type: ignore[misc]
-        target.wait_ready()
-        target.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 256,
-                                          "block_size": 512})
 
 
 def test_startup_methods(start_target: Callable[..., Target]) -> None:

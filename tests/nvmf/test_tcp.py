@@ -323,3 +323,40 @@ def test_fuzzed_connections_leave_the_target_serving(nvmf: Nvmf) -> None:
         write(gq, 100, data)
         assert read(gq, 100, 1) == data
     good.close()
+
+
+def test_fuzzed_commands_leave_the_target_serving(nvmf: Nvmf) -> None:
+    """Well-framed capsules with random SQE fields on admin and I/O queues: every one is
+    answered (or ends its connection), and another connection keeps working."""
+    import random
+
+    rng = random.Random(99)
+    good = Host(nvmf.port, NQN)
+    (gq,) = good.open_io(1)
+    opcodes = [0x00, 0x01, 0x02, 0x06, 0x08, 0x09, 0x0A, 0x18, 0x7F, 0x55, 0x02]  # no AER: held
+    for round_ in range(6):
+        victim = Host(nvmf.port, NQN)
+        (io,) = victim.open_io(1)
+        for q in (victim.admin, io):
+            for _ in range(25):
+                cid = q.next_cid()
+                sqe = bytearray(rng.randbytes(64))
+                sqe[0] = rng.choice(opcodes)
+                sqe[1] = rng.choice([0x40, 0x40, 0x41, 0x00])
+                sqe[2:4] = cid.to_bytes(2, "little")
+                sqe[4:8] = rng.choice([0, 1, 2, 0xFFFFFFFF]).to_bytes(4, "little")
+                sqe[39] = rng.choice([0x5A, 0x5A, 0x01, 0x40])
+                sqe[32:36] = rng.choice([0, 512, 4096, 1 << 20]).to_bytes(4, "little")
+                sqe[44:48] = rng.choice([0, 1, 7, 0xFFFF]).to_bytes(4, "little")
+                data = rng.randbytes(rng.choice([0, 16, 512])) if sqe[39] == 0x01 else None
+                if data is not None:
+                    sqe[32:36] = len(data).to_bytes(4, "little")
+                try:
+                    q.submit(bytes(sqe), data or None)
+                    q.wait(cid, write_data=bytes(1 << 20))
+                except (TermReqReceived, ConnectionError, OSError, AssertionError):
+                    break
+        data = os.urandom(512)
+        write(gq, 50 + round_, data)
+        assert read(gq, 50 + round_, 1) == data
+    good.close()
