@@ -360,3 +360,20 @@ def test_fuzzed_commands_leave_the_target_serving(nvmf: Nvmf) -> None:
         write(gq, 50 + round_, data)
         assert read(gq, 50 + round_, 1) == data
     good.close()
+
+
+def test_resize_notifies_hosts(nvmf: Nvmf) -> None:
+    t = nvmf.target
+    t.rpc("bdev_null_create", {"name": "Null0", "num_blocks": 1024, "block_size": 512})
+    assert t.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "Null0"}}) \
+        == 2
+    host = Host(nvmf.port, NQN)
+    host.admin.ok(lambda c: nvme.encode_set_features(
+        c, nvme.Fid.ASYNC_EVENT_CONFIGURATION, nvme.OAES_NS_ATTR))
+    aer = host.admin.next_cid()
+    host.admin.submit(nvme.encode_async_event_request(aer))
+    t.rpc("bdev_null_resize", {"name": "Null0", "new_size": 2})  # MiB
+    cqe, _ = host.admin.wait(aer)
+    assert cqe is not None and cqe.dw0 == nvme.AER_NS_ATTR_CHANGED
+    assert host.identify_ns(2).nsze == 4096
+    host.close()
