@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pybdev import __version__, framework, spdk_tgt_options
+from pybdev import __version__, framework, logs, spdk_tgt_options
 from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
 from pybdev.rpc.dispatcher import Dispatcher
@@ -29,6 +31,9 @@ from pybdev.rpc.server import SocketInUse, UnixRpcServer
 from pybdev.subsystem import Subsystem
 
 DEFAULT_RPC_SOCKET = "/var/tmp/spdk.sock"
+#: Signals that stop the target cleanly (SIGHUP and SIGQUIT too: a service manager or a
+#: closed terminal must not leave the socket, the lock file and half-drained exports).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 S = TypeVar("S", bound=Subsystem)
 
@@ -56,15 +61,19 @@ def build_parser(assembly: Assembly | None = None) -> argparse.ArgumentParser:
     p.add_argument("-m", "--cpumask", default="0x1", metavar="MASK",
                    help="core mask (hex); the default cpumask of the ublk target")
     p.add_argument("-L", "--logflag", action="append", default=[], metavar="COMPONENT",
-                   help="enable debug logs of one component (rpc, bdev, nbd, ublk, ...); "
+                   help=f"enable debug logs of one component ({', '.join(logs.FLAGS)}); "
                         "'all' for every one")
-    p.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "NOTICE", "WARNING", "ERROR"],
-                   help="level of messages printed to stderr (default INFO)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=list(logs.LEVELS),
+                   help="lowest level printed to stderr and written to --log-file "
+                        "(default INFO)")
+    p.add_argument("--log-file", metavar="FILE", help="also write the log to FILE")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text lines (default) or one JSON object a line")
     p.add_argument("--silence-noticelog", action="store_true",
                    help="print warnings and errors only (as --log-level WARNING)")
-    p.add_argument("-f", dest="pidfile", metavar="FILE",
-                   help="write the target's pid to FILE once it serves RPC (spdk_tgt's -f)")
+    p.add_argument("-f", "--pidfile", dest="pidfile", metavar="FILE",
+                   help="write the target's pid to FILE once it serves RPC (spdk_tgt's -f); "
+                        "removed at exit")
     p.add_argument("--plugins-strict", action="store_true",
                    help="refuse to start when an installed plugin fails to load "
                         "(default: log the error and start without it)")
@@ -76,16 +85,13 @@ def build_parser(assembly: Assembly | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(level: str, flags: Sequence[str]) -> None:
-    level = "INFO" if level == "NOTICE" else level
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="[%(asctime)s] %(name)s: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for flag in flags:
-        name = "pybdev" if flag == "all" else f"pybdev.{flag}"
-        logging.getLogger(name).setLevel(logging.DEBUG)
+def log_control(options: argparse.Namespace) -> logs.LogControl:
+    level = "WARNING" if options.silence_noticelog else options.log_level
+    control = logs.LogControl(print_level=level, log_file=options.log_file,
+                              fmt=options.log_format, level=level)
+    for flag in options.logflag:
+        control.set_flag(flag)
+    return control
 
 
 class App:
@@ -98,9 +104,11 @@ class App:
 
     rpc = framework.RPC
 
-    def __init__(self, options: argparse.Namespace, assembly: Assembly | None = None) -> None:
+    def __init__(self, options: argparse.Namespace, assembly: Assembly | None = None,
+                 log_control: logs.LogControl | None = None) -> None:
         self.options = options
         self.assembly = assembly if assembly is not None else assemble()
+        self.logs = log_control if log_control is not None else logs.LogControl()
         self.log = logging.getLogger("pybdev.app")
         self.state = State.STARTUP
         self.initialized = asyncio.Event()
@@ -113,6 +121,7 @@ class App:
             self.subsystems.append(sub)
         self.registry = Registry()
         self.registry.add_table(self.rpc, self, "framework")
+        self.registry.add_table(logs.RPC, self.logs, "framework")
         for sub in self.subsystems:
             for table, owner in sub.rpc_tables():
                 self.registry.add_table(table, owner, sub.name)
@@ -163,7 +172,7 @@ class App:
             await self._replay(State.RUNTIME)
             self.initialized.set()
             self.serving.set()
-            self.log.info("pybdev %s initialised; serving RPC", __version__)
+            self.log.log(logs.NOTICE, "pybdev %s initialised; serving RPC", __version__)
 
     async def _replay(self, phase: State) -> None:
         if self._config:
@@ -187,12 +196,12 @@ class App:
 
     def request_shutdown(self, signame: str = "") -> None:
         if not self.shutdown_requested.is_set():
-            self.log.info("shutting down%s", f" on {signame}" if signame else "")
+            self.log.log(logs.NOTICE, "shutting down%s", f" on {signame}" if signame else "")
         self.shutdown_requested.set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_shutdown, sig.name)
         try:
             try:
@@ -202,12 +211,30 @@ class App:
                 return 1
             if self.options.pidfile:
                 write_pidfile(self.options.pidfile)
+            notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
             await self.shutdown_requested.wait()
             return 0
         finally:
+            notify_systemd("STOPPING=1")
             await self.stop()
             if self.options.pidfile:
                 remove_pidfile(self.options.pidfile)
+            self.log.log(logs.NOTICE, "pybdev stopped")
+
+
+def notify_systemd(state: str) -> None:
+    """Tell the service manager (``Type=notify`` units) about readiness and stopping."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), address)
+    except OSError as e:
+        logging.getLogger("pybdev.app").warning("cannot notify systemd at %s: %s",
+                                                os.environ["NOTIFY_SOCKET"], e)
 
 
 def write_pidfile(path: str) -> None:
@@ -244,7 +271,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv))
     if options.no_rpc_server and options.wait_for_rpc:
         parser.error("--wait-for-rpc needs the RPC server; it cannot go with --no-rpc-server")
-    setup_logging("WARNING" if options.silence_noticelog else options.log_level, options.logflag)
+    if not options.no_rpc_server and re.fullmatch(r"[^/]*:\d+", options.rpc_socket):
+        parser.error(f"-r {options.rpc_socket}: -r takes a Unix socket path; serve HTTP "
+                     "JSON-RPC with --http HOST:PORT")
+    unknown = logs.check_flags(options.logflag)
+    if unknown:
+        parser.error(f"unknown log flag {', '.join(unknown)} (known: all, {', '.join(logs.FLAGS)})")
+    try:
+        control = log_control(options)
+    except OSError as e:
+        parser.error(f"--log-file: {e}")
+    control.install()
     for name in spdk_tgt_options.given(options):
         logging.getLogger("pybdev.app").info("option %s does not apply to pybdev; ignored", name)
     for error in assembly.errors:
@@ -255,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     async def serve() -> int:
-        return await App(options, assembly).run()
+        return await App(options, assembly, control).run()
 
     with contextlib.suppress(KeyboardInterrupt):
         return run_loop(serve)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pybdev.rpc.dispatcher import Dispatcher, encode
+from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.registry import State
 
 log = logging.getLogger("pybdev.config")
@@ -87,24 +87,32 @@ async def replay(
     known_subsystems: set[str],
     ignore_errors: bool,
 ) -> None:
-    """Send the entries of ``config`` that belong to ``phase``; raises ConfigError."""
+    """Send the entries of ``config`` that belong to ``phase``; raises ConfigError.
+
+    Every error and every skipped entry names where it is in the file: the subsystem, the
+    entry's index in its ``config`` array, and the method.
+    """
     next_id = 1
     for sub in config:
-        for entry in sub.entries:
+        for index, entry in enumerate(sub.entries):
+            where = f"subsystem {sub.name!r}, config[{index}]"
             states = []
             skip = False
             for method_name, _item in _methods(entry):
                 method = dispatcher.lookup(method_name)
                 if method is None:
-                    if ignore_errors:
+                    if sub.name not in known_subsystems:
+                        log.info("%s: skipping %s: no subsystem %s here", where, method_name,
+                                 sub.name)
                         skip = True
-                    elif sub.name not in known_subsystems:
-                        log.info("skipping %s: no subsystem %s here", method_name, sub.name)
+                    elif ignore_errors:
+                        log.warning("%s: skipping %s: pybdev does not implement it "
+                                    "(--json-ignore-init-errors)", where, method_name)
                         skip = True
                     else:
                         raise ConfigError(
-                            f"Method '{method_name}' was not found (pybdev does not implement "
-                            "it; --json-ignore-init-errors skips it)"
+                            f"{where}: method '{method_name}' was not found (pybdev does not "
+                            "implement it; --json-ignore-init-errors skips it)"
                         )
                 else:
                     states.append(method.states)
@@ -122,17 +130,20 @@ async def replay(
                 requests.append(req)
             value: Any = requests if isinstance(entry, list) else requests[0]
             response = await dispatcher.handle_value(value)
-            _check_response(response, ignore_errors)
+            _check_response(response, ignore_errors, where, [m for m, _ in _methods(entry)])
 
 
-def _check_response(response: bytes | None, ignore_errors: bool) -> None:
+def _check_response(response: bytes | None, ignore_errors: bool, where: str,
+                    methods: list[str]) -> None:
     if response is None:
         return
     decoded = json.loads(response)
-    for item in decoded if isinstance(decoded, list) else [decoded]:
-        if "error" in item:
-            log.error("error response: %s", encode(item))
-            if not ignore_errors:
-                raise ConfigError(
-                    f"loading the JSON configuration failed: error response: {encode(item)}"
-                )
+    for i, item in enumerate(decoded if isinstance(decoded, list) else [decoded]):
+        if "error" not in item:
+            continue
+        method = methods[i] if i < len(methods) else "?"
+        error = item["error"]
+        text = f"{where}: {method} failed: {error.get('message')} (code {error.get('code')})"
+        if not ignore_errors:
+            raise ConfigError(f"loading the JSON configuration failed: {text}")
+        log.warning("%s; skipped (--json-ignore-init-errors)", text)

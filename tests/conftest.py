@@ -39,7 +39,7 @@ class Target:
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
 
-    def wait_ready(self, timeout: float = 20) -> Target:
+    def wait_ready(self, timeout: float = 60) -> Target:
         """Wait until the target answers (or died, which fails with its log)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -114,6 +114,25 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20, what: str = ""
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(0.05)
+
+
+def unix_listening(path: Path | str) -> bool:
+    """Whether a socket bound at ``path`` is listening (``listen()`` done), without
+    connecting: a probe connection would use up a one-client server such as qemu-nbd.
+
+    The socket file appears at ``bind()``, before ``listen()``: a file that exists is no
+    proof that a connection will be accepted. /proc/net/unix flags a listening socket
+    with __SO_ACCEPTCON (0x10000).
+    """
+    wanted = os.fsdecode(os.path.abspath(path))
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split(None, 7)
+            if len(fields) == 8 and fields[7].rstrip("\n") == wanted \
+                    and int(fields[3], 16) & 0x10000:
+                return True
+    return False
 
 
 @pytest.fixture

@@ -63,9 +63,12 @@ def test_config_file_with_comments_and_extra_keys(start_target: Any, tmp_path: P
     ('{"subsystems": {}}', "'subsystems' should be an array"),
     ('{"subsystems": [', "Parsing JSON configuration failed"),
     ('{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_nvme_set_options"}]}]}',
-     "Method 'bdev_nvme_set_options' was not found"),
+     "subsystem 'bdev', config[0]: method 'bdev_nvme_set_options' was not found"),
     ('{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", '
-     '"params": {"num_blocks": 0, "block_size": 512}}]}]}', "error response"),
+     '"params": {"num_blocks": 8, "block_size": 512}}, {"method": "bdev_malloc_create", '
+     '"params": {"num_blocks": 0, "block_size": 512}}]}]}',
+     "subsystem 'bdev', config[1]: bdev_malloc_create failed: Invalid argument: "
+     "num_blocks must be greater than 0 (code -22)"),
 ])
 def test_bad_config_files_refuse_to_start(tmp_path: Path, text: str, message: str) -> None:
     cfg = tmp_path / "bad.json"
@@ -86,6 +89,10 @@ def test_ignore_init_errors_keeps_going(start_target: Any, tmp_path: Path) -> No
     ]}]}))
     t = start_target("--json", str(cfg), "--json-ignore-init-errors")
     assert [b["name"] for b in t.rpc("bdev_get_bdevs")] == ["Malloc0"]
+    # Each skipped entry is named in the log.
+    assert ("subsystem 'bdev', config[0]: skipping bdev_nvme_set_options: pybdev does not "
+            "implement it") in t.log()
+    assert "subsystem 'bdev', config[1]: bdev_malloc_create failed: " in t.log()
 
 
 def test_unknown_subsystem_entries_are_skipped(start_target: Any, tmp_path: Path) -> None:
@@ -112,13 +119,29 @@ def test_stale_socket_is_taken_over(start_target: Any, tmp_path: Path) -> None:
     assert t.rpc("framework_wait_init") is True
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
 def test_signals_shut_down_cleanly(start_target: Any, sig: int) -> None:
     t = start_target()
     t.spdk("bdev_malloc_create", "8", "512")
     assert t.stop(sig) == 0
     assert not t.sock.exists()
     assert not Path(str(t.sock) + ".lock").exists()
+    assert f"shutting down on {signal.Signals(sig).name}" in t.log()
+    assert "pybdev stopped" in t.log()
+
+
+def test_readiness_and_stopping_reach_systemd(start_target: Any, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in for the service manager's socket: systemd itself cannot run here.
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        manager.settimeout(20)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        t = start_target()
+        assert manager.recv(256).decode() == f"READY=1\nMAINPID={t.proc.pid}"
+        t.stop()
+        assert manager.recv(256) == b"STOPPING=1"
 
 
 def test_spdk_kill_instance(target: Target) -> None:

@@ -16,9 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pybdev"
 
 # Lowest first. Keep in step with docs/architecture.md.
 LAYERS: list[set[str]] = [
-    {"pybdev", "errors", "listener", "proto", "uring", "ceph", "spdk_tgt_options"},  # leaves
+    {"pybdev", "errors", "listener", "netaddr", "proto", "uring", "ceph", "spdk_tgt_options"},
     {"rpc"},  # JSON-RPC: registry, dispatcher, transports, client
-    {"cli", "subsystem"},  # rpc.py's commands; the subsystem base
+    {"cli", "subsystem", "logs"},  # rpc.py commands; the subsystem base; logging
     {"bdev"},  # the bdev layer and its modules
     {"export"},  # the base of every export
     {"nbd", "ublk", "nvmf"},  # exports and their subsystems

@@ -46,21 +46,49 @@ log = logging.getLogger("pybdev.bdev")
 Callback = Callable[[int, Any], None]
 EventCallback = Callable[["BdevEvent", "Bdev"], None]
 
-# Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (spec §4.4).
+# Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (lib/bdev/bdev_rpc.c).
 IO_TYPE_NAMES = (
     "read", "write", "unmap", "flush", "reset", "nvme_admin", "nvme_io", "nvme_io_md",
     "write_zeroes", "zcopy", "get_zone_info", "zone_management", "zone_append", "compare",
     "compare_and_write", "abort", "seek_hole", "seek_data", "copy", "nvme_iov_md", "nvme_nssr",
     "write_uncorrectable",
 )
-CLAIM_TYPES = ("not_claimed", "exclusive_write", "read_many_write_one", "read_many_write_none",
-               "read_many_write_shared")
 ZERO_CHUNK = 1 << 20
 
 
 class BdevEvent(enum.Enum):
     REMOVE = "remove"
     RESIZE = "resize"
+
+
+class ClaimType(enum.Enum):
+    """SPDK's claim types (``enum spdk_bdev_claim_type``, names of ``spdk_bdev_claim_get_name``).
+
+    ``EXCLUSIVE_WRITE`` is SPDK's v1 claim (one module, it alone writes); the others are v2
+    claims held through a descriptor, several at once where the type allows.
+    """
+
+    NONE = "not_claimed"
+    EXCLUSIVE_WRITE = "exclusive_write"
+    READ_MANY_WRITE_ONE = "read_many_write_one"
+    READ_MANY_WRITE_NONE = "read_many_write_none"
+    READ_MANY_WRITE_SHARED = "read_many_write_shared"
+
+
+# Types whose claim makes a read-only descriptor writable (SPDK's
+# claim_type_promotes_to_write, plus the v1 claim, which always does).
+_PROMOTES_TO_WRITE = (ClaimType.EXCLUSIVE_WRITE, ClaimType.READ_MANY_WRITE_ONE,
+                      ClaimType.READ_MANY_WRITE_SHARED)
+
+
+class Claim:
+    """One module's claim on a bdev, held through ``desc`` (released when it closes)."""
+
+    __slots__ = ("desc", "module")
+
+    def __init__(self, module: str, desc: Descriptor) -> None:
+        self.module = module
+        self.desc = desc
 
 
 class BdevState(enum.Enum):
@@ -154,7 +182,9 @@ class Bdev:
         self.numa_id = numa_id
         # Largest single request the module takes; 0 means no limit (the layer splits).
         self.max_io_bytes = max_io_bytes
-        self.claim_module: str | None = None
+        self.claim_type = ClaimType.NONE
+        self.claims: list[Claim] = []
+        self.claim_key = 0  # read_many_write_shared: the key every claimer must present
         self.state = BdevState.REGISTERED
         self.descriptors: set[Descriptor] = set()
         self.stat = IoStat()
@@ -163,11 +193,16 @@ class Bdev:
 
     # -- properties used by exports ---------------------------------------------------
     @property
+    def claim_module(self) -> str | None:
+        """The module holding the (first) claim, None when unclaimed."""
+        return self.claims[0].module if self.claims else None
+
+    @property
     def size(self) -> int:
         return self.block_size * self.num_blocks
 
     def supports(self, io_type: str) -> bool:
-        # write_zeroes is emulated with writes where the module lacks it (spec §4.4).
+        # write_zeroes is emulated with writes where the module lacks it, as SPDK's bdev layer does.
         if io_type == "write_zeroes":
             return "write_zeroes" in self.io_types or "write" in self.io_types
         return io_type in self.io_types
@@ -225,9 +260,10 @@ class Bdev:
             out["numa_id"] = self.numa_id
         out["assigned_rate_limits"] = {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
                                        "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}
-        out["claimed"] = self.claim_module is not None
-        if self.claim_module is not None:
-            out["claim_type"] = "exclusive_write"
+        claimed = self.claim_type is not ClaimType.NONE
+        out["claimed"] = claimed
+        if claimed:
+            out["claim_type"] = self.claim_type.value
         out["zoned"] = False
         out["supported_io_types"] = {t: self.supports(t) for t in IO_TYPE_NAMES}
         out["driver_specific"] = self.driver_specific()
@@ -239,72 +275,6 @@ class Bdev:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.num_blocks}x{self.block_size}>"
-
-
-class VirtualBdev(Bdev):
-    """A bdev stacked on a base (passthru, error): forwards I/O to the base's descriptor.
-
-    The module opens the base for write, claims it, builds the vbdev, sets the descriptor's
-    ``event_cb`` to :meth:`on_base_event` and registers the vbdev. When the base goes away
-    the vbdev unregisters itself (so stacks come down from the top); when it is destroyed it
-    releases the claim and closes the descriptor, which lets the base's delete complete.
-    """
-
-    #: Follow the base's size changes (SPDK's passthru ignores them; ours follows).
-    follows_resize: ClassVar[bool] = True
-
-    def __init__(self, name: str, uuid: str | None, base_desc: Descriptor) -> None:
-        base = base_desc.bdev
-        super().__init__(
-            name, base.block_size, base.num_blocks, uuid,
-            io_types=base.io_types, physical_block_size=base.physical_block_size,
-            write_cache=base.write_cache, optimal_io_boundary=base.optimal_io_boundary,
-            numa_id=base.numa_id, max_io_bytes=base.max_io_bytes,
-        )
-        self.base_desc = base_desc
-        self.base_name = base.name
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    # Requests were checked by our descriptor against the same geometry; the base's
-    # descriptor checks them again, which is cheap, and counts them in the base's stats.
-    def submit_read(self, offset: int, length: int, cb: Callback) -> None:
-        self.base_desc.read(offset, length, cb)
-
-    def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
-        self.base_desc.write(offset, data, cb, fua)
-
-    def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
-        self.base_desc.unmap(offset, length, cb)
-
-    def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
-        self.base_desc.write_zeroes(offset, length, cb)
-
-    def submit_flush(self, offset: int, length: int, cb: Callback) -> None:
-        self.base_desc.flush(offset, length, cb)
-
-    def submit_reset(self, cb: Callback) -> None:
-        self.base_desc.reset(cb)
-
-    def on_base_event(self, event: BdevEvent, base: Bdev) -> None:
-        layer = self.layer
-        if layer is None or self.state is not BdevState.REGISTERED:
-            return
-        if event is BdevEvent.REMOVE:
-            task = asyncio.get_running_loop().create_task(layer.unregister(self))
-            self._tasks.add(task)
-            task.add_done_callback(self._unregistered)
-        elif event is BdevEvent.RESIZE and self.follows_resize:
-            layer.resize(self, base.num_blocks)
-
-    def _unregistered(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s did not unregister after its base went away: %s", self.name,
-                      task.exception())
-
-    async def destruct(self) -> None:
-        self.base_desc.layer.release_claim(self.base_desc.bdev)
-        self.base_desc.close()
 
 
 def _emulate_write_zeroes(bdev: Bdev, offset: int, length: int, cb: Callback) -> None:
@@ -367,6 +337,7 @@ class Descriptor:
         self.event_cb = event_cb
         self.layer = layer
         self.closed = False
+        self.claim: Claim | None = None  # the claim this descriptor holds, if any
 
     # -- validation -------------------------------------------------------------------
     def _check(self, offset: int, length: int, io_type: str, writes: bool) -> int:
@@ -528,7 +499,16 @@ class BdevLayer:
 
     # -- modules ----------------------------------------------------------------------
     def add_module(self, module: BdevModule) -> None:
-        self.modules.append(module)
+        """Add in SPDK's order (``spdk_bdev_module_list_add``, lib/bdev/bdev.c).
+
+        A module with an examine callback goes to the head of the list, so it is ready
+        before the modules that register bases; the list is also the order of the module
+        configs in ``save_config``, so vbdev creates come first and replay deferred.
+        """
+        if type(module).examine is not BdevModule.examine:
+            self.modules.insert(0, module)
+        else:
+            self.modules.append(module)
 
     def module(self, cls: type[M]) -> M:
         for m in self.modules:
@@ -588,31 +568,116 @@ class BdevLayer:
         await self._examine_done.wait()
 
     # -- descriptors and claims -------------------------------------------------------
+    # The rules are SPDK's (lib/bdev/bdev.c: bdev_open, spdk_bdev_module_claim_bdev,
+    # spdk_bdev_module_claim_bdev_desc and its claim_verify_* helpers), with one deliberate
+    # addition: an exclusive_write claim is refused, like a read_many_write_one claim, while
+    # another descriptor is open for writing. SPDK's v1 claim ignores such writers, which
+    # lets a target reach a state its own saved config cannot rebuild (an nbd export of a
+    # bdev that a passthru then claimed: on replay the claim comes first and the export's
+    # open fails). docs/vbdev-framework.md has the table.
     def open(self, name: str, write: bool, event_cb: EventCallback | None = None) -> Descriptor:
         bdev = self._names.get(name)
         if bdev is None or bdev.state is not BdevState.REGISTERED:
             raise OperationError(errno.ENODEV, f"bdev {name} not found")
-        if write and bdev.claim_module is not None:
-            log.error("bdev %s already claimed: type exclusive_write by module %s",
-                      bdev.name, bdev.claim_module)
-            raise OperationError(
-                errno.EPERM, f"bdev {bdev.name} is claimed by module {bdev.claim_module}")
+        if write and bdev.claim_type is not ClaimType.NONE:
+            raise self._claimed(bdev, "already claimed")
         desc = Descriptor(bdev, write, event_cb, self)
         bdev.descriptors.add(desc)
         return desc
 
-    def claim(self, desc: Descriptor, module: str) -> None:
-        bdev = desc.bdev
-        if bdev.claim_module is not None:
-            raise OperationError(
-                errno.EPERM, f"bdev {bdev.name} is claimed by module {bdev.claim_module}")
-        bdev.claim_module = module
+    @staticmethod
+    def _claimed(bdev: Bdev, detail: str, code: int = errno.EPERM) -> OperationError:
+        holders = ", ".join(sorted({c.module for c in bdev.claims})) or "none"
+        log.error("bdev %s %s: type %s by module %s", bdev.name, detail, bdev.claim_type.value,
+                  holders)
+        return OperationError(code, f"bdev {bdev.name} is claimed by module {holders}")
 
-    def release_claim(self, bdev: Bdev) -> None:
-        bdev.claim_module = None
+    def claim(self, desc: Descriptor, module: str,
+              claim_type: ClaimType = ClaimType.EXCLUSIVE_WRITE, *, key: int = 0) -> Claim:
+        """Claim ``desc``'s bdev for ``module``; -EPERM (or -EINVAL, -EBUSY) as SPDK.
+
+        ``key`` is the shared key of ``read_many_write_shared`` claims (non-zero, the same
+        for every claimer). A claim of a type that writes makes a read-only ``desc`` writable.
+        """
+        bdev = desc.bdev
+        if claim_type is ClaimType.NONE:
+            raise OperationError(errno.EINVAL, "claim type not_claimed cannot be claimed")
+        if desc.closed or bdev.state is not BdevState.REGISTERED:
+            raise OperationError(errno.ENODEV, f"bdev {bdev.name} is being deleted")
+        current = bdev.claim_type
+        if current is not ClaimType.NONE and current is not claim_type:
+            raise self._claimed(bdev, "already claimed")
+        if desc.claim is not None:
+            log.error("%s: descriptor already has a claim by module %s", bdev.name,
+                      desc.claim.module)
+            raise OperationError(errno.EPERM, f"bdev {bdev.name}: this descriptor already "
+                                              f"holds a claim by module {desc.claim.module}")
+        others_write = any(d.write_allowed for d in bdev.descriptors if d is not desc)
+        if claim_type is ClaimType.EXCLUSIVE_WRITE or claim_type is ClaimType.READ_MANY_WRITE_ONE:
+            if key:
+                raise OperationError(errno.EINVAL, f"{bdev.name}: key option not supported "
+                                                   f"with {claim_type.value} claims")
+            if current is not ClaimType.NONE:
+                raise self._claimed(bdev, "already claimed")
+            if others_write:
+                raise self._open_for_write(bdev, claim_type)
+        elif claim_type is ClaimType.READ_MANY_WRITE_NONE:
+            if desc.write_allowed:
+                raise OperationError(errno.EINVAL, f"{bdev.name}: cannot obtain a "
+                                                   "read_many_write_none claim with a "
+                                                   "writable descriptor")
+            if key:
+                raise OperationError(errno.EINVAL, f"{bdev.name}: key option not supported "
+                                                   "with read_many_write_none claims")
+            if current is ClaimType.NONE and others_write:
+                raise self._open_for_write(bdev, claim_type)
+        else:  # READ_MANY_WRITE_SHARED
+            if not key:
+                raise OperationError(errno.EINVAL, f"{bdev.name}: shared_claim_key option "
+                                                   "required with read_many_write_shared claims")
+            if current is ClaimType.NONE and others_write:
+                raise self._open_for_write(bdev, claim_type)
+            if current is claim_type and key != bdev.claim_key:
+                raise self._claimed(bdev, "already claimed with another key")
+        claim = Claim(module, desc)
+        desc.claim = claim
+        if current is ClaimType.NONE:
+            bdev.claim_type = claim_type
+            bdev.claim_key = key
+        bdev.claims.append(claim)
+        if claim_type in _PROMOTES_TO_WRITE:
+            desc.write_allowed = True
+        return claim
+
+    @staticmethod
+    def _open_for_write(bdev: Bdev, claim_type: ClaimType) -> OperationError:
+        log.error("%s: cannot obtain a %s claim while another descriptor is open for writing",
+                  bdev.name, claim_type.value)
+        return OperationError(errno.EPERM, f"bdev {bdev.name} is open for writing by another "
+                                           f"consumer: cannot claim it {claim_type.value}")
+
+    def release_claim(self, target: Bdev | Descriptor) -> None:
+        """Release the claim held through a descriptor, or (a Bdev) every claim on it.
+
+        A Bdev is SPDK's ``spdk_bdev_module_release_bdev`` of a v1 claim; closing a
+        descriptor releases its claim too, as SPDK does for v2 claims.
+        """
+        claims = [target.claim] if isinstance(target, Descriptor) else list(target.claims)
+        for claim in claims:
+            if claim is None:
+                continue
+            bdev = claim.desc.bdev
+            claim.desc.claim = None
+            if claim in bdev.claims:
+                bdev.claims.remove(claim)
+            if not bdev.claims:
+                bdev.claim_type = ClaimType.NONE
+                bdev.claim_key = 0
 
     def _descriptor_closed(self, desc: Descriptor) -> None:
         bdev = desc.bdev
+        if desc.claim is not None:
+            self.release_claim(desc)
         bdev.descriptors.discard(desc)
         if not bdev.descriptors and bdev._closed is not None and not bdev._closed.done():
             bdev._closed.set_result(None)
@@ -638,7 +703,6 @@ class BdevLayer:
             if self._names.get(n) is bdev:
                 del self._names[n]
         self.bdevs.pop(bdev.name, None)
-        bdev.claim_module = None
         bdev.state = BdevState.GONE
         await bdev.destruct()
         log.debug("bdev %s removed", bdev.name)

@@ -1,4 +1,4 @@
-"""error: a fault-injection vbdev over a whole base bdev (spec §4.12, vbdev_error.c).
+"""error: a fault-injection vbdev over a whole base bdev (SPDK's vbdev_error.c).
 
 ``bdev_error_create BASE`` builds ``EE_<BASE>``, claiming the base ``exclusive_write``;
 a missing base defers the creation to examine. Requests pass through to the base until
@@ -31,14 +31,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import struct
-import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, Descriptor, VirtualBdev
-from pybdev.bdev.passthru import sha1_uuid
+from pybdev.bdev.core import BdevState, Callback, Descriptor
+from pybdev.bdev.vbdev import (
+    PART_NAMESPACE,
+    StackedBdev,
+    VbdevConfig,
+    VbdevModule,
+    VirtualBdev,
+    part_uuid,
+)
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INVALID_PARAMS, RpcError
 from pybdev.rpc.registry import RpcTable
@@ -46,22 +51,13 @@ from pybdev.rpc.types import U8, U32, U64, NameParams, Params, Str, Uuid
 
 RPC = RpcTable()
 
-if TYPE_CHECKING:
-    from pybdev.bdev.core import BdevLayer
-
 log = logging.getLogger("pybdev.bdev.error")
 
-PART_NAMESPACE = uuidlib.UUID("976b899e-3e1e-4d71-ab69-c2b08e9df8b8")
+__all__ = ["PART_NAMESPACE", "ErrorBdev", "ErrorConfig", "ErrorModule", "part_uuid"]
 NVME_MESSAGE = "nvme_sct or nvme_sc should be specified for NVMe error injection"
 IO_TYPES = ("read", "write", "unmap", "flush")
 IoTypeName = Literal["clear", "read", "write", "unmap", "flush", "all"]
 ErrorTypeName = Literal["failure", "pending", "corrupt_data", "nomem", "nvme_failure"]
-
-
-def part_uuid(base_uuid: str, offset_blocks: int, num_blocks: int) -> str:
-    """SPDK's bdev_part UUID for a range of a base (``spdk_bdev_part_construct_ext``)."""
-    name = uuidlib.UUID(base_uuid).bytes + struct.pack("<QQ", offset_blocks, num_blocks)
-    return sha1_uuid(PART_NAMESPACE, name)
 
 
 def nvme_status_invalid(error_type: str, nvme_sct: int, nvme_sc: int) -> bool:
@@ -84,10 +80,14 @@ class ErrorInfo:
     nvme_sc: int = 0
 
 
-@dataclass
-class ErrorConfig:
+@dataclass(eq=False)
+class ErrorConfig(VbdevConfig):
     base_name: str
     uuid: str | None
+
+    @property
+    def base_names(self) -> tuple[str, ...]:
+        return (self.base_name,)
 
 
 def _corrupted(data: Any, offset: int, value: int) -> Any:
@@ -103,11 +103,8 @@ class ErrorBdev(VirtualBdev):
     module_name = "error"
     follows_resize = False  # a bdev_part keeps the geometry it was built with, as SPDK's
 
-    def __init__(self, name: str, uuid: str, base_desc: Descriptor, config: ErrorConfig,
-                 module: ErrorModule) -> None:
+    def __init__(self, name: str, uuid: str, base_desc: Descriptor) -> None:
         super().__init__(name, uuid, base_desc)
-        self.config = config
-        self.module = module
         self.vector = {t: ErrorInfo() for t in IO_TYPES}
         self.inflight = 0  # requests passed to the base and not completed yet
         # Held requests: how to submit each again, and its completion for an abort.
@@ -211,18 +208,12 @@ class ErrorBdev(VirtualBdev):
     def on_removed(self) -> None:
         self._abort_pending()
 
-    async def destruct(self) -> None:
-        await super().destruct()
-        self.module.forget(self)
 
-
-class ErrorModule(BdevModule):
+class ErrorModule(VbdevModule[ErrorConfig]):
     name = "error"
     rpc = RPC
-
-    def __init__(self, layer: BdevLayer) -> None:
-        super().__init__(layer)
-        self.configs: list[ErrorConfig] = []
+    keep_unbuilt = False  # the config goes with the error bdev (SPDK's vbdev_error_config)
+    saves_pending = True
 
     def create(self, base_name: str, uuid: str | None = None) -> None:
         """Create ``EE_<base_name>`` now, or when the base registers (deferred).
@@ -234,46 +225,18 @@ class ErrorModule(BdevModule):
             log.error("vbdev_error_config for bdev %s already exists", base_name)
             raise OperationError(errno.EEXIST,
                                  f"an error bdev is already configured on {base_name}")
-        config = ErrorConfig(base_name, uuid)
-        self.configs.append(config)
-        try:
-            self._build(config)
-        except OperationError as e:
-            if e.errno != errno.ENODEV:
-                self.configs.remove(config)
-                raise
+        self.add(ErrorConfig(base_name, uuid))
 
-    def _build(self, config: ErrorConfig) -> ErrorBdev:
-        layer = self.layer
-        desc = layer.open(config.base_name, write=True)
-        try:
-            base = desc.bdev
-            uuid = config.uuid or part_uuid(base.uuid, 0, base.num_blocks)
-            bdev = ErrorBdev(f"EE_{config.base_name}", uuid, desc, config, self)
-            layer.claim(desc, self.name)
-            try:
-                layer.register(bdev)
-            except BaseException:
-                layer.release_claim(base)
-                raise
-        except BaseException:
-            desc.close()
-            raise
-        desc.event_cb = bdev.on_base_event
-        return bdev
+    def construct(self, config: ErrorConfig, descs: list[Descriptor]) -> list[StackedBdev]:
+        base = descs[0].bdev
+        uuid = config.uuid or part_uuid(base.uuid, 0, base.num_blocks)
+        return [ErrorBdev(f"EE_{config.base_name}", uuid, descs[0])]
 
-    def examine(self, bdev: Bdev) -> None:
-        for config in list(self.configs):
-            if config.base_name == bdev.name:
-                try:
-                    self._build(config)
-                except OperationError as e:
-                    log.error("could not create error vbdev for bdev %s at examine: %s",
-                              bdev.name, e)
-
-    def forget(self, bdev: ErrorBdev) -> None:
-        if bdev.config in self.configs:
-            self.configs.remove(bdev.config)
+    def config_entry(self, config: ErrorConfig) -> dict[str, Any]:
+        params: dict[str, Any] = {"base_name": config.base_name}
+        if config.uuid is not None:
+            params["uuid"] = config.uuid
+        return {"method": "bdev_error_create", "params": params}
 
     async def delete(self, name: str) -> None:
         """Unregister an error bdev; its config entry goes with it. -19 if none."""
@@ -305,19 +268,6 @@ class ErrorModule(BdevModule):
     def resume_pending(self, name: str) -> None:
         """Submit again every request held by a ``pending`` injection."""
         self._error_bdev(name).resume_pending()
-
-    def write_config(self) -> list[Any]:
-        out = []
-        for c in self.configs:
-            params: dict[str, Any] = {"base_name": c.base_name}
-            if c.uuid is not None:
-                params["uuid"] = c.uuid
-            out.append({"method": "bdev_error_create", "params": params})
-        return out
-
-    async def fini(self) -> None:
-        self.configs.clear()
-
 
 
 

@@ -1,20 +1,26 @@
-"""The built-in bdev modules, in SPDK's registration order (docs/architecture.md).
+"""The built-in bdev modules, in SPDK's link order (docs/architecture.md).
 
-The order decides the order of module configs in ``save_config``. Plugins add their
-modules after these (:mod:`pybdev.assembly`).
+With the head insertion of :meth:`BdevLayer.add_module` this gives SPDK's module list,
+whose order is the order of module configs in ``save_config`` (docs/vbdev-framework.md).
+Plugins add their modules after these (:mod:`pybdev.assembly`).
 """
 
 from __future__ import annotations
 
 from pybdev.bdev.aio import AioModule
 from pybdev.bdev.core import BdevModule
+from pybdev.bdev.delay import DelayModule
 from pybdev.bdev.error import ErrorModule
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.nbd import NbdModule
 from pybdev.bdev.null import NullModule
 from pybdev.bdev.passthru import PassthruModule
 from pybdev.bdev.rbd import RbdModule
+from pybdev.bdev.split import SplitModule
 
+# SPDK's link order (mk/spdk.modules.mk); BdevLayer.add_module then moves the modules with
+# examine (passthru, error, split, delay) to the head, reversed, as SPDK's list does.
 BUILTIN_MODULES: tuple[type[BdevModule], ...] = (
-    MallocModule, NullModule, PassthruModule, ErrorModule, AioModule, NbdModule, RbdModule,
+    MallocModule, NullModule, PassthruModule, ErrorModule, SplitModule, DelayModule,
+    AioModule, NbdModule, RbdModule,
 )

@@ -1,7 +1,10 @@
 """The ``bdev`` subsystem: owns the :class:`BdevLayer` and the bdev modules it was given.
 
-Module order is SPDK's registration order (docs/architecture.md): it decides the order of
-module configs in ``save_config``.
+Module order is SPDK's: ``pybdev.bdev.modules`` lists the built-ins in link order and
+:meth:`BdevLayer.add_module` puts the modules with examine at the head, as SPDK's
+``spdk_bdev_module_list_add`` does. That order is the order of module configs in
+``save_config``: vbdev creates (delay, split, error, passthru) come before the bases they
+sit on, and replay because their creation waits for the base (docs/vbdev-framework.md).
 """
 
 from __future__ import annotations

@@ -10,12 +10,13 @@ theirs through the entry-point group ``pybdev.cli`` (docs/plugins.md).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from pybdev.cli import bdev, framework, nbd, nvmf, output, rbd, ublk
 from pybdev.rpc.client import DEFAULT_ADDR, DEFAULT_PORT, JsonRpcException, RpcClient
@@ -81,8 +82,24 @@ class BatchClient:
         return 1 if failed else 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a misspelt command (3.11 has no suggest_on_error)."""
+
+    def error(self, message: str) -> NoReturn:
+        choices = command_names(self)
+        typed = message.split("invalid choice: '", 1)[1].split("'", 1)[0] \
+            if "invalid choice: '" in message else None
+        if choices and typed is not None:
+            close = difflib.get_close_matches(typed, list(choices), n=3, cutoff=0.75)
+            if close:
+                message = f"unknown command '{typed}'; did you mean {' or '.join(close)}?"
+            else:
+                message = f"unknown command '{typed}' (rpc.py -h lists the commands)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rpc.py", description="pybdev RPC command line (compatible with SPDK's rpc.py)"
     )
     parser.add_argument("-s", dest="server_addr", default=DEFAULT_ADDR,
@@ -109,10 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", dest="http_token_file",
                         help="file holding an HTTP bearer token (or PYBDEV_RPC_TOKEN)")
     parser.add_argument("--cacert", dest="http_cacert", help="CA certificate for https://")
+    parser.add_argument("--list-commands", action="store_true",
+                        help="print every command name, one a line (for shell completion)")
     subparsers = parser.add_subparsers(dest="called_rpc_name", metavar="")
     for add_parsers in (*BUILTIN_COMMANDS, *plugin_commands()):
         add_parsers(subparsers)
     return parser
+
+
+def command_names(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
 
 
 def http_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,6 +188,9 @@ def run_server(parser: argparse.ArgumentParser) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_commands:
+        print("\n".join(sorted(command_names(parser))))
+        return 0
     if args.is_server:
         return run_server(parser)
     has_command = hasattr(args, "func")

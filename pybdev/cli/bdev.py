@@ -1,8 +1,8 @@
 """bdev commands, with the arguments and payloads of SPDK's ``rpc.py`` (spdk/cli/bdev.py).
 
-Payload rules that clients rely on (spec §1.9): ``None`` values are dropped by the
-client, ``False`` stays, so ``store_true`` flags are always sent; sizes given in MB are
-turned into ``num_blocks`` here, exactly as SPDK's CLI computes them.
+Payload rules that clients rely on (SPDK's python/spdk/rpc/client.py): ``None`` values are
+dropped by the client, ``False`` stays, so ``store_true`` flags are always sent; sizes given
+in MB are turned into ``num_blocks`` here, exactly as SPDK's CLI computes them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pybdev.cli.output import print_dict, print_json
+from pybdev.cli.output import print_array, print_dict, print_json
 
 MB = 1024 * 1024
 IO_STAT_MODES = ["all", "maxmin", "error", "none"]
@@ -143,6 +143,35 @@ def bdev_error_inject_error(a: argparse.Namespace) -> None:
 
 def bdev_error_resume_pending(a: argparse.Namespace) -> None:
     _call(a, "bdev_error_resume_pending", name=a.name)
+
+
+# -- delay ----------------------------------------------------------------------------------
+
+def bdev_delay_create(a: argparse.Namespace) -> None:
+    print_json(_call(a, "bdev_delay_create", base_bdev_name=a.base_bdev_name, name=a.name,
+                     uuid=a.uuid, avg_read_latency=a.avg_read_latency,
+                     p99_read_latency=a.p99_read_latency, avg_write_latency=a.avg_write_latency,
+                     p99_write_latency=a.p99_write_latency))
+
+
+def bdev_delay_delete(a: argparse.Namespace) -> None:
+    _call(a, "bdev_delay_delete", name=a.name)
+
+
+def bdev_delay_update_latency(a: argparse.Namespace) -> None:
+    print_json(_call(a, "bdev_delay_update_latency", delay_bdev_name=a.delay_bdev_name,
+                     latency_type=a.latency_type, latency_us=a.latency_us))
+
+
+# -- split ----------------------------------------------------------------------------------
+
+def bdev_split_create(a: argparse.Namespace) -> None:
+    print_array(_call(a, "bdev_split_create", base_bdev=a.base_bdev, split_count=a.split_count,
+                      split_size_mb=a.split_size_mb))
+
+
+def bdev_split_delete(a: argparse.Namespace) -> None:
+    _call(a, "bdev_split_delete", base_bdev=a.base_bdev)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -296,3 +325,36 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = cmd("bdev_error_resume_pending", bdev_error_resume_pending,
             "Resume the requests an error bdev holds")
     p.add_argument("name", help="error bdev name")
+
+    p = cmd("bdev_delay_create", bdev_delay_create, "Add a delay bdev on existing bdev")
+    p.add_argument("-b", "--base-bdev-name", required=True, help="name of the existing bdev")
+    p.add_argument("-d", "--name", required=True, help="name of the delay bdev")
+    p.add_argument("-u", "--uuid", help="UUID of the bdev (optional)")
+    p.add_argument("-r", "--avg-read-latency", type=int, required=True,
+                   help="average latency to apply before completing read ops (microseconds)")
+    p.add_argument("-t", "--nine-nine-read-latency", dest="p99_read_latency", type=int,
+                   required=True, help="latency to apply to 1 in 100 read ops (microseconds)")
+    p.add_argument("-w", "--avg-write-latency", type=int, required=True,
+                   help="average latency to apply before completing write ops (microseconds)")
+    p.add_argument("-n", "--nine-nine-write-latency", dest="p99_write_latency", type=int,
+                   required=True, help="latency to apply to 1 in 100 write ops (microseconds)")
+
+    p = cmd("bdev_delay_delete", bdev_delay_delete, "Delete a delay bdev")
+    p.add_argument("name", help="delay bdev name")
+
+    p = cmd("bdev_delay_update_latency", bdev_delay_update_latency,
+            "Update one of the latency values for a given delay bdev")
+    p.add_argument("delay_bdev_name", help="the name of the given delay bdev")
+    p.add_argument("latency_type", choices=["avg_read", "avg_write", "p99_read", "p99_write"],
+                   help="latency bucket to update")
+    p.add_argument("latency_us", type=int, help="new latency value in microseconds")
+
+    p = cmd("bdev_split_create", bdev_split_create,
+            "Split a bdev into equal parts (now, or when it appears)")
+    p.add_argument("base_bdev", help="base bdev name")
+    p.add_argument("-s", "--split-size-mb", type=int, help="size in MiB for each bdev")
+    p.add_argument("split_count", type=int,
+                   help="number of split bdevs to create (clamped to what fits)")
+
+    p = cmd("bdev_split_delete", bdev_split_delete, "Delete split config with all created splits")
+    p.add_argument("base_bdev", help="base bdev name")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.errors import OperationError
 from pybdev.nbd.export import Export
+from pybdev.netaddr import bind_address, is_loopback_ip
 from pybdev.proto import nbd as proto
 from pybdev.proto.nbd.uri import NbdAddress
 
@@ -301,8 +301,8 @@ class NetworkServer:
                                            flags=socket.AI_PASSIVE)
         except (socket.gaierror, UnicodeError) as e:
             raise OperationError(errno.EINVAL, f"cannot resolve {a.host}: {e}") from None
-        ips = tuple(sorted({str(info[4][0]) for info in infos}))
-        remote = [ip for ip in ips if not ipaddress.ip_address(ip.split("%")[0]).is_loopback]
+        ips = tuple(sorted({bind_address(str(info[4][0])) for info in infos}))
+        remote = [ip for ip in ips if not is_loopback_ip(ip)]
         if remote and not self.allow_remote:
             raise OperationError(
                 errno.EACCES,

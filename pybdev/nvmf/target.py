@@ -9,7 +9,6 @@ texts, since those are what every caller of this API needs.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import uuid as uuidlib
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
 from pybdev.errors import OperationError
+from pybdev.netaddr import is_loopback_ip
 from pybdev.nvmf.nqn import nqn_is_valid
 from pybdev.proto.nvme import DISCOVERY_NQN
 from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
@@ -373,10 +373,10 @@ class Target:
         if self.allow_remote:
             return
         try:
-            ip = ipaddress.ip_address(address.traddr)
-        except ValueError:
-            ip = None
-        if ip is None or not ip.is_loopback:
+            loopback = is_loopback_ip(address.traddr)
+        except ValueError:  # a host name: SPDK listens on addresses only
+            loopback = False
+        if not loopback:
             raise OperationError(errno.EACCES,
                                  f"{address.traddr} is not a loopback address; start the "
                                  "target with --nvmf-allow-remote to listen on it")

@@ -19,6 +19,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from pybdev.errors import OperationError
+from pybdev.netaddr import bind_address
 from pybdev.nvmf.controller import DNR, Controller
 from pybdev.proto import nvme
 from pybdev.proto.nvme import (
@@ -74,8 +75,9 @@ class TcpTransport:
         family = socket.AF_INET6 if address.adrfam.lower() == "ipv6" else socket.AF_INET
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(lambda: Connection(self, key), address.traddr,
-                                              port, family=family, reuse_address=True)
+            server = await loop.create_server(lambda: Connection(self, key),
+                                              bind_address(address.traddr), port,
+                                              family=family, reuse_address=True)
         except OSError as e:
             raise OperationError(e.errno or errno.EADDRNOTAVAIL, str(e)) from None
         self.servers[key] = (server, 1)

@@ -1,6 +1,7 @@
 """The JSON-RPC dispatcher: one parsed value in, the response bytes out (SPDK's rules).
 
-Transport rules implemented here (spec §1.3-1.6): strict request validation (-32600),
+Transport rules implemented here (SPDK's ``lib/jsonrpc/jsonrpc_server.c`` and
+``lib/rpc/rpc.c``; limits in docs/guide.md): strict request validation (-32600),
 exact case-sensitive lookup and the ``--rpcs-allowed`` list (-32601), the STARTUP/RUNTIME
 state check (-1 with SPDK's two messages), params decoding through the method's model,
 notifications (success suppressed, errors still sent with ``"id": null``), batches
@@ -9,9 +10,11 @@ notifications (success suppressed, errors still sent with ``"id": null``), batch
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import logging
+import math
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -50,26 +53,96 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return DuplicateKeys(obj) if len(obj) != len(pairs) else obj
 
 
-def _has_duplicates(value: Any) -> bool:
+def _params_problem(value: Any) -> str | None:
+    """Why SPDK's object decoders would refuse ``value``: a duplicate key, or a string
+    with a NUL (not a C string, ``spdk_json_strdup``)."""
     if isinstance(value, dict):
-        return isinstance(value, DuplicateKeys) or any(map(_has_duplicates, value.values()))
-    if isinstance(value, list):
-        return any(map(_has_duplicates, value))
-    return False
+        if isinstance(value, DuplicateKeys):
+            return "duplicate key"
+        for key, item in value.items():
+            if "\0" in key:
+                return "string contains NUL"
+            problem = _params_problem(item)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for item in value:
+            problem = _params_problem(item)
+            if problem:
+                return problem
+    elif isinstance(value, str) and "\0" in value:
+        return "string contains NUL"
+    return None
+
+
+class RawNumber:
+    """A JSON number Python cannot hold as it was written: beyond float range (``1e400``)
+    or an integer longer than Python's int/str conversion limit.
+
+    SPDK keeps numbers as text, so such an ``id`` is echoed verbatim; as a parameter it
+    fails the method's decoding like any value of the wrong type.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"RawNumber({self.text[:40]!r})"
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity; JSON (and SPDK's parser) does not.
+    raise ParseError(f"{name} is not JSON")
+
+
+class _Float(float):
+    """A float that remembers how it was written, so an id like ``1E5`` or ``1.50`` is
+    echoed as sent (SPDK echoes the id's raw text); elsewhere it is just a float."""
+
+    __slots__ = ("text",)
+    text: str
+
+
+def _float(text: str) -> float | RawNumber:
+    value = _Float(text)
+    if not math.isfinite(value):
+        return RawNumber(text)
+    value.text = text
+    return value
+
+
+def _int(text: str) -> int | RawNumber:
+    try:
+        return int(text)
+    except ValueError:  # longer than sys.get_int_max_str_digits()
+        return RawNumber(text)
 
 
 def parse_json(raw: bytes) -> Any:
-    """Parse one framed value with SPDK's strictness (UTF-8, no NUL in strings)."""
+    """Parse one framed value with SPDK's strictness (UTF-8, JSON numbers only).
+
+    ``\\u0000`` is valid JSON and SPDK's parser accepts it; only a parameter string holding a
+    NUL fails, when the method decodes it (``spdk_json_strdup``).
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ParseError(f"invalid UTF-8: {e}") from None
-    if "\\u0000" in text or "\\U0000" in text:
-        raise ParseError("string contains NUL")
     try:
-        return json.loads(text, object_pairs_hook=_pairs)
+        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant,
+                          parse_float=_float)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ParseError(str(e)) from None
+    except ValueError:
+        # An integer too long for int(): parse again keeping such integers as text. Only
+        # then, so the common case keeps the C parser's own integer conversion.
+        try:
+            return json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant,
+                              parse_float=_float, parse_int=_int)
+        except (ValueError, RecursionError) as e:
+            raise ParseError(str(e)) from None
 
 
 def encode(obj: Any) -> str:
@@ -77,6 +150,24 @@ def encode(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).replace(
         "\x7f", "\\u007f"
     )
+
+
+def encode_response(response: dict[str, Any]) -> str:
+    """One response object as SPDK writes it, the id verbatim even when Python cannot
+    represent it; a result that is not JSON becomes -32603 rather than no answer."""
+    req_id = response["id"]
+    raw_id = isinstance(req_id, RawNumber | _Float)
+    if raw_id:
+        response = {**response, "id": None}
+    try:
+        text = encode(response)
+    except (ValueError, TypeError, RecursionError):
+        log.exception("response is not JSON")
+        text = encode(_error(response["id"], RpcError(errors.INTERNAL_ERROR)))
+    if raw_id:
+        # The key order is fixed (jsonrpc, id, ...), so the first id member is the id.
+        text = text.replace('"id":null', '"id":' + req_id.text, 1)
+    return text
 
 
 def describe_validation_error(e: ValidationError) -> str:
@@ -114,6 +205,14 @@ class Dispatcher:
         method = self.registry.get(name)
         return method if method is not None and self.is_allowed(name) else None
 
+    def _suggest(self, name: str) -> dict[str, list[str]] | None:
+        """``{"did_you_mean": [...]}`` for a misspelt name (only methods this target serves)."""
+        if not isinstance(name, str) or len(name) > 256:
+            return None
+        names = [m.name for m in self.registry.methods() if self.is_allowed(m.name)]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+        return {"did_you_mean": close} if close else None
+
     async def handle_raw(self, raw: bytes) -> bytes | None:
         """Answer one framed value; None when nothing is to be sent. Raises ParseError."""
         return await self.handle_value(parse_json(raw))
@@ -126,10 +225,10 @@ class Dispatcher:
             for element in value:
                 response = await self.handle_single(element)
                 if response is not None:
-                    parts.append(encode(response))
+                    parts.append(encode_response(response))
             return ("[" + ",".join(parts) + "]\n").encode() if parts else None
         response = await self.handle_single(value)
-        return None if response is None else (encode(response) + "\n").encode()
+        return None if response is None else (encode_response(response) + "\n").encode()
 
     def _error_line(self, req_id: Any, err: RpcError) -> bytes:
         return (encode(_error(req_id, err)) + "\n").encode()
@@ -140,37 +239,43 @@ class Dispatcher:
         try:
             if not isinstance(request, dict):
                 raise RpcError(errors.INVALID_REQUEST)
+            method_name = self._check_envelope(request)
+            # Only now is the id known: SPDK answers anything refused before this point
+            # with "id": null (parse_single_request, lib/jsonrpc/jsonrpc_server.c).
             req_id = request.get("id")
-            if isinstance(req_id, bool) or not isinstance(req_id, str | int | float | None):
+            if isinstance(req_id, bool) or not isinstance(
+                req_id, str | int | float | RawNumber | None
+            ):
                 req_id = None
                 raise RpcError(errors.INVALID_REQUEST)
-            method_name, params = self._check_envelope(request)
+            params = request.get("params")
+            if params is not None and not isinstance(params, dict | list):
+                raise RpcError(errors.INVALID_REQUEST)
             result = await self.call(method_name, params)
         except RpcError as e:
-            # SPDK always sends errors, with id null for notifications (spec §1.5).
+            # SPDK always sends errors, with id null for notifications.
             return _error(req_id, e)
         if req_id is None:
             return None
         return {"jsonrpc": "2.0", "id": req_id, "result": result}
 
-    def _check_envelope(self, request: dict[str, Any]) -> tuple[str, Any]:
+    def _check_envelope(self, request: dict[str, Any]) -> str:
+        """The method name, once the members, ``jsonrpc`` and ``method`` are valid."""
         if isinstance(request, DuplicateKeys) or not request.keys() <= _REQUEST_KEYS:
             raise RpcError(errors.INVALID_REQUEST)
-        if request.get("jsonrpc", "2.0") != "2.0":
+        version = request.get("jsonrpc", "2.0")
+        if not isinstance(version, str) or version != "2.0":
             raise RpcError(errors.INVALID_REQUEST)
         method_name = request.get("method")
         if not isinstance(method_name, str):
             raise RpcError(errors.INVALID_REQUEST)
-        params = request.get("params")
-        if params is not None and not isinstance(params, dict | list):
-            raise RpcError(errors.INVALID_REQUEST)
-        return method_name, params
+        return method_name
 
     async def call(self, method_name: str, params: Any) -> Any:
         """Look up, state-check, decode and run a method; raises RpcError on failure."""
         method = self.lookup(method_name)
         if method is None:
-            raise RpcError(errors.METHOD_NOT_FOUND)
+            raise RpcError(errors.METHOD_NOT_FOUND, data=self._suggest(method_name))
         if method.alias_of is not None and method_name not in self._warned_aliases:
             self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
             log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
@@ -205,8 +310,9 @@ class Dispatcher:
             params = {}
         if not isinstance(params, dict):
             raise RpcError(fail[0], f"{fail[1]}: params: expected a JSON object")
-        if _has_duplicates(params):
-            raise RpcError(fail[0], f"{fail[1]}: params: duplicate key")
+        problem = _params_problem(params)
+        if problem:
+            raise RpcError(fail[0], f"{fail[1]}: params: {problem}")
         try:
             return model.model_validate(params)
         except ValidationError as e:
@@ -217,4 +323,4 @@ def _error(req_id: Any, err: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "error": err.to_json()}
 
 
-__all__ = ["Dispatcher", "ParseError", "encode", "parse_json"]
+__all__ = ["Dispatcher", "ParseError", "RawNumber", "encode", "encode_response", "parse_json"]

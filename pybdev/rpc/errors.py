@@ -33,13 +33,17 @@ ENVELOPE_MESSAGES = {
 class RpcError(Exception):
     """Raised by a handler (or the dispatcher) to answer with ``{"code", "message"}``."""
 
-    def __init__(self, code: int, message: str | None = None) -> None:
+    def __init__(self, code: int, message: str | None = None, data: object = None) -> None:
         self.code = code
         self.message = message if message is not None else ENVELOPE_MESSAGES.get(code, "Error")
+        self.data = data  # JSON-RPC's optional "data" member; SPDK never sends one
         super().__init__(self.code, self.message)
 
     def to_json(self) -> dict[str, object]:
-        return {"code": self.code, "message": self.message}
+        out = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
 
 
 def errno_error(err: int, detail: str | None = None) -> RpcError:

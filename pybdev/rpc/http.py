@@ -1,6 +1,6 @@
 """HTTP JSON-RPC listener (aiohttp), served next to the Unix socket by the same Dispatcher.
 
-Orchestration tools drive SPDK through ``scripts/rpc_http_proxy.py`` (spec §9); pybdev
+Orchestration tools drive SPDK through ``scripts/rpc_http_proxy.py``; pybdev
 serves HTTP itself instead, so a request over HTTP and the same request over the socket get
 byte-identical JSON-RPC answers. What a client written for SPDK's proxy relies on is kept:
 any path, ``POST`` with a request or batch, HTTP Basic auth, HTTP 200 even for a JSON-RPC
@@ -14,6 +14,11 @@ POST, request or batch with a response      200, ``application/json``, the exact
 POST, notification (or batch of them)       204, no body
 POST, body not JSON (or nested too deep)    400, the JSON-RPC -32700 response
 POST, body over 256 KiB (the socket's cap)  413
+POST without ``Content-Type:                415
+application/json``
+``Host`` that is not this listener          421
+``Origin`` of another site                  403
+more than ``--http-max-connections``        503, then the connection closes
 missing or wrong credentials                401, ``WWW-Authenticate: Basic realm="pybdev"``
 GET/HEAD /health (never authenticated)      200, ``{"status":"ok","state":"RUNTIME"}``
 GET/HEAD /schema                            200, the OpenRPC description of the methods
@@ -23,7 +28,16 @@ any other verb or GET path                  405 with ``Allow``
 Security model: loopback and ``unix:`` sites may run without authentication (the socket
 file is mode 0600, like the RPC socket); any other address refuses to start unless Basic
 auth or a bearer token is configured. Secrets come from files or the environment, never
-from the command line, are compared in constant time and are never logged.
+from the command line, are compared in constant time and are never logged. A web page in
+a browser must not be able to drive the target (docs/http.md): a POST must say
+``Content-Type: application/json`` (which a cross-origin page cannot send without a CORS
+preflight, and preflights are refused), an ``Origin`` header must name this very server,
+and without authentication the ``Host`` header must be an IP address, ``localhost``, a name
+given with ``--http`` or ``--http-allowed-host`` (DNS rebinding points a name of the
+attacker's at 127.0.0.1).
+Slow clients are bounded: the request head must arrive within ``--http-header-timeout``
+seconds and the body within ``--http-body-timeout``, and at most
+``--http-max-connections`` connections are served at once.
 
 aiohttp is imported only when ``--http`` is given, so targets without HTTP start faster.
 """
@@ -37,7 +51,6 @@ import binascii
 import contextlib
 import errno
 import hmac
-import ipaddress
 import logging
 import os
 import socket
@@ -48,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from pybdev.netaddr import bind_address, is_ip_literal, is_loopback_ip
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import PARSE_ERROR, RpcError
 from pybdev.rpc.framing import MAX_REQUEST_BYTES, FramingError, JsonStream
@@ -65,6 +79,13 @@ LISTEN_BACKLOG = 512
 # In-flight requests get this long to finish at shutdown; a request still waiting for
 # the app to serve (start-up failed) must not hold the exit up for aiohttp's default 60 s.
 SHUTDOWN_TIMEOUT = 2.0
+# Slow-client limits (docs/guide.md, "Limits"), each with an option.
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 30.0
+MAX_CONNECTIONS = 64  # as SPDK's RPC socket, SPDK_JSONRPC_MAX_CONNS
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                  b"Content-Type: text/plain\r\nContent-Length: 35\r\n\r\n"
+                  b"too many connections, retry later\n")
 PARSE_ERROR_BODY = (
     encode({"jsonrpc": "2.0", "id": None, "error": RpcError(PARSE_ERROR).to_json()}) + "\n"
 ).encode()
@@ -93,6 +114,34 @@ def add_http_options(parser: argparse.ArgumentParser) -> None:
                    help="serve HTTPS with this PEM certificate (chain)")
     g.add_argument("--http-tls-key", metavar="FILE",
                    help="the unencrypted PEM private key of --http-tls-cert")
+    g.add_argument("--http-allowed-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests whose Host header is NAME (repeatable); IP "
+                        "addresses, localhost and the names given to --http always are")
+    g.add_argument("--http-header-timeout", type=_positive_float, default=HEADER_TIMEOUT,
+                   metavar="SECONDS",
+                   help="close a connection whose request head has not arrived within "
+                        f"this time, idle keep-alive ones too (default {HEADER_TIMEOUT:g})")
+    g.add_argument("--http-body-timeout", type=_positive_float, default=BODY_TIMEOUT,
+                   metavar="SECONDS",
+                   help=f"answer 408 when a request body takes longer (default {BODY_TIMEOUT:g})")
+    g.add_argument("--http-max-connections", type=_positive_int, default=MAX_CONNECTIONS,
+                   metavar="N",
+                   help="serve at most N connections at once; more get 503 "
+                        f"(default {MAX_CONNECTIONS})")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 # --- options -------------------------------------------------------------------------------
@@ -134,14 +183,8 @@ def parse_endpoint(text: str) -> Endpoint:
             f"--http {text}: give a host (127.0.0.1 for this machine only, 0.0.0.0 or [::] "
             "for every interface)"
         )
-    return Endpoint(host=host, port=int(port_text))
-
-
-def _is_loopback_ip(text: str) -> bool:
-    ip = ipaddress.ip_address(text.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+    # An IPv4-mapped address is served as the IPv4 address it maps (pybdev.netaddr).
+    return Endpoint(host=bind_address(host), port=int(port_text))
 
 
 async def is_loopback(endpoint: Endpoint) -> bool:
@@ -149,7 +192,7 @@ async def is_loopback(endpoint: Endpoint) -> bool:
     if endpoint.is_unix:
         return True
     try:
-        return _is_loopback_ip(endpoint.host)
+        return is_loopback_ip(endpoint.host)
     except ValueError:
         pass
     # A name binds every address it resolves to (as aiohttp does); all must be loopback.
@@ -158,7 +201,7 @@ async def is_loopback(endpoint: Endpoint) -> bool:
         infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
     except OSError as e:
         raise HttpConfigError(f"--http {endpoint}: cannot resolve {endpoint.host}: {e}") from None
-    return all(_is_loopback_ip(str(info[4][0])) for info in infos)
+    return all(is_loopback_ip(str(info[4][0])) for info in infos)
 
 
 def read_secret(path: str, what: str) -> bytes:
@@ -315,7 +358,13 @@ async def configure_http(
     if public and ssl_context is None:
         log.warning("HTTP JSON-RPC on %s without TLS: credentials and data travel in clear "
                     "text; use --http-tls-cert and --http-tls-key", public[0])
-    return HttpRpcServer(dispatcher, endpoints, credentials, ssl_context, ready)
+    limits = HttpLimits(
+        header_timeout=options.http_header_timeout,
+        body_timeout=options.http_body_timeout,
+        max_connections=options.http_max_connections,
+    )
+    return HttpRpcServer(dispatcher, endpoints, credentials, ssl_context, ready, limits,
+                         allowed_hosts=options.http_allowed_host)
 
 
 # --- schema --------------------------------------------------------------------------------
@@ -350,6 +399,25 @@ def frame_body(body: bytes) -> bytes:
     return value
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """How long a client may take and how many may be connected (docs/guide.md, Limits)."""
+
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+
+
+def split_host(host: str) -> str:
+    """The name or address of a ``Host`` header value, without port or IPv6 brackets."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
 class HttpRpcServer:
     """One aiohttp runner with a site per endpoint, answering through ``dispatcher``."""
 
@@ -360,7 +428,15 @@ class HttpRpcServer:
         credentials: Credentials,
         ssl_context: ssl.SSLContext | None = None,
         ready: asyncio.Event | None = None,
+        limits: HttpLimits | None = None,
+        allowed_hosts: list[str] | None = None,
     ) -> None:
+        self.limits = limits or HttpLimits()
+        # Host names a request may be addressed to; any IP address is fine too, since DNS
+        # rebinding needs a name of the attacker's.
+        self.allowed_hosts = {"localhost"} | {
+            name.lower().rstrip(".") for name in (allowed_hosts or [])
+        } | {ep.host.lower().rstrip(".") for ep in endpoints if not ep.is_unix}
         self.dispatcher = dispatcher
         self.endpoints = endpoints
         self.credentials = credentials
@@ -384,9 +460,13 @@ class HttpRpcServer:
             handle_signals=False,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             access_log=access_log if log.isEnabledFor(logging.DEBUG) else None,
+            # aiohttp arms this from the connection's start (and again after each answer)
+            # and only a complete request head disarms it: it is the header-read timeout.
+            keepalive_timeout=self.limits.header_timeout,
         )
         await runner.setup()
         self._runner = runner
+        self._limit_connections(runner)
         try:
             for ep in self.endpoints:
                 await self._start_site(runner, ep)
@@ -426,6 +506,26 @@ class HttpRpcServer:
             host, port = addr[0], addr[1]
             shown = f"[{host}]" if ":" in host else host
             self.urls.append(f"{scheme}://{shown}:{port}")
+
+    def _limit_connections(self, runner: web.AppRunner) -> None:
+        """Answer 503 and close connections beyond ``max_connections``.
+
+        aiohttp's Server is the manager each connection reports to; wrapping its
+        ``connection_made`` is the one place that sees every new connection first.
+        """
+        server = runner.server
+        assert server is not None
+        limit = self.limits.max_connections
+        made = server.connection_made
+
+        def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            if len(server.connections) > limit:
+                log.warning("HTTP: more than %d connections, refusing one", limit)
+                transport.write(_BUSY_RESPONSE)
+                transport.close()
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
 
     def _unix_socket(self, path: str) -> socket.socket:
         # The socket is mode 0600 like the RPC socket: file permissions are its access check.
@@ -491,6 +591,41 @@ class HttpRpcServer:
         return web.Response(status=413,
                             text=f"request body exceeds {MAX_REQUEST_BYTES} bytes\n")
 
+    def _foreign(self, request: web.Request) -> web.Response | None:
+        """403/421 for a request a browser made on behalf of another site, else None."""
+        from aiohttp import web
+
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        on_unix = isinstance(sockname, str | bytes)
+        host = request.headers.get("Host")
+        # With credentials required, a rebinding page has nothing to send: the check
+        # guards the unauthenticated (loopback) case, and names clients use off-host
+        # (a DNS name, a TLS certificate's name) keep working without configuration.
+        if host is not None and not on_unix and not self.credentials.configured:
+            name = split_host(host).lower().rstrip(".")
+            if not (is_ip_literal(name) or name in self.allowed_hosts):
+                return web.Response(
+                    status=421,
+                    text=f"this server does not serve host {name!r}; use its IP address, "
+                         "localhost, or allow the name with --http-allowed-host\n")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            scheme = "https" if self.ssl_context is not None and not on_unix else "http"
+            if host is None or origin.lower() != f"{scheme}://{host}".lower():
+                return web.Response(status=403,
+                                    text="cross-origin requests are refused\n")
+        return None
+
+    @staticmethod
+    def _not_json(request: web.Request) -> web.Response | None:
+        from aiohttp import web
+
+        if request.content_type == "application/json":
+            return None
+        return web.Response(
+            status=415, headers={"Accept-Post": "application/json"},
+            text="POST JSON-RPC with 'Content-Type: application/json'\n")
+
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: refuse before the client sends a body we would reject."""
         from aiohttp import HttpVersion11, web
@@ -499,9 +634,15 @@ class HttpRpcServer:
             return None
         if request.headers.get("Expect", "").lower() != "100-continue":
             raise web.HTTPExpectationFailed(text="unknown Expect header\n")
+        refusal = self._foreign(request)
+        if refusal is not None:
+            return refusal
         if request.method == "POST":
             if not self.credentials.check(request.headers.get("Authorization")):
                 return self._unauthorized()
+            refusal = self._not_json(request)
+            if refusal is not None:
+                return refusal
             if (request.content_length or 0) > MAX_REQUEST_BYTES:
                 return self._too_large()
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -511,6 +652,9 @@ class HttpRpcServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
 
+        refusal = self._foreign(request)
+        if refusal is not None:
+            return refusal
         is_get = request.method in ("GET", "HEAD")
         if is_get and request.path == "/health":
             # No auth, and only whether the target is up and its state: safe to expose
@@ -532,12 +676,19 @@ class HttpRpcServer:
     async def _post(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
 
+        refusal = self._not_json(request)
+        if refusal is not None:
+            return refusal
         if (request.content_length or 0) > MAX_REQUEST_BYTES:
             return self._too_large()
         try:
-            body = await request.read()  # chunked bodies are capped by client_max_size
+            async with asyncio.timeout(self.limits.body_timeout):
+                body = await request.read()  # chunked bodies are capped by client_max_size
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
+        except TimeoutError:
+            return web.Response(status=408, headers={"Connection": "close"},
+                                text="request body too slow\n")
         try:
             raw = frame_body(body)
             if self.ready is not None and not self.ready.is_set():

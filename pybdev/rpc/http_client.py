@@ -14,12 +14,17 @@ import base64
 import http.client
 import os
 import ssl
+import time
 import urllib.parse
 
 from pybdev.rpc.client import JsonRpcException, Transport
 
 PASSWORD_ENV = "PYBDEV_RPC_PASSWORD"
 TOKEN_ENV = "PYBDEV_RPC_TOKEN"
+# The server closes a connection that waits this long for a request head (its
+# --http-header-timeout, default 10 s, can be lower): a connection idle longer is opened
+# again rather than reused and found closed after the request went out.
+IDLE_RECONNECT = 1.0
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -76,6 +81,7 @@ class HttpTransport(Transport):
                 from None
         self._sent = False
         self._closed = False
+        self._idle_since = time.monotonic()
 
     @staticmethod
     def _auth_header(user: str | None, password_file: str | None,
@@ -102,6 +108,8 @@ class HttpTransport(Transport):
     def send(self, data: bytes) -> None:
         if self._sent:
             raise JsonRpcException("HTTP transport: a response is still unread")
+        if time.monotonic() - self._idle_since > IDLE_RECONNECT:
+            self.conn.close()  # http.client connects again for the request
         try:
             self.conn.request("POST", self.path, body=data, headers=self.headers)
         except OSError as e:
@@ -118,6 +126,8 @@ class HttpTransport(Transport):
             body = response.read()
         except http.client.HTTPException as e:
             raise ConnectionError(f"bad HTTP response: {e!r}") from None
+        finally:
+            self._idle_since = time.monotonic()
         status = response.status
         if status in (200, 204):
             return body

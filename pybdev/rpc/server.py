@@ -1,9 +1,14 @@
-"""The Unix-socket JSON-RPC listener (SPDK's transport, spec §1.1-1.2).
+"""The Unix-socket JSON-RPC listener (SPDK's transport: ``lib/rpc/rpc.c``, ``lib/jsonrpc``).
 
 Thin I/O glue: bytes go through :class:`~pybdev.rpc.framing.JsonStream`, values through
 the :class:`~pybdev.rpc.dispatcher.Dispatcher`. Each request runs as its own task so a slow
 handler never blocks another client or a later request on the same connection; responses
 go out in completion order, as SPDK sends them.
+
+Backpressure (docs/guide.md, "Limits"): a connection is not read while its unsent replies
+exceed :data:`MAX_UNSENT_REPLY_BYTES` or :data:`MAX_PENDING_REQUESTS` of its requests are
+being answered, so a client that sends without reading costs the target a bounded amount
+of memory; reading resumes when the replies drain.
 """
 
 from __future__ import annotations
@@ -14,19 +19,44 @@ import fcntl
 import logging
 import os
 import socket
+import stat
 from pathlib import Path
 
-from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
-from pybdev.rpc.errors import PARSE_ERROR, RpcError
+from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode, encode_response
+from pybdev.rpc.errors import INTERNAL_ERROR, PARSE_ERROR, RpcError
 from pybdev.rpc.framing import FramingError, JsonStream
 
 log = logging.getLogger("pybdev.rpc")
 
 LISTEN_BACKLOG = 512
+# Unsent reply bytes above which a connection is no longer read (resumed below a quarter).
+# One reply may be larger (bdev_get_bdevs of many bdevs): it is sent whole, then reading
+# waits for it to drain.
+MAX_UNSENT_REPLY_BYTES = 1024 * 1024
+# Requests of one connection being answered at once before reading pauses.
+MAX_PENDING_REQUESTS = 64
 
 
 class SocketInUse(Exception):
-    """Another live target holds the socket's lock file."""
+    """Another live target holds the socket's lock file (or the lock file is unusable)."""
+
+
+def lock_holder(st: os.stat_result) -> str:
+    """Who holds the flock on the file ``st`` describes: its owner and, from /proc/locks,
+    the pid, so a user can tell a running target from a squatted file."""
+    pids: list[str] = []
+    with contextlib.suppress(OSError):
+        ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == ident:
+                    pids.append(fields[4])
+    who = f"a process of uid {st.st_uid} (the file's owner)"
+    if pids:
+        who = f"pid {', '.join(pids)}; the file belongs to uid {st.st_uid}"
+    return who
 
 
 class RpcConnection(asyncio.Protocol):
@@ -37,19 +67,51 @@ class RpcConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: set[asyncio.Task[None]] = set()
         self.eof = False
+        self._write_paused = False
+        self._read_paused = False
+        # No complete request is left in the stream (all taken or the rest incomplete).
+        self._drained = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.transport.set_write_buffer_limits(  # type: ignore[union-attr]
+            high=MAX_UNSENT_REPLY_BYTES, low=MAX_UNSENT_REPLY_BYTES // 4
+        )
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
+        self.stream = JsonStream()  # drop whatever was buffered now, not at the next GC
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._take_requests()
 
     def data_received(self, data: bytes) -> None:
         self.stream.feed(data)
+        self._drained = False
+        self._take_requests()
+
+    def _blocked(self) -> bool:
+        return self._write_paused or len(self.pending) >= MAX_PENDING_REQUESTS
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.eof:
+            self.transport.pause_reading()
+            self._read_paused = True
+
+    def _take_requests(self) -> None:
+        """Start a task for each complete request while the connection is not blocked."""
         loop = asyncio.get_running_loop()
-        while self.transport is not None:
+        while self.transport is not None and not self._drained:
+            if self._blocked():
+                self._pause_reading()
+                return
             try:
                 raw = self.stream.next_value()
             except FramingError as e:
@@ -57,22 +119,39 @@ class RpcConnection(asyncio.Protocol):
                 self._parse_error()
                 return
             if raw is None:
-                return
+                self._drained = True
+                break
             task = loop.create_task(self._handle(raw))
             self.pending.add(task)
             task.add_done_callback(self._done)
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        self._close_if_finished()
 
     def eof_received(self) -> bool:
         # Half-close: keep the write side open until queued requests are answered.
         self.eof = True
-        if not self.pending and self.transport is not None:
-            self.transport.close()
+        self._close_if_finished()
         return True
+
+    def _close_if_finished(self) -> None:
+        if self.eof and self._drained and not self.pending and self.transport is not None:
+            if self.stream.buffered:
+                # The peer stopped sending in the middle of a value. SPDK just closes;
+                # the -32700 it sends for unparsable input tells the client why.
+                self._parse_error()
+            else:
+                self.transport.close()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.pending.discard(task)
-        if self.eof and not self.pending and self.transport is not None:
-            self.transport.close()
+        if self.transport is None:
+            return
+        if not self._drained and not self._blocked():
+            self._take_requests()
+        else:
+            self._close_if_finished()
 
     async def _handle(self, raw: bytes) -> None:
         if self.server.ready is not None and not self.server.ready.is_set():
@@ -83,6 +162,12 @@ class RpcConnection(asyncio.Protocol):
             log.debug("closing RPC connection: parse error: %s", e)
             self._parse_error()
             return
+        except Exception:
+            # Every request is answered, even when the dispatcher itself fails.
+            log.exception("RPC request failed")
+            response = (encode_response(
+                {"jsonrpc": "2.0", "id": None, "error": RpcError(INTERNAL_ERROR).to_json()}
+            ) + "\n").encode()
         if response is not None and self.transport is not None:
             self.transport.write(response)
 
@@ -91,12 +176,13 @@ class RpcConnection(asyncio.Protocol):
             return
         err = RpcError(PARSE_ERROR).to_json()
         self.transport.write((encode({"jsonrpc": "2.0", "id": None, "error": err}) + "\n").encode())
+        # close() sends what is queued first, so the client reads the -32700 before EOF.
         self.transport.close()
         self.transport = None
 
 
 class UnixRpcServer:
-    """Listens on a Unix socket guarded by ``PATH.lock`` (SPDK's rules, spec §1.1)."""
+    """Listens on a Unix socket guarded by ``PATH.lock`` (SPDK's rules, ``lib/rpc/rpc.c``)."""
 
     def __init__(
         self, dispatcher: Dispatcher, path: str, ready: asyncio.Event | None = None
@@ -135,15 +221,45 @@ class UnixRpcServer:
 
     def _take_lock(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            # O_NOFOLLOW: a symlink planted at PATH.lock (the default lives in the shared
+            # /var/tmp) must not make us create or truncate its target.
+            fd = os.open(self.lock_path,
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise SocketInUse(self._lock_refusal(e)) from None
+        st = os.fstat(fd)
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                raise SocketInUse(f"{self.lock_path} is not a regular file; remove it or "
+                                  "choose another socket path with -r")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            holder = lock_holder(st)
             os.close(fd)
             raise SocketInUse(
-                f"RPC Unix domain socket path {self.path} in use. Specify another."
+                f"RPC Unix domain socket path {self.path} in use. Specify another. "
+                f"({self.lock_path} is locked by {holder})"
             ) from None
+        except BaseException:
+            os.close(fd)
+            raise
         self._lock_fd = fd
+
+    def _lock_refusal(self, e: OSError) -> str:
+        """Why PATH.lock cannot be opened, who owns it and what to do, for the user."""
+        try:
+            st = os.lstat(self.lock_path)
+        except OSError:
+            return f"cannot create {self.lock_path}: {e.strerror}; choose another path with -r"
+        if stat.S_ISLNK(st.st_mode):
+            return (f"{self.lock_path} is a symbolic link (owned by uid {st.st_uid}); refusing "
+                    "to follow it. Remove it if it is not yours, or choose another path "
+                    "with -r")
+        return (f"RPC Unix domain socket path {self.path} in use. Specify another. "
+                f"({self.lock_path} belongs to uid {st.st_uid} and cannot be opened: "
+                f"{e.strerror}. If no target of that user runs, it may remove the file; "
+                "otherwise choose another path with -r)")
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

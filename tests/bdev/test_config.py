@@ -44,18 +44,21 @@ def test_stack_round_trip(start_target: Any, short_dir: Path, batches: str) -> N
                      "AIO1"]
     saved = t.spdk("save_config", batches).stdout
     bdev = next(s["config"] for s in json.loads(saved)["subsystems"] if s["subsystem"] == "bdev")
-    expected = ["bdev_set_options", "bdev_malloc_create", "bdev_malloc_create",
-                "bdev_null_create", "bdev_passthru_create", "bdev_passthru_create",
-                "bdev_passthru_create", "bdev_error_create", "bdev_error_create",
+    # SPDK's module order: modules with examine (error, passthru) first, then the bases;
+    # the vbdev creates replay deferred (spdk_bdev_module_list_add in lib/bdev/bdev.c).
+    expected = ["bdev_set_options", "bdev_error_create", "bdev_error_create",
+                "bdev_passthru_create", "bdev_passthru_create", "bdev_passthru_create",
+                "bdev_malloc_create", "bdev_malloc_create", "bdev_null_create",
                 "bdev_aio_create", "bdev_aio_create", "bdev_wait_for_examine"]
     if batches == "--with-batches":
-        expected[1:4] = [["bdev_malloc_create", "bdev_malloc_create"], ["bdev_null_create"]]
+        expected[6:9] = [["bdev_malloc_create", "bdev_malloc_create"], ["bdev_null_create"]]
     assert methods(bdev) == expected
     assert bdev[-1] == {"method": "bdev_wait_for_examine"}
     entries = [e for x in bdev for e in (x if isinstance(x, list) else [x])]
     pts = [e["params"] for e in entries if e["method"] == "bdev_passthru_create"]
     assert [list(p) for p in pts] == [["base_bdev_name", "name", "uuid"]] * 3
-    assert [p["name"] for p in pts] == ["PT0", "PTonEE", "PTonAIO"]
+    # In create order (SPDK: build order), which a restart keeps (docs/vbdev-framework.md).
+    assert [p["name"] for p in pts] == ["PT0", "PTonAIO", "PTonEE"]
     errs = [e["params"] for e in entries if e["method"] == "bdev_error_create"]
     assert errs == [{"base_name": "Base"},
                     {"base_name": "Nowhere", "uuid": "6a9f2f8e-52a4-4d7e-9c53-3b2e0d3e4f11"}]
@@ -73,8 +76,9 @@ def test_stack_round_trip(start_target: Any, short_dir: Path, batches: str) -> N
     cfg = short_dir / "cfg.json"
     cfg.write_text(saved)
     t2 = start_target("--json", str(cfg), sock=short_dir / "b.sock")
+    # Each vbdev registers right after its base now (built at the base's examine).
     assert [b["name"] for b in t2.rpc("bdev_get_bdevs")] == [
-        n for n in names if n not in ("AIO0", "PTonAIO", "AIO1")] + ["AIO0", "PTonAIO", "AIO1"]
+        "Malloc0", "PT0", "Base", "EE_Base", "PTonEE", "Null0", "AIO0", "PTonAIO", "AIO1"]
     assert t2.spdk("save_config", batches).stdout == saved  # byte for byte
     # The deferred error bdev comes up when its base does, with the saved UUID.
     t2.rpc("bdev_malloc_create", {"name": "Nowhere", "num_blocks": 8, "block_size": 512})

@@ -259,9 +259,30 @@ class CephCluster:
         if mkfs.wait(timeout=self.start_timeout) != 0:
             raise ClusterError(f"ceph-osd --mkfs failed:\n{self.log_tail()}")
         self._spawn("osd.0", ["ceph-osd", "-f", "-c", str(self.conf_path), "-i", "0"])
-        self._wait_active_clean()
+        self.wait_active_clean()
 
-    def _wait_active_clean(self) -> None:
+    def wait_serving(self) -> None:
+        """Every PG active+clean and a client operation answered by the OSD (listing the
+        pool reads an object): what a test that stopped a daemon waits for before the
+        cluster is used again."""
+        self.wait_active_clean()
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            self._check_alive()
+            try:
+                self.rbd("ls", self.pool, timeout=15)
+                return
+            except (ClusterError, subprocess.TimeoutExpired) as e:
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"the OSD does not serve clients: {e}\n"
+                                       + self.log_tail()) from None
+                time.sleep(0.2)
+
+    def wait_active_clean(self) -> None:
+        """Return once every PG is active+clean (the OSD is up and serving), or fail.
+
+        Start-up, and any test that stops or disturbs a daemon, wait for this before the
+        cluster is used again: a daemon that runs is not yet one that serves."""
         # Right after the OSD boots the mgr may report a stale or partial PG map (and the
         # mgr's devicehealth module adds a pool of its own), so the cluster counts as ready
         # only when two reports in a row say every PG is active+clean.

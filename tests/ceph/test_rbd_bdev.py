@@ -67,6 +67,9 @@ def images(ceph_cluster: CephCluster) -> Iterator[Callable[..., str]]:
         return name
 
     yield make
+    if made:
+        # A test may have stopped the OSD: removing an image needs it back and serving.
+        ceph_cluster.wait_serving()
     for name in made:
         ceph_cluster.rbd("rm", "--no-progress", f"{ceph_cluster.pool}/{name}", check=False)
 
@@ -355,6 +358,9 @@ def test_stalled_osd_fails_io_and_delete_completes(start_target: Callable[..., T
         assert "read 1048576/1048576" not in slow_out or "error" in slow_out.lower()
     finally:
         os.kill(osd, signal.SIGCONT)
+        # Running again is not serving again: the mon may have marked it down meanwhile.
+        wait_until(lambda: _proc_state(osd) not in ("T", "t"), what="OSD running")
+        cc.wait_serving()
     assert [b["name"] for b in t.rpc("bdev_get_bdevs")] == ["M0"]
     no_secret(t, cc)
 

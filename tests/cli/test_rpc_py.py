@@ -104,3 +104,18 @@ def test_rpc_py_runs_with_system_python_outside_the_venv(target: Target) -> None
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_bash_completion_completes_command_names() -> None:
+    script = (f"source {ROOT}/etc/bash_completion.d/rpc.py; "
+              f"COMP_WORDS=({ROOT}/scripts/rpc.py -s /tmp/x.sock bdev_mal); COMP_CWORD=3; "
+              "_pybdev_rpc; echo \"${COMPREPLY[@]}\"")
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["bdev_malloc_create", "bdev_malloc_delete"]
+
+
+def test_r_refuses_a_host_and_port() -> None:
+    res = subprocess.run([sys.executable, "-m", "pybdev", "-r", "127.0.0.1:5260"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 2
+    assert "-r takes a Unix socket path; serve HTTP JSON-RPC with --http HOST:PORT" in res.stderr

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Target
+from tests.conftest import Target, unix_listening
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 MALLOC0_SIZE = 64 * 1024 * 1024
@@ -108,18 +108,25 @@ def served() -> Iterator[Served]:
 
 
 class Peer:
-    """An NBD server process of another project, on a Unix socket."""
+    """An NBD server process of another project, on a Unix socket.
 
-    def __init__(self, argv: list[str], sock: Path) -> None:
+    Ready means listening (a connection would be accepted), never merely that the socket
+    file exists: it exists from bind(), before listen(). nbdkit also writes its --pidfile
+    only once it accepts connections.
+    """
+
+    def __init__(self, argv: list[str], sock: Path, pidfile: Path | None = None) -> None:
         self.sock = sock
         self.stderr = ""
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while not sock.exists():
+        deadline = time.monotonic() + 30
+        while not ((pidfile is None or pidfile.exists()) and unix_listening(sock)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                if self.proc.poll() is None:
+                    self.proc.kill()
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise AssertionError(f"{argv[0]} did not start: {err}")
+                raise AssertionError(f"{argv[0]} did not start listening on {sock}: {err}")
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -143,13 +150,15 @@ def peers(sockdir: Path) -> Iterator[Callable[..., Peer]]:
 
     def start(kind: str, *args: str, name: str = "") -> Peer:
         sock = sockdir / f"{kind}{len(started)}.sock"
+        pidfile: Path | None = None
         if kind == "nbdkit":
-            argv = ["nbdkit", "-f", "-U", str(sock), *args]
+            pidfile = sockdir / f"{kind}{len(started)}.pid"
+            argv = ["nbdkit", "-f", "-U", str(sock), "-P", str(pidfile), *args]
         elif kind == "qemu-nbd":
             argv = ["qemu-nbd", "-k", str(sock), *(["-x", name] if name else []), *args]
         else:
             raise ValueError(kind)
-        peer = Peer(argv, sock)
+        peer = Peer(argv, sock, pidfile)
         started.append(peer)
         return peer
 

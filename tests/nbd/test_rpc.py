@@ -102,6 +102,17 @@ def test_remote_bind_needs_the_option(start_target: Callable[..., Target]) -> No
     RawClient(("127.0.0.1", port), "Malloc0").disconnect()
 
 
+def test_ipv4_mapped_loopback_needs_no_option(t: Target) -> None:
+    # The same loopback rule as HTTP (pybdev.netaddr): ::ffff:127.0.0.1 is 127.0.0.1.
+    uri = t.rpc("nbd_start_disk", {"bdev_name": "Malloc0",
+                                   "nbd_device": "nbd://[::ffff:127.0.0.1]:0/m"})
+    port = int(uri.rsplit(":", 1)[1].split("/")[0])
+    RawClient(("127.0.0.1", port), "m").disconnect()
+    err = t.rpc_error("nbd_start_disk", {"bdev_name": "Malloc0",
+                                         "nbd_device": "nbd://[::ffff:192.0.2.1]:0/m"})
+    assert err["code"] == -13
+
+
 def test_port_zero_reports_the_chosen_port(t: Target) -> None:
     uri = t.rpc("nbd_start_disk", {"bdev_name": "Malloc0", "nbd_device": "nbd://127.0.0.1:0/d"})
     host_port = uri[len("nbd://"):].split("/")[0]

@@ -1,4 +1,4 @@
-"""Dispatcher rules (spec §1.3-1.6) on a private registry, without sockets."""
+"""Dispatcher rules (SPDK's lib/jsonrpc and lib/rpc) on a private registry, without sockets."""
 
 from __future__ import annotations
 
@@ -186,7 +186,9 @@ async def test_internal_errors_do_not_leak_details() -> None:
     assert resp["error"] == {"code": -32603, "message": "Internal error"}
 
 
-@pytest.mark.parametrize("raw", [b'{"a":', b"\xff\xfe{}", b'{"s":"\\u0000"}', b"{'a':1}"])
+@pytest.mark.parametrize(
+    "raw", [b'{"a":', b"\xff\xfe{}", b"{'a':1}", b'{"id":NaN}', b'{"id":-Infinity}']
+)
 async def test_parse_errors(raw: bytes) -> None:
     with pytest.raises(ParseError):
         await make()[0].handle_raw(raw)
@@ -194,3 +196,86 @@ async def test_parse_errors(raw: bytes) -> None:
 
 def test_encode_escapes_like_spdk() -> None:
     assert encode({"s": "a/b\x7f\u00e9\U0001f600"}) == '{"s":"a/b\\u007f\\u00e9\\ud83d\\ude00"}'
+
+
+# --- every request answered; the id as SPDK's parse_single_request reads it -----------------
+
+
+@pytest.mark.parametrize("req", [
+    '{"method":"echo","id":5,"extra":1}',
+    '{"method":"echo","id":5,"id":6}',
+    '{"jsonrpc":"1.0","method":"echo","id":5}',
+    '{"jsonrpc":2.0,"method":"echo","id":5}',
+    '{"id":5}',
+    '{"method":null,"id":5}',
+    '{"method":["echo"],"id":5}',
+])
+async def test_rejected_before_the_id_is_read_answers_id_null(req: str) -> None:
+    resp = await answer(req)
+    assert resp == {"jsonrpc": "2.0", "id": None,
+                    "error": {"code": -32600, "message": "Invalid request"}}
+
+
+async def test_invalid_params_member_echoes_the_id() -> None:
+    # SPDK checks params after it has taken the id.
+    resp = await answer('{"method":"echo","id":5,"params":"x"}')
+    assert resp["id"] == 5 and resp["error"]["code"] == -32600
+
+
+@pytest.mark.parametrize("raw_id", [
+    "1e400", "-1e400", "1E+999", "9" * 5000, "-" + "1" * 4301, "12345678901234567890.5e300",
+])
+async def test_ids_python_cannot_hold_are_echoed_verbatim(raw_id: str) -> None:
+    d, _ = make()
+    out = await d.handle_raw(f'{{"method":"noparams","id":{raw_id}}}'.encode())
+    assert out == f'{{"jsonrpc":"2.0","id":{raw_id},"result":true}}\n'.encode()
+    out = await d.handle_raw(f'{{"method":"nope","id":{raw_id}}}'.encode())
+    assert out is not None and out.startswith(f'{{"jsonrpc":"2.0","id":{raw_id},"error"'.encode())
+
+
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "7" * 4400])
+async def test_numbers_python_cannot_hold_fail_param_decoding(value: str) -> None:
+    resp = await answer(f'{{"method":"echo","id":1,"params":{{"name":"a","count":{value}}}}}')
+    assert resp["id"] == 1
+    assert resp["error"]["code"] == -32603
+    assert "count" in resp["error"]["message"]
+    # Anywhere else in a request, such a number is just answered.
+    resp = await answer(f'{{"method":"whatever","id":1,"params":{{"x":[{value}]}}}}')
+    assert resp["result"] == "ok"
+
+
+async def test_escaped_nul_text_is_valid_json() -> None:
+    # The text \u0000 (escaped backslash) holds no NUL at all.
+    resp = await answer('{"method":"echo","id":1,"params":{"name":"a\\\\u0000"}}')
+    assert resp["result"]["name"] == "a\\u0000"
+
+
+async def test_nul_in_a_string_parameter_fails_decoding_like_spdk() -> None:
+    # SPDK's parser accepts \u0000; spdk_json_strdup refuses it when a handler decodes it.
+    resp = await answer('{"method":"echo","id":1,"params":{"name":"a\\u0000b"}}')
+    assert resp["error"]["code"] == -32603
+    assert "string contains NUL" in resp["error"]["message"]
+    # A NUL in a method name is just an unknown method; in the id it is echoed.
+    assert (await answer('{"method":"echo\\u0000","id":1}'))["error"]["code"] == -32601
+    assert (await answer('{"method":"noparams","id":"x\\u0000"}'))["id"] == "x\x00"
+
+
+async def test_a_result_that_is_not_json_is_an_internal_error() -> None:
+    table = RpcTable()
+
+    @table.method("nan", states=BOTH)
+    def nan(ctx: Ctx) -> float:
+        return float("nan")
+
+    ctx = Ctx()
+    reg = Registry()
+    reg.add_table(table, ctx, "framework")
+    resp = await answer('{"method":"nan","id":3}', Dispatcher(ctx, reg))
+    assert resp == {"jsonrpc": "2.0", "id": 3,
+                    "error": {"code": -32603, "message": "Internal error"}}
+
+
+@pytest.mark.parametrize("raw_id", ["1E5", "1.50", "-0.0", "2e-3", "1.0"])
+async def test_fractional_ids_are_echoed_as_written(raw_id: str) -> None:
+    out = await make()[0].handle_raw(f'{{"method":"noparams","id":{raw_id}}}'.encode())
+    assert out == f'{{"jsonrpc":"2.0","id":{raw_id},"result":true}}\n'.encode()

@@ -73,3 +73,107 @@ def test_whitespace_only_consumes_nothing_harmful() -> None:
     s.feed(b" \r\n\t ")
     assert s.next_value() is None
     assert s.buffered == 0
+
+
+# --- grammar checked as bytes arrive (SPDK's spdk_json_parse) -------------------------------
+
+import json  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pybdev.rpc.dispatcher import ParseError, parse_json  # noqa: E402
+
+
+@pytest.mark.parametrize("doc", [
+    b"{bad json", b"NaN", b"-Infinity", b"Infinity", b'{"id":NaN', b'{"a" 1', b"[1,]",
+    b'{"a":1,}', b"{,", b'{"a":tx', b'["\\q"', b'["\x01"', b"[01", b"[1.x", b"[-a", b"}",
+    b'{"a"::', b"[1 2", b'{"a":1 "b"', b"[\"a\":1",
+])
+def test_invalid_prefix_fails_at_once(doc: bytes) -> None:
+    """A value that can never become JSON is refused without waiting for more bytes (by
+    the framer, or by the parser when the brackets happen to close)."""
+    assert outcome([doc]) == ([], "error")
+    assert outcome([doc[i:i + 1] for i in range(len(doc))]) == ([], "error")
+
+
+@pytest.mark.parametrize("doc", [
+    b'{"a":tru', b'{"a":"\\u00', b'{"a":"\\', b"[-", b"[1.", b"[1e", b"[1e+", b'{"a"',
+    b'{"a":', b"[[[", b'"abc', b"[0.5",
+])
+def test_valid_prefix_waits(doc: bytes) -> None:
+    assert values(doc) == []
+
+
+def test_complete_value_over_the_size_limit_is_refused() -> None:
+    # A whole value beyond the limit is refused like an incomplete one (it used to pass).
+    doc = b'{"method":"x","params":{"s":"' + b"x" * 2000 + b'"}}'
+    for chunks in ([doc], [doc[i:i + 100] for i in range(0, len(doc), 100)]):
+        s = JsonStream(max_bytes=1000)
+        with pytest.raises(FramingError, match="exceeds"):
+            for c in chunks:
+                s.feed(c)
+                s.next_value()
+    s = JsonStream(max_bytes=len(doc))
+    s.feed(doc)
+    assert s.next_value() == doc
+
+
+def test_long_tokens_trickled_byte_by_byte_are_linear() -> None:
+    # Resumed scans: a 200 KB string or number fed one byte at a time is still framed
+    # (a rescan from the token's start each time would take minutes, not a second).
+    for doc in (b'["' + b"x" * 200_000 + b'"]', b"[" + b"7" * 200_000 + b"]"):
+        s = JsonStream()
+        got = None
+        for i in range(len(doc)):
+            s.feed(doc[i:i + 1])
+            got = s.next_value() or got
+        assert got == doc
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def outcome(chunks: list[bytes]) -> tuple[list[object], str]:
+    """What the framer and parser together make of a stream: parsed values, then how it
+    ended ("error", "pending" or "clean")."""
+    s = JsonStream()
+    out: list[object] = []
+    try:
+        for c in chunks:
+            s.feed(c)
+            while (v := s.next_value()) is not None:
+                out.append(parse_json(v))
+    except (FramingError, ParseError):
+        return out, "error"
+    return out, "pending" if s.buffered else "clean"
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=json_values, indent=st.sampled_from([None, 1]), data=st.data())
+def test_any_json_document_in_any_chunks(doc: object, indent: int | None,
+                                         data: st.DataObject) -> None:
+    raw = (json.dumps([doc], indent=indent) + "\n").encode()
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(raw) - 1)), max_size=8)))
+    chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+    assert outcome(chunks) == ([[doc]], "clean")
+    # Every prefix of it waits for more (never an error).
+    assert outcome([raw[:data.draw(st.integers(0, len(raw)))]])[1] != "error"
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=json_values, junk=st.binary(min_size=1, max_size=3), data=st.data())
+def test_chunking_never_changes_the_outcome(doc: object, junk: bytes,
+                                            data: st.DataObject) -> None:
+    raw = json.dumps({"a": [doc]}).encode()
+    at = data.draw(st.integers(0, len(raw)))
+    bad = raw[:at] + junk + raw[at:] + b"\n"
+    whole = outcome([bad])
+    bytewise = outcome([bad[i:i + 1] for i in range(len(bad))])
+    assert whole == bytewise

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -20,12 +22,14 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.framing import MAX_REQUEST_BYTES
@@ -38,6 +42,8 @@ from pybdev.rpc.http import (
     parse_endpoint,
 )
 from pybdev.rpc.registry import BOTH, Registry, RpcTable, State
+from tests.conftest import unix_listening
+from tests.rpc.hostile import Case, requests
 
 ROOT = Path(__file__).resolve().parents[2]
 RPC_PY = ROOT / "scripts" / "rpc.py"
@@ -57,6 +63,26 @@ def _env(**extra: str) -> dict[str, str]:
     env["NO_PROXY"] = "*"
     env.update(extra)
     return env
+
+
+def _health_answered(url: str) -> bool:
+    """Whether GET /health is answered: the site serves, not merely logged that it bound."""
+    if url.startswith("http+unix://"):
+        return unix_listening(url[len("http+unix://"):])
+    parts = urllib.parse.urlsplit(url)
+    conn_class = (http.client.HTTPSConnection if parts.scheme == "https"
+                  else http.client.HTTPConnection)
+    kwargs: dict[str, Any] = {}
+    if parts.scheme == "https":
+        kwargs["context"] = ssl._create_unverified_context()  # only to see it answer
+    conn = conn_class(parts.hostname or "", parts.port, timeout=10, **kwargs)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 class HttpTarget:
@@ -79,7 +105,8 @@ class HttpTarget:
         while time.monotonic() < deadline:
             text = self.log()
             urls = _LISTEN.findall(text)
-            if len(urls) >= sites and (not wait_serving or "serving RPC" in text):
+            if len(urls) >= sites and (not wait_serving or "serving RPC" in text) \
+                    and all(map(_health_answered, urls)):
                 return urls
             if self.proc.poll() is not None:
                 raise AssertionError(f"target exited {self.proc.returncode}:\n{text}")
@@ -183,14 +210,22 @@ def req(method: str, req_id: Any = 1, params: Any = None) -> bytes:
 
 async def post(s: aiohttp.ClientSession, url: str, body: bytes,
                **kw: Any) -> tuple[int, bytes, aiohttp.ClientResponse]:
-    async with s.post(url, data=body, **kw) as r:
+    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    async with s.post(url, data=body, headers=headers, **kw) as r:
         return r.status, await r.read(), r
 
 
 def curl(*args: str) -> tuple[int, str]:
-    """(HTTP status, body) from curl; fails the test if curl itself failed."""
+    """(HTTP status, body) from curl; fails the test if curl itself failed.
+
+    A request with a body says it is JSON, as the server requires, unless ``args`` set a
+    Content-Type.
+    """
     if CURL is None:
         pytest.skip("curl is not installed (Debian package curl)")
+    sends_body = any(a in ("-d", "--data", "--data-binary") for a in args)
+    if sends_body and not any(a.lower().startswith("content-type:") for a in args):
+        args = ("-H", "Content-Type: application/json", *args)
     res = subprocess.run([CURL, "-sS", "--noproxy", "*", "-w", "\n%{http_code}", *args],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -269,7 +304,7 @@ async def test_notification(plain: HttpTarget, session: aiohttp.ClientSession) -
 async def test_parse_error_is_400(plain: HttpTarget, session: aiohttp.ClientSession) -> None:
     nested = b"[" * 65 + b"]" * 65  # deeper than SPDK's 64, as on the socket
     for body in (b"nope", b"", b"   ", b'{"id":1,', b'{"id":1} {"id":2}', b"\xff\xfe",
-                 b'{"id":1,"method":"a\\u0000"}', nested):
+                 b'{"id":NaN,"method":"a"}', nested):
         status, answer, r = await post(session, plain.url, body)
         assert status == 400, body
         assert answer == PARSE_ERROR, body
@@ -690,9 +725,9 @@ for i in $(seq 200); do
     sleep 0.05
 done
 echo "noauth=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' \
-    -d '{"id":1,"method":"spdk_get_version"}' http://192.0.2.1:8080/)"
+    -H 'Content-Type: application/json' -d '{"id":1,"method":"spdk_get_version"}' http://192.0.2.1:8080/)"
 echo "auth=$(curl -s --noproxy '*' --netrc-file "$NETRC" \
-    -d '{"id":1,"method":"spdk_get_version"}' http://192.0.2.1:8080/)"
+    -H 'Content-Type: application/json' -d '{"id":1,"method":"spdk_get_version"}' http://192.0.2.1:8080/)"
 kill -TERM $pid
 wait $pid
 echo "rc=$?"
@@ -771,3 +806,180 @@ def test_wait_for_rpc_over_http(tmp_path: Path) -> None:
         assert t.proc.wait(20) == 0
     finally:
         t.stop()
+
+
+# --- hostile clients: every request answered, browsers and slow clients refused ------------
+
+
+def _http(url: str, body: bytes, headers: dict[str, str] | None = None,
+          method: str = "POST") -> tuple[int, bytes]:
+    """One request with the standard library's client (no header added but Host)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        # Refused before the whole body was sent, the answer is still there to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.request(method, "/", body=body,
+                         headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
+@given(case=requests())
+def test_fuzzed_requests_are_all_answered_over_http(plain: HttpTarget, case: Case) -> None:
+    status, body = _http(plain.url, case.body)
+    if case.kind == "oversize":
+        assert status == 413
+    elif case.answer_id is None:
+        assert (status, body) == (400, PARSE_ERROR), case.kind
+    else:
+        assert status == 200
+        case.check_response(body)
+
+
+def _bdev_names(t: HttpTarget) -> set[str]:
+    status, body = _http(t.url, req("bdev_get_bdevs"))
+    assert status == 200
+    return {b["name"] for b in json.loads(body)["result"]}
+
+
+def test_only_json_bodies_are_served(plain: HttpTarget) -> None:
+    create = req("bdev_null_create", params={"name": "CT", "num_blocks": 64, "block_size": 512})
+    # What an HTML form or a cross-origin fetch without preflight can send.
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                  "application/octet-stream", ""):
+        status, body = _http(plain.url, create, {"Content-Type": ctype})
+        assert status == 415 and b"application/json" in body, ctype
+    assert "CT" not in _bdev_names(plain)
+    status, _ = _http(plain.url, req("spdk_get_version"),
+                      {"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200
+
+
+def test_foreign_origin_and_host_are_refused(plain: HttpTarget) -> None:
+    host = plain.url.split("://", 1)[1]
+    create = req("bdev_null_create", params={"name": "XO", "num_blocks": 64, "block_size": 512})
+    for origin in ("http://evil.example", "null", f"https://{host}", "http://127.0.0.1:1"):
+        status, _ = _http(plain.url, create, {"Origin": origin})
+        assert status == 403, origin
+    # DNS rebinding: the attacker's name now points at 127.0.0.1.
+    port = host.rsplit(":", 1)[1]
+    for name in (f"evil.example:{port}", "rebind.attacker.test", f"localhost.evil:{port}"):
+        status, _ = _http(plain.url, create, {"Host": name})
+        assert status == 421, name
+        status, _ = _http(plain.url, b"", {"Host": name}, method="GET")
+        assert status == 421, name
+    assert "XO" not in _bdev_names(plain)
+    # The server's own origin, and the names a local client uses, are served.
+    assert _http(plain.url, req("spdk_get_version"), {"Origin": f"http://{host}"})[0] == 200
+    for name in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.1", f"[::1]:{port}",
+                 f"LOCALHOST:{port}"):
+        assert _http(plain.url, req("spdk_get_version"), {"Host": name})[0] == 200, name
+
+
+def test_unix_site_does_not_check_host(plain: HttpTarget) -> None:
+    code, body = curl("--unix-socket", str(plain.http_sock),  # type: ignore[attr-defined]
+                      "-H", "Host: anything.example", "-d", req("spdk_get_version").decode(),
+                      "http://x/")
+    assert code == 200 and json.loads(body)["id"] == 1
+
+
+def test_slow_clients_are_bounded(tmp_path: Path) -> None:
+    t = HttpTarget(tmp_path, "--http", "127.0.0.1:0", "--http-allowed-host", "pybdev.test",
+                   "--http-max-connections", "2", "--http-header-timeout", "1")
+    try:
+        host, port = t.url.split("://", 1)[1].rsplit(":", 1)
+        assert _http(t.url, req("spdk_get_version"), {"Host": "pybdev.test"})[0] == 200
+
+        def connect() -> socket.socket:
+            s = socket.create_connection((host, int(port)), timeout=60)
+            return s
+
+        # A request head that never ends is cut off by the header timeout.
+        slow = connect()
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert slow.recv(4096) == b""
+        slow.close()
+        # Two idle connections fill the limit; a third is told so and closed.
+        idle = [connect(), connect()]
+        extra = connect()
+        answer = b""
+        while data := extra.recv(4096):
+            answer += data
+        extra.close()
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        # The idle ones time out too, and then clients are served again.
+        for s in idle:
+            assert s.recv(4096) == b""
+            s.close()
+        assert _http(t.url, req("spdk_get_version"))[0] == 200
+    finally:
+        assert t.stop() == 0, t.log()
+
+
+def test_ipv4_mapped_loopback_is_loopback(tmp_path: Path) -> None:
+    # The same rule as nbd:// (pybdev.netaddr): no authentication needed, served as IPv4.
+    t = HttpTarget(tmp_path, "--http", "[::ffff:127.0.0.1]:0")
+    try:
+        assert t.url.startswith("http://127.0.0.1:")
+        assert _http(t.url, req("spdk_get_version"))[0] == 200
+    finally:
+        assert t.stop() == 0, t.log()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--http-header-timeout", "0"], ["--http-body-timeout", "-1"],
+    ["--http-body-timeout", "inf"], ["--http-max-connections", "0"],
+])
+def test_limit_options_must_be_positive(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        _options("--http", "127.0.0.1:0", *argv)
+
+
+def test_limit_options_reach_the_server() -> None:
+    options = _options("--http", "127.0.0.1:0", "--http-header-timeout", "2.5",
+                       "--http-body-timeout", "7", "--http-max-connections", "3",
+                       "--http-allowed-host", "Storage1.example.")
+    server = asyncio.run(configure_http(options, Dispatcher(_Ctx(), Registry()), environ={}))
+    assert server is not None
+    assert (server.limits.header_timeout, server.limits.body_timeout,
+            server.limits.max_connections) == (2.5, 7.0, 3)
+    assert "storage1.example" in server.allowed_hosts
+
+
+def test_rpc_py_survives_the_server_closing_idle_connections(tmp_path: Path) -> None:
+    """Commands read from stdin share one client: after a pause longer than the target's
+    header timeout the closed keep-alive connection is opened again, not reused."""
+    t = HttpTarget(tmp_path, "--http", "127.0.0.1:0", "--http-header-timeout", "1")
+    try:
+        proc = subprocess.Popen([sys.executable, str(RPC_PY), "-s", t.url],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
+        assert proc.stdin is not None and proc.stdout is not None
+        for _ in range(2):
+            proc.stdin.write("spdk_get_version\n")
+            proc.stdin.flush()
+            while '"version"' not in (line := proc.stdout.readline()):
+                assert line, proc.stderr.read() if proc.stderr else ""
+            time.sleep(2.5)  # the target closes the idle connection meanwhile
+        proc.stdin.close()
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        assert t.stop() == 0, t.log()
+
+
+def test_with_credentials_any_host_name_is_served(auth: HttpTarget) -> None:
+    # Off-host clients use the operator's DNS name; a rebinding page has no credentials.
+    status, _ = _http(auth.url, req("spdk_get_version"), {"Host": "storage1.example:8443"})
+    assert status == 401
+    status, body = _http(auth.url, req("spdk_get_version"),
+                         {"Host": "storage1.example:8443", **basic()})
+    assert status == 200 and json.loads(body)["id"] == 1
+    # A foreign Origin is still refused, credentials or not.
+    status, _ = _http(auth.url, req("spdk_get_version"),
+                      {"Origin": "http://evil.example", **basic()})
+    assert status == 403

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from pybdev.proto import nbd
+from tests.conftest import unix_listening
 
 SIZE = 4 * 1024 * 1024
 TX_FLAGS = (
@@ -347,15 +348,18 @@ def test_nbdsh_read_only_export(ram_server: tuple[RamServer, str]) -> None:
 
 
 def start_server(args: list[str], path: str) -> subprocess.Popen[bytes]:
+    """Start a server and return once it listens on ``path`` (not when the file appears:
+    that happens at bind(), before listen())."""
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(200):
-        if os.path.exists(path):
-            return proc
+    deadline = time.monotonic() + 30
+    while not unix_listening(path):
         if proc.poll() is not None:
             pytest.fail(f"{args[0]} exited: {proc.stderr.read() if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{args[0]} did not listen on {path}")
         time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"{args[0]} did not create {path}")
+    return proc
 
 
 def handshake(path: str, hs: nbd.ClientHandshake) -> tuple[socket.socket, nbd.ClientEvent]:
