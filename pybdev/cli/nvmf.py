@@ -15,14 +15,11 @@ from typing import Any
 from pybdev.cli.output import print_dict
 
 DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
-_GLOBALS = {"client", "func", "called_rpc_name", "server_addr", "port", "timeout", "verbose",
-            "dry_run", "conn_retries", "is_server", "plugin", "json_file", "batch_mode"}
 
 
-def _params(a: argparse.Namespace, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {k: v for k, v in vars(a).items()
-            if k not in _GLOBALS and k not in drop and not k.startswith(("_", "http_"))
-            and v is not None}
+def _params(a: argparse.Namespace) -> dict[str, Any]:
+    """The command's own arguments that were given (rpc.py's global options excluded)."""
+    return {k: getattr(a, k) for k in a._own if getattr(a, k, None) is not None}
 
 
 def _group(params: dict[str, Any], name: str, keys: list[str]) -> dict[str, Any]:
@@ -90,10 +87,13 @@ def nvmf_set_config(a: argparse.Namespace) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    made: list[argparse.ArgumentParser] = []
+
     def cmd(name: str, func: Callable[[argparse.Namespace], None],
             help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.set_defaults(func=func)
+        made.append(p)
         return p
 
     def tgt(p: argparse.ArgumentParser, flag: str = "-t") -> None:
@@ -320,3 +320,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    "milliseconds", type=int)
     p.add_argument("-t3", "--crdt3", help="Command Retry Delay Time 3 in units of 100 "
                    "milliseconds", type=int)
+
+    # Which keys of the parsed namespace are the command's own: rpc.py adds global options
+    # (and may add more), none of which belong in the request.
+    for p in made:
+        p.set_defaults(_own=tuple(act.dest for act in p._actions
+                                  if act.dest not in ("help", argparse.SUPPRESS)))
