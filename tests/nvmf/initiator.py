@@ -102,7 +102,8 @@ class Queue:
             in_capsule = data is not None and len(data) <= self.in_capsule
         sqe = make(cid)
         if data is not None and in_capsule:
-            sqe = sqe[:39] + bytes([nvme.SGL_DATA_BLOCK_OFFSET]) + sqe[40:]
+            sqe = (sqe[:32] + len(data).to_bytes(4, "little") + sqe[36:39]
+                   + bytes([nvme.SGL_DATA_BLOCK_OFFSET]) + sqe[40:])
             self.submit(sqe, data)
             return self.wait(cid)
         self.submit(sqe)
