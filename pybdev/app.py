@@ -1,6 +1,6 @@
 """The target process: options, start-up, STARTUP -> RUNTIME, signals, shutdown.
 
-Start-up order (spec §2): parse options -> STARTUP part of ``--json`` -> RPC socket ->
+Start-up order (docs/architecture.md): parse options -> STARTUP part of ``--json`` -> RPC socket ->
 (``--wait-for-rpc``: wait for ``framework_start_init``) -> subsystem init -> RUNTIME ->
 RUNTIME part of ``--json`` -> serve. Requests that arrive before RUNTIME wait, as they do
 on SPDK's paused socket. Shutdown (SIGINT, SIGTERM, ``spdk_kill_instance``) closes the RPC
@@ -21,9 +21,11 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pybdev import __version__, framework, logs, spdk_tgt_options
+from pybdev import __version__, framework, logs, notify, spdk_tgt_options
 from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
+from pybdev.cpus import CoreLocks, app_cores
+from pybdev.errors import OperationError
 from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.http import HttpConfigError, HttpRpcServer, add_http_options, configure_http
 from pybdev.rpc.registry import Registry, State
@@ -114,6 +116,8 @@ class App:
         self.initialized = asyncio.Event()
         self.serving = asyncio.Event()
         self.shutdown_requested = asyncio.Event()
+        self.notifier = notify.Notifier()
+        self.core_locks = CoreLocks(app_cores(options.cpumask))
         self.subsystems: list[Subsystem] = []
         for cls in self.assembly.subsystems:
             sub = cls(self)
@@ -122,6 +126,7 @@ class App:
         self.registry = Registry()
         self.registry.add_table(self.rpc, self, "framework")
         self.registry.add_table(logs.RPC, self.logs, "framework")
+        self.registry.add_table(notify.RPC, self.notifier, "notify")
         for sub in self.subsystems:
             for table, owner in sub.rpc_tables():
                 self.registry.add_table(table, owner, sub.name)
@@ -193,6 +198,7 @@ class App:
                 await sub.fini()
             except Exception:
                 self.log.exception("subsystem %s failed to finish", sub.name)
+        self.core_locks.release()
 
     def request_shutdown(self, signame: str = "") -> None:
         if not self.shutdown_requested.is_set():
@@ -208,6 +214,9 @@ class App:
                 await self.start()
             except (ConfigError, SocketInUse, HttpConfigError) as e:
                 self.log.error("%s", e)
+                return 1
+            except OperationError as e:  # a subsystem refused to initialise (accel's check)
+                self.log.error("framework initialization failed: %s", e)
                 return 1
             if self.options.pidfile:
                 write_pidfile(self.options.pidfile)

@@ -17,11 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from pybdev.accel.subsystem import AccelSubsystem
 from pybdev.bdev.core import BdevModule
 from pybdev.bdev.modules import BUILTIN_MODULES
 from pybdev.bdev.subsystem import BdevSubsystem
+from pybdev.iobuf import IobufSubsystem
 from pybdev.nbd.subsystem import NbdSubsystem
 from pybdev.nvmf.subsystem import NvmfSubsystem
+from pybdev.scheduler import SchedulerSubsystem
 from pybdev.subsystem import Subsystem, init_order
 from pybdev.ublk.subsystem import UblkSubsystem
 
@@ -42,7 +45,9 @@ class Plugin:
 BUILTIN = Plugin(
     "pybdev",
     bdev_modules=BUILTIN_MODULES,
-    subsystems=(BdevSubsystem, NbdSubsystem, UblkSubsystem, NvmfSubsystem),
+    # SPDK's init order (module/event/subsystems/*: accel needs iobuf, bdev needs both).
+    subsystems=(IobufSubsystem, AccelSubsystem, BdevSubsystem, SchedulerSubsystem,
+                NbdSubsystem, UblkSubsystem, NvmfSubsystem),
 )
 
 

@@ -1,13 +1,18 @@
-"""Framework RPCs: method listing, version, init state machine, config, kill (spec §2)."""
+"""Framework RPCs: methods, version, init, config, kill, reactors, core locks.
+
+As SPDK's ``lib/event/app.c``, ``lib/event/app_rpc.c`` and ``lib/init/subsystem_rpc.c``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import threading
 from typing import TYPE_CHECKING, Any, Literal
 
-from pybdev import __version__
+from pybdev import __version__, cpus
+from pybdev.errors import OperationError
 from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, RpcTable, State
 from pybdev.rpc.types import Params, Str
@@ -135,6 +140,41 @@ def framework_get_config(app: App, p: GetConfigParams) -> list[Any] | None:
                 return config
             return flatten_batches(config)
     raise RpcError(INVALID_PARAMS, f"Subsystem '{p.name}' not found")
+
+
+@RPC.method("framework_get_reactors",
+            decode_error=(INVALID_PARAMS, "`framework_get_reactors` requires no arguments"),
+            result={"type": "object"})
+def framework_get_reactors(app: App) -> dict[str, Any]:
+    """The threads pybdev runs, as SPDK's reactors: the event loop and ublk queue threads."""
+    workers = [w for sub in app.subsystems for w in sub.threads()]
+    # Handlers run on the event loop's thread, so this is the loop's tid.
+    cores = frozenset(app.core_locks.cores)
+    return cpus.reactors(cores, threading.get_native_id(), workers, cpus.format_cpumask(cores))
+
+
+@RPC.method("framework_enable_cpumask_locks", states=BOTH,
+            decode_error=(INVALID_PARAMS, "framework_enable_cpumask_locks"
+                                          "requires no arguments"),
+            result={"type": "boolean"})
+def framework_enable_cpumask_locks(app: App) -> bool:
+    """Take SPDK's lock file of every core in ``-m`` (/var/tmp/spdk_cpu_lock_NNN)."""
+    try:
+        app.core_locks.claim()
+    except OperationError as e:
+        app.log.error("Cannot create lock on core %s, %s", e.detail, e.message)
+        raise RpcError(INTERNAL_ERROR, f"Failed to claim CPU core: {e.detail}") from None
+    return True
+
+
+@RPC.method("framework_disable_cpumask_locks", states=BOTH,
+            decode_error=(INVALID_PARAMS, "framework_disable_cpumask_locks"
+                                          "requires no arguments"),
+            result={"type": "boolean"})
+def framework_disable_cpumask_locks(app: App) -> bool:
+    """Release the core lock files this target holds (none: nothing to do)."""
+    app.core_locks.release()
+    return True
 
 
 __all__ = ["version_info"]

@@ -25,8 +25,8 @@ logging.addLevelName(NOTICE, "NOTICE")
 LEVELS = {"ERROR": logging.ERROR, "WARNING": logging.WARNING, "NOTICE": NOTICE,
           "INFO": logging.INFO, "DEBUG": logging.DEBUG}
 #: Every component that logs: ``-L NAME`` and ``log_set_flag`` take these ("all": every one).
-FLAGS = ("app", "assembly", "bdev", "config", "export", "http", "lvol", "nbd", "notify",
-         "nvmf", "rpc", "ublk")
+FLAGS = ("accel", "app", "assembly", "bdev", "config", "export", "http", "iobuf", "lvol", "nbd",
+         "notify", "nvmf", "rpc", "scheduler", "ublk")
 ROOT = "pybdev"
 TEXT_FORMAT = "[%(asctime)s] %(name)s: %(levelname)s: %(message)s"
 

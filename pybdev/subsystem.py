@@ -1,4 +1,4 @@
-"""Subsystems: what the target is made of (``bdev``, ``nbd``, ``ublk``), in init order.
+"""Subsystems: what the target is made of (``iobuf``, ``accel``, ``bdev``, ...), in init order.
 
 A subsystem declares what it contributes — its RPC methods (``rpc``), its command-line
 options (:meth:`add_options`), its part of ``save_config`` (:meth:`write_config`) — and the
@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pybdev.cpus import WorkerThread
 from pybdev.rpc.registry import RpcTable
 
 if TYPE_CHECKING:
@@ -54,6 +55,13 @@ class Subsystem:
     def write_config(self) -> Config | None:
         """The calls that recreate the current state, in replay order (None: no writer)."""
         return []
+
+    def threads(self) -> Iterable[WorkerThread]:
+        """Threads this subsystem runs besides the event loop (``framework_get_reactors``).
+
+        Called on the event loop; the threads' ids must be readable there without blocking.
+        """
+        return ()
 
 
 def init_order(classes: Iterable[type[Subsystem]]) -> list[type[Subsystem]]:

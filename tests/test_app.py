@@ -221,9 +221,12 @@ def test_framework_methods_errors(target: Target) -> None:
         "code": -32602, "message": "Subsystem 'iscsi' not found"}
     assert target.rpc_error("spdk_kill_instance", {"sig_name": "SIGSTOP"})["code"] == -32602
     assert target.rpc("framework_get_subsystems") == [
-        {"subsystem": "bdev", "depends_on": []},
+        {"subsystem": "iobuf", "depends_on": []},
+        {"subsystem": "accel", "depends_on": ["iobuf"]},
+        {"subsystem": "bdev", "depends_on": ["accel", "iobuf"]},
+        {"subsystem": "scheduler", "depends_on": []},
         {"subsystem": "nbd", "depends_on": ["bdev"]},
-        {"subsystem": "ublk", "depends_on": ["bdev"]},
+        {"subsystem": "ublk", "depends_on": ["bdev", "iobuf"]},
         {"subsystem": "nvmf", "depends_on": ["bdev"]},
     ]
 

@@ -16,10 +16,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pybdev"
 
 # Lowest first. Keep in step with docs/architecture.md.
 LAYERS: list[set[str]] = [
-    {"pybdev", "errors", "listener", "netaddr", "proto", "uring", "ceph", "spdk_tgt_options"},
-    {"rpc"},  # JSON-RPC: registry, dispatcher, transports, client
-    {"cli", "subsystem", "logs"},  # rpc.py commands; the subsystem base; logging
-    {"bdev"},  # the bdev layer and its modules
+    # leaves
+    {"pybdev", "errors", "listener", "netaddr", "tasks", "proto", "uring", "ceph",
+     "spdk_tgt_options"},
+    {"rpc", "cpus"},  # JSON-RPC: registry, dispatcher, transports, client; core masks
+    {"cli", "subsystem", "logs", "notify"},  # rpc.py commands; subsystem base; logging; notify
+    {"bdev", "iobuf", "accel", "scheduler"},  # the bdev layer and its modules; iobuf, accel
     {"export"},  # the base of every export
     {"nbd", "ublk", "nvmf"},  # exports and their subsystems
     {"framework", "config", "assembly"},  # framework RPCs, --json replay, what a target holds

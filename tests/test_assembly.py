@@ -24,7 +24,8 @@ def entry_point(name: str, value: str) -> metadata.EntryPoint:
 def test_builtins_come_first_in_declaration_order() -> None:
     assembly = assemble([])
     assert assembly.plugins == [BUILTIN]
-    assert [s.name for s in assembly.subsystems] == ["bdev", "nbd", "ublk", "nvmf"]
+    assert [s.name for s in assembly.subsystems] == [
+        "iobuf", "accel", "bdev", "scheduler", "nbd", "ublk", "nvmf"]
     assert assembly.bdev_modules[0] is MallocModule
 
 

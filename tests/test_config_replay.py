@@ -1,9 +1,10 @@
 """The replay law: whatever state the target accepts, save_config replays to the same state.
 
-Hypothesis draws sequences of state-changing RPCs over the bdev modules and the network NBD
-export (calls may fail: the law is about what was accepted), then: save_config -> a new
-target started with ``--json`` -> save_config, and the two documents must be equal. Kernel
-exports (/dev/nbdX, ublk) replay in the VM tests (tests/kernel).
+Hypothesis draws sequences of state-changing RPCs over the bdev modules (vbdevs stacked on
+vbdevs, splits, delays, claims) and the network NBD export (calls may fail: the law is about
+what was accepted), then: save_config -> a new target started with ``--json`` ->
+save_config, and the two documents must be equal. Kernel exports (/dev/nbdX, ublk) replay
+in the VM tests (tests/kernel).
 """
 
 from __future__ import annotations
@@ -68,15 +69,22 @@ def calls(workdir: Path, peer: str) -> st.SearchStrategy[list[Call]]:
                   name, name),
         st.builds(lambda base: ("bdev_error_create", {"base_name": base}), name),
         st.builds(lambda n: ("bdev_nbd_create", {"name": f"N{n}", "uri": peer}), name),
+        st.builds(lambda base: ("bdev_split_create", {"base_bdev": base, "split_count": 2}),
+                  st.sampled_from([*NAMES, "PTA"])),
+        st.builds(lambda base: ("bdev_split_delete", {"base_bdev": base}), name),
+        st.builds(lambda n, base: ("bdev_delay_create", {
+            "name": f"D{n}", "base_bdev_name": base, "avg_read_latency": 1,
+            "p99_read_latency": 2, "avg_write_latency": 3, "p99_write_latency": 4}),
+            name, st.sampled_from([*NAMES, "PTA", "Ap0"])),
         st.builds(lambda n: ("nbd_start_disk", {
             "bdev_name": n, "nbd_device": f"nbd+unix:///{n}?socket={workdir}/exp.sock"}),
-            st.sampled_from([*NAMES, "PTA", "EE_A", "NA"])),
+            st.sampled_from([*NAMES, "PTA", "EE_A", "NA", "Ap0", "DA"])),
         st.builds(lambda n: ("nbd_stop_disk", {
             "nbd_device": f"nbd+unix:///{n}?socket={workdir}/exp.sock"}), name),
         st.builds(lambda method, n: (method, {"name": n}), st.sampled_from([
             "bdev_malloc_delete", "bdev_null_delete", "bdev_aio_delete", "bdev_passthru_delete",
-            "bdev_error_delete", "bdev_nbd_delete"]),
-            st.sampled_from([*NAMES, "PTA", "PTB", "EE_A", "EE_B", "NA"])),
+            "bdev_error_delete", "bdev_nbd_delete", "bdev_delay_delete"]),
+            st.sampled_from([*NAMES, "PTA", "PTB", "EE_A", "EE_B", "NA", "DA"])),
     )
     return st.lists(one, min_size=1, max_size=10)
 

@@ -17,7 +17,7 @@ def test_unknown_log_flag_is_refused() -> None:
     res = subprocess.run([sys.executable, "-m", "pybdev", "-L", "bogus", "-r", "/nonexistent"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 2
-    assert "unknown log flag bogus (known: all, app," in res.stderr
+    assert "unknown log flag bogus (known: all, accel, app," in res.stderr
 
 
 def test_notice_is_a_level_between_info_and_warning(start_target: Callable[..., Target]) -> None:

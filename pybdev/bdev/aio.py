@@ -1,4 +1,4 @@
-"""aio: a bdev on a regular file or a block device (spec §4.9, bdev_aio.c).
+"""aio: a bdev on a regular file or a block device (SPDK's module/bdev/aio/bdev_aio.c).
 
 I/O never blocks the event loop: every system call on the file (pread, pwrite,
 fallocate, fdatasync, and the open itself) runs in a small thread pool shared by all
@@ -6,7 +6,10 @@ aio bdevs, and the completion comes back to the loop with ``call_soon_threadsafe
 (``pybdev.uring`` may later replace the pool; the bdev API would not change.)
 
 Opening: ``O_RDWR`` (``O_RDONLY`` when ``readonly``) plus ``O_DIRECT``, retried without
-``O_DIRECT`` when the open refuses it (tmpfs, for example). O_DIRECT needs buffers
+``O_DIRECT`` when the open refuses it (tmpfs, for example). The open is non-blocking and
+only regular files and block devices are served: a FIFO, a character device (``/dev/zero``)
+or a directory is refused with -22 (-21 for a directory) instead of blocking a pool
+thread or becoming a 0-block bdev; so is an empty file (-22). O_DIRECT needs buffers
 aligned to the device's logical block: the pool reads into and writes from
 anonymous ``mmap`` buffers, which are page aligned.
 
@@ -45,11 +48,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
+from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, NameParams, Params, Str, Uuid
+from pybdev.tasks import background
 
 RPC = RpcTable()
 
@@ -111,15 +115,35 @@ class OpenedFile:
     is_block_device: bool
 
 
+def _open_nonblocking(filename: str, flags: int) -> int:
+    """Open without blocking and keep only regular files and block devices.
+
+    O_NONBLOCK keeps a FIFO (or a device) from holding the pool thread in ``open``
+    forever; it is cleared again once ``fstat`` says the file is one we serve.
+    """
+    fd = os.open(filename, flags | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, "is a directory")
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise OSError(errno.EINVAL, "not a regular file or a block device")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _open_file(filename: str, readonly: bool, block_size: int) -> OpenedFile:
     """Open as SPDK does, then make sure O_DIRECT works with ``block_size`` (pool thread)."""
     flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
     direct = True
     try:
-        fd = os.open(filename, flags | os.O_DIRECT)
+        fd = _open_nonblocking(filename, flags | os.O_DIRECT)
     except OSError:
         direct = False
-        fd = os.open(filename, flags)
+        fd = _open_nonblocking(filename, flags)
     try:
         size, detected, is_blk = file_geometry(fd)
         probe = block_size or detected
@@ -135,7 +159,7 @@ def _open_file(filename: str, readonly: bool, block_size: int) -> OpenedFile:
                 os.close(fd)
                 fd = -1
                 direct = False
-                fd = os.open(filename, flags)
+                fd = _open_nonblocking(filename, flags)
             finally:
                 buf.close()
     except BaseException:
@@ -148,6 +172,8 @@ def _open_file(filename: str, readonly: bool, block_size: int) -> OpenedFile:
 class AioBdev(Bdev):
     product_name = "AIO disk"
     module_name = "aio"
+    fua_native = True  # RWF_DSYNC
+    read_buffer = ReadBuffer.HELD  # every read gets a buffer of its own
 
     def __init__(self, name: str, filename: str, opened: OpenedFile, block_size: int,
                  uuid: str | None, *, readonly: bool, fallocate: bool, nowait: bool,
@@ -359,6 +385,9 @@ class AioModule(BdevModule):
             if nowait and not opened.is_block_device:
                 raise OperationError(errno.EOPNOTSUPP,
                                      f"{filename} is not a block device; nowait needs one")
+            if opened.size == 0:
+                raise OperationError(errno.EINVAL, f"{filename} is empty: a bdev needs at "
+                                                   "least one block")
             detected = opened.detected_block_size
             if block_size == 0:
                 if detected == 0:
@@ -401,8 +430,7 @@ class AioModule(BdevModule):
             raise OperationError(errno.ENODEV, f"aio bdev {name} is being deleted")
         if size == 0:
             log.error("%s: hot-remove detected, unregistering bdev", name)
-            task = asyncio.get_running_loop().create_task(self.layer.unregister(bdev))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            background(self.layer.unregister(bdev), f"removing aio bdev {name}")
             return
         num_blocks = size // bdev.block_size
         if num_blocks == bdev.num_blocks:

@@ -10,9 +10,39 @@ I/O is callback-based, because that is what the hot paths need: a request is
 ``desc.read(offset, length, cb)`` with byte offsets, and the module calls ``cb(status,
 data)`` exactly once, ``status`` being 0 or a negative errno. In-memory modules complete
 inside the call (no task, no future: ``bench/bdev_io.py`` measured a coroutine per request
-at several times the cost). ``data`` of a read is valid only during the callback (it may
-be a view of the module's memory); copy it to keep it. Coroutine helpers (``read_async``
-...) wrap the same path for control-plane code and tests.
+at several times the cost). Coroutine helpers (``read_async`` ...) wrap the same path for
+control-plane code and tests.
+
+The contract between the layer and a module (what a :class:`Bdev` subclass declares, and
+what the :class:`Descriptor` does so that modules need not):
+
+- **FUA.** ``write``, ``unmap`` and ``write_zeroes`` take ``fua``: the data is durable when
+  the callback runs. A module with ``fua_native = True`` gets the flag in ``submit_write``;
+  for every other module (and for unmap and write-zeroes always) the layer submits the
+  operation and then a flush of its range, when the bdev has ``flush`` (without it there is
+  no volatile cache, and a completed write is durable already).
+- **max_io_bytes.** A module that takes at most so many bytes per request says so (0: no
+  limit). The layer splits longer reads and writes into pieces submitted together and
+  joins them: one completion, the first error wins, a read's data joined in order (copied,
+  since each piece's data is valid only in its callback). Unmap and write-zeroes go piece
+  by piece. The request counts once in the statistics.
+- **write_zeroes** without native support is emulated with writes of a zero buffer (1 MiB
+  pieces, or ``max_io_bytes``), one at a time, in a loop that goes on inline while pieces
+  complete inline and is resumed by a late completion: the stack stays flat at any length.
+- **-ENOMEM** from a module means "out of resources, nothing done, try again". The layer
+  never hands it to the consumer at once: it counts it (``io_error.nomem`` in
+  ``bdev_get_iostat``), queues the request on the bdev and submits the queue again after
+  ``NOMEM_RETRY_DELAY`` (1 ms), as SPDK's layer does on its nomem poller. A request still
+  refused ``NOMEM_GIVE_UP_NS`` (10 s) after its first submission completes with -ENOMEM: a
+  module out of resources that long is stuck, and the consumer must learn it.
+- **Read buffers.** ``read_buffer`` (:class:`ReadBuffer`) says how long a read's data is
+  valid: ``CALLBACK`` (the default: during the callback only; copy it to keep it) or
+  ``HELD`` (a buffer that stays valid while the consumer holds it, so an export can queue
+  it for sending without a copy).
+- **Block status.** ``get_block_status(offset, length, cb)`` answers the allocation of a
+  range as ``[(length, flags)]`` (NBD's ``base:allocation`` flags); modules that know holes
+  override it and set ``reports_holes``. Consumers ask :meth:`Descriptor.block_status`,
+  which answers "all data, allocated" for the others without a call.
 
 Example::
 
@@ -31,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import functools
 import logging
 import time
 import uuid as uuidlib
@@ -45,6 +76,9 @@ log = logging.getLogger("pybdev.bdev")
 
 Callback = Callable[[int, Any], None]
 EventCallback = Callable[["BdevEvent", "Bdev"], None]
+# Told of "bdev_register", "bdev_unregister" and "bdev_resize" with the bdev's name, as
+# SPDK's lib/bdev/bdev.c calls spdk_notify_send (the notify ring subscribes here).
+Observer = Callable[[str, str], object]
 
 # Every key of bdev_get_bdevs' supported_io_types, in SPDK's order (lib/bdev/bdev_rpc.c).
 IO_TYPE_NAMES = (
@@ -59,6 +93,18 @@ ZERO_CHUNK = 1 << 20
 class BdevEvent(enum.Enum):
     REMOVE = "remove"
     RESIZE = "resize"
+
+
+class ReadBuffer(enum.Enum):
+    """What a module promises about the data it completes a read with."""
+
+    #: Valid during the callback only (the module may reuse the buffer): copy it to keep it.
+    CALLBACK = "callback"
+    #: A buffer object that stays valid for as long as the consumer holds it, so it can be
+    #: queued for sending without a copy. Its bytes may change if the range is written
+    #: later (malloc hands out views of its memory), which only a request overlapping one
+    #: still in flight can observe.
+    HELD = "held"
 
 
 class ClaimType(enum.Enum):
@@ -150,6 +196,17 @@ class Bdev:
 
     product_name: ClassVar[str] = "bdev"
     module_name: ClassVar[str] = ""
+    #: ``submit_write`` honours its ``fua`` argument. When False the layer emulates a FUA
+    #: write as a write and then a flush of its range (when the bdev has ``flush``).
+    fua_native: bool = False
+    #: How long the data a read completes with stays valid: see :class:`ReadBuffer`. A
+    #: class setting, except for vbdevs, which take their base's.
+    read_buffer: ReadBuffer = ReadBuffer.CALLBACK
+    #: ``get_block_status`` knows holes; False means every range is allocated data, and
+    #: the layer answers that without calling it.
+    reports_holes: ClassVar[bool] = False
+    # -ENOMEM'd requests waiting for their retry timer (see _nomem_park); usually None.
+    _nomem_queue: list[tuple[str, str, int, int, Any, bool, Callback, int]] | None = None
 
     def __init__(
         self,
@@ -180,11 +237,13 @@ class Bdev:
         self.write_cache = write_cache
         self.optimal_io_boundary = optimal_io_boundary
         self.numa_id = numa_id
-        # Largest single request the module takes; 0 means no limit (the layer splits).
+        # Largest single request the module takes; 0 means no limit. The layer splits
+        # longer reads, writes, unmaps and write-zeroes into pieces of at most this size.
         self.max_io_bytes = max_io_bytes
         self.claim_type = ClaimType.NONE
         self.claims: list[Claim] = []
         self.claim_key = 0  # read_many_write_shared: the key every claimer must present
+        self.qd_sampling_period = 0  # bdev_set_qd_sampling_period, microseconds
         self.state = BdevState.REGISTERED
         self.descriptors: set[Descriptor] = set()
         self.stat = IoStat()
@@ -225,6 +284,16 @@ class Bdev:
 
     def submit_reset(self, cb: Callback) -> None:
         cb(0, None)
+
+    def get_block_status(self, offset: int, length: int, cb: Callback) -> None:
+        """Allocation of ``[offset, offset + length)``: ``cb(status, extents)``.
+
+        ``extents`` is a list of ``(length, flags)`` from ``offset`` on, flags as NBD's
+        ``base:allocation`` (1 = hole, 2 = reads as zeros); it may cover less than asked.
+        Called only when ``reports_holes`` is set (consumers go through
+        :meth:`Descriptor.block_status`); otherwise everything is allocated data.
+        """
+        cb(0, [(length, 0)])
 
     def driver_specific(self) -> dict[str, Any]:
         return {}
@@ -277,42 +346,87 @@ class Bdev:
         return f"<{type(self).__name__} {self.name} {self.num_blocks}x{self.block_size}>"
 
 
-def _emulate_write_zeroes(bdev: Bdev, offset: int, length: int, cb: Callback) -> None:
-    """Write zeros chunk by chunk, each write issued when the previous one completed."""
-    zeros = bytes(min(length, ZERO_CHUNK))
-    state = {"offset": offset, "left": length}
-
-    def step(status: int, _data: Any) -> None:
-        if status:
-            cb(status, None)
-            return
-        if state["left"] == 0:
-            cb(0, None)
-            return
-        n = min(state["left"], len(zeros))
-        at = state["offset"]
-        state["offset"] += n
-        state["left"] -= n
-        bdev.submit_write(at, memoryview(zeros)[:n], step, False)
-
-    step(0, None)
 
 
 _REGISTERED = BdevState.REGISTERED
 _now = time.monotonic_ns
 _ENOMEM = -errno.ENOMEM
+_NO_LIMIT = 1 << 63
+#: A request a module answered with -ENOMEM is submitted again after this delay ...
+NOMEM_RETRY_DELAY = 0.001
+#: ... for as long as it was first submitted less than this long ago; then the consumer
+#: gets the -ENOMEM (a module that stays out of resources that long is stuck, not busy).
+NOMEM_GIVE_UP_NS = 10_000_000_000
+# Statistics bucket of each operation (SPDK counts write-zeroes as writes).
+_STAT_KIND = {"read": "read", "write": "write", "unmap": "unmap", "write_zeroes": "write",
+              "flush": ""}
 
 
-def _completion(stat: IoStat, kind: str, length: int, cb: Callback) -> Callback:
-    """Wrap ``cb`` to count the request in ``stat`` (IoStat.record, inlined: hot path)."""
-    start = _now()
+def _call_module(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
+                 cb: Callback) -> None:
+    """Hand one checked, unsplit request to the module."""
+    if op == "read":
+        bdev.submit_read(offset, length, cb)
+    elif op == "write":
+        bdev.submit_write(offset, data, cb, fua)
+    elif op == "unmap":
+        bdev.submit_unmap(offset, length, cb)
+    elif op == "write_zeroes":
+        bdev.submit_write_zeroes(offset, length, cb)
+    else:
+        bdev.submit_flush(offset, length, cb)
 
-    def done(status: int, data: Any) -> None:
-        if status:
-            key = "nomem" if status == _ENOMEM else "failed"
-            errors = stat.errors
-            errors[key] = errors.get(key, 0) + 1
+
+def _nomem_park(bdev: Bdev, op: str, kind: str, offset: int, length: int, data: Any,
+                fua: bool, cb: Callback, start: int) -> None:
+    """Queue a request the module answered -ENOMEM; a timer submits the queue again.
+
+    SPDK's layer retries when other I/O of the channel completes, or on a poller when none
+    is outstanding; one short timer per bdev does both jobs here without counting the
+    requests in flight on the hot path.
+    """
+    queue = bdev._nomem_queue
+    if queue is None:
+        queue = bdev._nomem_queue = []
+        asyncio.get_running_loop().call_later(NOMEM_RETRY_DELAY, _nomem_retry, bdev)
+    queue.append((op, kind, offset, length, data, fua, cb, start))
+
+
+def _nomem_retry(bdev: Bdev) -> None:
+    queue, bdev._nomem_queue = bdev._nomem_queue, None
+    for op, kind, offset, length, data, fua, cb, start in queue or ():
+        done = _completion(bdev, op, kind, offset, length, data, fua, cb, start)
+        if bdev.state is _REGISTERED:
+            _call_module(bdev, op, offset, length, data, fua, done)
         else:
+            done(-errno.ENODEV, None)
+
+
+def _completion(bdev: Bdev, op: str, kind: str, offset: int, length: int, data: Any,
+                fua: bool, cb: Callback, start: int = 0) -> Callback:
+    """Wrap ``cb``: count the request in the bdev's stats, retry it on -ENOMEM.
+
+    This is the completion of every request the module takes whole (the hot path), so
+    IoStat.record is inlined, and what the completion needs is bound as default
+    arguments: one tuple per request instead of a closure cell per variable (measured
+    cheaper, and local reads in the call). ``kind`` "" counts nothing (flush, pieces of a
+    request); ``start`` is the first submission's, for a retried request.
+    """
+
+    def done(status: int, rdata: Any, stat: IoStat = bdev.stat, kind: str = kind,
+             length: int = length, cb: Callback = cb, start: int = start or _now(),
+             bdev: Bdev = bdev, op: str = op, offset: int = offset, data: Any = data,
+             fua: bool = fua) -> None:
+        if status:
+            errors = stat.errors
+            if status == _ENOMEM:
+                errors["nomem"] = errors.get("nomem", 0) + 1
+                if _now() - start < NOMEM_GIVE_UP_NS:
+                    _nomem_park(bdev, op, kind, offset, length, data, fua, cb, start)
+                    return
+            elif kind:  # a piece's failure is counted by its parent; a flush's not at all
+                errors["failed"] = errors.get("failed", 0) + 1
+        elif kind:
             ticks = _now() - start
             stat.bytes[kind] += length
             stat.ops[kind] += 1
@@ -322,13 +436,154 @@ def _completion(stat: IoStat, kind: str, length: int, cb: Callback) -> Callback:
             low = stat.lat_min[kind]
             if low == 0 or ticks < low:
                 stat.lat_min[kind] = ticks
+        cb(status, rdata)
+
+    return done
+
+
+def _counted(stat: IoStat, kind: str, length: int, cb: Callback) -> Callback:
+    """Count a split or emulated request once, as a whole (its pieces count nothing)."""
+    start = _now()
+
+    def done(status: int, data: Any) -> None:
+        if status:
+            # -ENOMEM was counted by the piece that gave up on it.
+            if status != _ENOMEM:
+                stat.errors["failed"] = stat.errors.get("failed", 0) + 1
+        else:
+            stat.record(kind, length, _now() - start)
         cb(status, data)
 
     return done
 
 
+def _submit_piece(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
+                  cb: Callback) -> None:
+    """One request of at most ``max_io_bytes``, retried on -ENOMEM, counted by its parent."""
+    if op == "write_zeroes" and "write_zeroes" not in bdev.io_types:
+        _emulate_write_zeroes(bdev, offset, length, cb)
+        return
+    _call_module(bdev, op, offset, length, data, fua,
+                 _completion(bdev, op, "", offset, length, data, fua, cb))
+
+
+def _piece_size(bdev: Bdev) -> int:
+    limit = bdev.max_io_bytes
+    if not limit:
+        return _NO_LIMIT
+    bs = bdev.block_size
+    return max(limit - limit % bs, bs)
+
+
+def _split(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
+           cb: Callback) -> None:
+    """Submit a request in pieces the module takes; complete ``cb`` once, when all did.
+
+    Pieces of a read or write (at most the request, bounded by the protocols) go out
+    together; those of unmap and write-zeroes one at a time. The first error wins;
+    a read completes with the pieces' data joined in order (copied: each piece's data is
+    valid during its own callback only).
+    """
+    step = _piece_size(bdev)
+    if length <= step:
+        _submit_piece(bdev, op, offset, length, data, fua, cb)
+        return
+    if op not in ("read", "write"):
+        _in_sequence(bdev, op, offset, length, step, None, cb)
+        return
+    whole = memoryview(bytearray(length)) if op == "read" else None
+    payload = memoryview(data) if op == "write" else None
+    state = [-(-length // step), 0]  # pieces left, first error
+
+    def piece_done(at: int, status: int, piece: Any) -> None:
+        if status:
+            if not state[1]:
+                state[1] = status
+        elif whole is not None:
+            whole[at:at + len(piece)] = piece
+        state[0] -= 1
+        if state[0] == 0:
+            cb(state[1], whole if not state[1] else None)
+
+    for at in range(0, length, step):
+        n = min(step, length - at)
+        _submit_piece(bdev, op, offset + at, n,
+                      payload[at:at + n] if payload is not None else None, fua,
+                      functools.partial(piece_done, at))
+
+
+def _then_flush(bdev: Bdev, offset: int, length: int, cb: Callback) -> Callback:
+    """FUA for a module without it: the write, then a flush of its range."""
+
+    def written(status: int, _data: Any) -> None:
+        if status:
+            cb(status, None)
+        else:
+            _submit_piece(bdev, "flush", offset, length, None, False, cb)
+
+    return written
+
+
+def _emulate_write_zeroes(bdev: Bdev, offset: int, length: int, cb: Callback) -> None:
+    """Write zeros in pieces of at most 1 MiB (and ``max_io_bytes``), one at a time."""
+    chunk = min(length, ZERO_CHUNK, _piece_size(bdev))
+    _in_sequence(bdev, "write", offset, length, chunk, memoryview(bytes(chunk)), cb)
+
+
+def _in_sequence(bdev: Bdev, op: str, offset: int, length: int, chunk: int,
+                 zeros: memoryview | None, cb: Callback) -> None:
+    """Submit ``op`` over the range in pieces of ``chunk`` bytes, one after the other.
+
+    For requests whose length has no bound (write-zeroes, unmap): one piece in flight,
+    whatever the length. A loop, not a chain of callbacks: it goes on by itself while
+    the pieces complete inside their submit call (a synchronous module), and a piece that
+    completes later resumes it from its completion; so the stack stays flat. ``zeros``
+    is the payload of emulated write-zeroes (``op`` "write").
+    """
+    end = offset + length
+    pos = offset
+    inline = False  # the piece just submitted completed inside the call
+    waiting = False  # the loop returned; the piece's completion resumes it
+    failed = False
+
+    def piece_done(status: int, _data: Any) -> None:
+        nonlocal inline, waiting, failed
+        if status:
+            failed = True
+            waiting = False
+            cb(status, None)
+        elif waiting:
+            waiting = False
+            run()
+        else:
+            inline = True
+
+    def run() -> None:
+        nonlocal pos, inline, waiting
+        while pos < end:
+            n = min(chunk, end - pos)
+            at = pos
+            pos += n
+            inline = False
+            _submit_piece(bdev, op, at, n, zeros[:n] if zeros is not None else None, False,
+                          piece_done)
+            if failed:
+                return
+            if not inline:
+                waiting = True
+                return
+        cb(0, None)
+
+    run()
+
+
 class Descriptor:
-    """An open bdev: where consumers submit I/O. Requests are validated here, once."""
+    """An open bdev: where consumers submit I/O. Requests are validated here, once.
+
+    Past validation the descriptor also owns what a module need not implement: FUA (write
+    then flush, unless the module has ``fua_native``), splitting at ``max_io_bytes``,
+    write-zeroes emulation, and retrying -ENOMEM.
+    """
 
     def __init__(self, bdev: Bdev, write: bool, event_cb: EventCallback | None,
                  layer: BdevLayer) -> None:
@@ -337,6 +592,8 @@ class Descriptor:
         self.event_cb = event_cb
         self.layer = layer
         self.closed = False
+        # Requests above this length leave the fast path to be split.
+        self._max_io = _piece_size(bdev)
         self.claim: Claim | None = None  # the claim this descriptor holds, if any
 
     # -- validation -------------------------------------------------------------------
@@ -353,62 +610,90 @@ class Descriptor:
             return -errno.ENOTSUP
         return 0
 
-    def _record(self, kind: str, length: int, cb: Callback) -> Callback:
-        return _completion(self.bdev.stat, kind, length, cb)
+    def _submit(self, op: str, offset: int, length: int, data: Any, fua: bool,
+                cb: Callback) -> None:
+        """Everything off the fast path: check, then FUA emulation, split, emulation."""
+        rc = self._check(offset, length, op, op != "read")
+        if rc:
+            cb(rc, None)
+            return
+        bdev = self.bdev
+        kind = _STAT_KIND[op]
+        native = op == "write" and bdev.fua_native
+        emulate_fua = fua and not native and "flush" in bdev.io_types
+        fua = fua and native
+        if (not emulate_fua and length <= self._max_io
+                and (op != "write_zeroes" or "write_zeroes" in bdev.io_types)):
+            _call_module(bdev, op, offset, length, data, fua,
+                         _completion(bdev, op, kind, offset, length, data, fua, cb))
+            return
+        done = _counted(bdev.stat, kind, length, cb)
+        if emulate_fua:
+            done = _then_flush(bdev, offset, length, done)
+        _split(bdev, op, offset, length, data, fua, done)
 
     # -- I/O --------------------------------------------------------------------------
     # read and write are the hot path (bench/bdev_io.py): the common case is tested in one
-    # expression with no calls, and _check runs only to name the errno of a refusal.
+    # expression with no calls; _submit handles refusals and everything uncommon.
     def read(self, offset: int, length: int, cb: Callback) -> None:
         bdev = self.bdev
         bs = bdev.block_size
         if (self.closed or bdev.state is not _REGISTERED or offset < 0 or length <= 0
                 or offset % bs or length % bs or offset + length > bs * bdev.num_blocks
-                or "read" not in bdev.io_types):
-            cb(self._check(offset, length, "read", False), None)
+                or "read" not in bdev.io_types or length > self._max_io):
+            self._submit("read", offset, length, None, False, cb)
             return
-        bdev.submit_read(offset, length, _completion(bdev.stat, "read", length, cb))
+        bdev.submit_read(offset, length,
+                         _completion(bdev, "read", "read", offset, length, None, False, cb))
 
     def write(self, offset: int, data: Any, cb: Callback, fua: bool = False) -> None:
+        """Write ``data``; with ``fua`` it is durable when ``cb`` runs."""
         length = len(data)
         bdev = self.bdev
         bs = bdev.block_size
         if (self.closed or not self.write_allowed or bdev.state is not _REGISTERED
                 or offset < 0 or length <= 0 or offset % bs or length % bs
-                or offset + length > bs * bdev.num_blocks or "write" not in bdev.io_types):
-            cb(self._check(offset, length, "write", True), None)
+                or offset + length > bs * bdev.num_blocks or "write" not in bdev.io_types
+                or length > self._max_io or (fua and not bdev.fua_native)):
+            self._submit("write", offset, length, data, bool(fua), cb)
             return
-        bdev.submit_write(offset, data, _completion(bdev.stat, "write", length, cb), fua)
+        bdev.submit_write(offset, data,
+                          _completion(bdev, "write", "write", offset, length, data, fua, cb),
+                          fua)
 
-    def unmap(self, offset: int, length: int, cb: Callback) -> None:
-        rc = self._check(offset, length, "unmap", True)
-        if rc:
-            cb(rc, None)
-            return
-        self.bdev.submit_unmap(offset, length, self._record("unmap", length, cb))
+    def unmap(self, offset: int, length: int, cb: Callback, fua: bool = False) -> None:
+        self._submit("unmap", offset, length, None, fua, cb)
 
-    def write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
-        rc = self._check(offset, length, "write_zeroes", True)
-        if rc:
-            cb(rc, None)
-            return
-        if "write_zeroes" in self.bdev.io_types:
-            self.bdev.submit_write_zeroes(offset, length, self._record("write", length, cb))
-        else:
-            _emulate_write_zeroes(self.bdev, offset, length, self._record("write", length, cb))
+    def write_zeroes(self, offset: int, length: int, cb: Callback, fua: bool = False) -> None:
+        """Zero the range: the module's write_zeroes, or writes of zeros where it has none."""
+        self._submit("write_zeroes", offset, length, None, fua, cb)
 
     def flush(self, offset: int, length: int, cb: Callback) -> None:
         rc = self._check(offset, length, "flush", False)
         if rc:
             cb(rc, None)
             return
-        self.bdev.submit_flush(offset, length, cb)
+        bdev = self.bdev
+        bdev.submit_flush(offset, length,
+                          _completion(bdev, "flush", "", offset, length, None, False, cb))
 
     def reset(self, cb: Callback) -> None:
         if self.closed or self.bdev.state is not BdevState.REGISTERED:
             cb(-errno.ENODEV, None)
             return
         self.bdev.submit_reset(cb)
+
+    def block_status(self, offset: int, length: int, cb: Callback) -> None:
+        """The bdev's allocation of the range (see :meth:`Bdev.get_block_status`)."""
+        bdev = self.bdev
+        if self.closed or bdev.state is not BdevState.REGISTERED:
+            cb(-errno.ENODEV, None)
+        elif offset < 0 or length <= 0 or offset + length > bdev.size:
+            cb(-errno.EINVAL, None)
+        elif not bdev.reports_holes:
+            cb(0, [(length, 0)])
+        else:
+            bdev.get_block_status(offset, length, cb)
 
     # -- coroutine helpers for control-plane code and tests -----------------------------
     def _awaitable(self, submit: Callable[[Callback], None]) -> Awaitable[Any]:
@@ -431,11 +716,12 @@ class Descriptor:
     def write_async(self, offset: int, data: Any, fua: bool = False) -> Awaitable[None]:
         return self._awaitable(lambda cb: self.write(offset, data, cb, fua))
 
-    def unmap_async(self, offset: int, length: int) -> Awaitable[None]:
-        return self._awaitable(lambda cb: self.unmap(offset, length, cb))
+    def unmap_async(self, offset: int, length: int, fua: bool = False) -> Awaitable[None]:
+        return self._awaitable(lambda cb: self.unmap(offset, length, cb, fua))
 
-    def write_zeroes_async(self, offset: int, length: int) -> Awaitable[None]:
-        return self._awaitable(lambda cb: self.write_zeroes(offset, length, cb))
+    def write_zeroes_async(self, offset: int, length: int,
+                           fua: bool = False) -> Awaitable[None]:
+        return self._awaitable(lambda cb: self.write_zeroes(offset, length, cb, fua))
 
     def flush_async(self, offset: int = 0, length: int | None = None) -> Awaitable[None]:
         n = self.bdev.size - offset if length is None else length
@@ -493,6 +779,7 @@ class BdevLayer:
             "iobuf_small_cache_size": 128, "iobuf_large_cache_size": 16,
         }
         self.examine_allowlist: list[str] = []
+        self.observers: list[Observer] = []
         self._examining: set[asyncio.Future[None]] = set()
         self._examine_done = asyncio.Event()
         self._examine_done.set()
@@ -538,6 +825,7 @@ class BdevLayer:
             self._names[n] = bdev
         self.bdevs[bdev.name] = bdev
         log.debug("registered bdev %s", bdev.name)
+        self._tell("bdev_register", bdev.name)
         if self.options["bdev_auto_examine"] or bdev.name in self.examine_allowlist:
             self.examine(bdev)
 
@@ -704,6 +992,7 @@ class BdevLayer:
                 del self._names[n]
         self.bdevs.pop(bdev.name, None)
         bdev.state = BdevState.GONE
+        self._tell("bdev_unregister", bdev.name)
         await bdev.destruct()
         log.debug("bdev %s removed", bdev.name)
 
@@ -717,9 +1006,17 @@ class BdevLayer:
     def resize(self, bdev: Bdev, num_blocks: int) -> None:
         """Change the size and tell every descriptor (exports update their devices)."""
         bdev.num_blocks = num_blocks
+        self._tell("bdev_resize", bdev.name)
         for desc in list(bdev.descriptors):
             if desc.event_cb is not None:
                 asyncio.get_running_loop().call_soon(_notify, desc, BdevEvent.RESIZE)
+
+    def _tell(self, event: str, name: str) -> None:
+        for observer in self.observers:
+            try:
+                observer(event, name)
+            except Exception:
+                log.exception("observer of %s %s failed", event, name)
 
     async def shutdown(self) -> None:
         """Unregister every bdev, newest first, so vbdevs go before their bases."""

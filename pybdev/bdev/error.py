@@ -9,10 +9,10 @@ all of them): the next ``num`` requests of that type, counted only while at leas
 - ``failure``: completed with -EIO, the base never sees them;
 - ``nvme_failure``: the same (pybdev has no NVMe status to carry ``nvme_sct``/``nvme_sc``);
 - ``nomem``: completed with -ENOMEM, which means "out of resources, try again": the
-  request had no effect. SPDK's bdev layer requeues such requests itself and retries them
-  when other I/O completes; pybdev's layer hands -ENOMEM to the consumer instead, which
-  must resubmit it (after other I/O completed or a short delay) rather than fail it.
-  ``bdev_get_iostat`` counts each one under ``io_error.nomem``;
+  request had no effect. As in SPDK, the bdev layer (``pybdev/bdev/core.py``) queues such
+  requests and submits them again shortly after, so consumers never see the -ENOMEM
+  (unless a request is refused for 10 s). ``bdev_get_iostat`` counts each one under
+  ``io_error.nomem``;
 - ``pending``: held, unanswered, until ``bdev_error_resume_pending`` (which disarms
   pending injections and submits them again) or a reset (which completes them with
   -ECANCELED, SPDK's "aborted");

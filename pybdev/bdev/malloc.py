@@ -1,16 +1,25 @@
-"""malloc: a bdev in RAM (zero-filled), with every I/O type (spec §4.7).
+"""malloc: a bdev in RAM (zero-filled), with every I/O type (SPDK's module/bdev/malloc).
 
-Reads hand out views of the bdev's memory, so a 4 KiB read costs no copy until the
-consumer sends it; the view is valid during the callback only (core's contract).
+The memory is an anonymous private ``mmap``: the kernel hands out zero-filled pages on
+first touch, so creating even a 16 GiB bdev is O(1) and never holds the event loop (a
+``bytearray`` of that size is zero-filled up front: seconds of a frozen target). Memory is
+used as blocks are written; unmap and write-zeroes give whole pages back to the kernel
+(``MADV_DONTNEED``, after which they read as zeros). Deleting the bdev unmaps it, once no
+read view is still held by an export.
+
+Reads hand out views of the bdev's memory (``ReadBuffer.HELD``), so a 4 KiB read costs no
+copy until the consumer sends it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import mmap
 import os
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import Bdev, BdevModule, Callback
+from pybdev.bdev.core import Bdev, BdevModule, Callback, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
@@ -23,11 +32,15 @@ if TYPE_CHECKING:
 
 MD_SIZES = (0, 8, 16, 32, 64, 128)
 ZEROS = bytes(1 << 20)
+PAGE = mmap.PAGESIZE
+_EMPTY = mmap.mmap(-1, PAGE)  # what a destroyed bdev holds instead of its memory
 
 
 class MallocBdev(Bdev):
     product_name = "Malloc disk"
     module_name = "malloc"
+    fua_native = True  # a write is in the bdev's memory when it completes
+    read_buffer = ReadBuffer.HELD  # views of the bdev's memory (it outlives them)
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None,
                  physical_block_size: int, optimal_io_boundary: int, numa_id: int) -> None:
@@ -39,8 +52,9 @@ class MallocBdev(Bdev):
             optimal_io_boundary=optimal_io_boundary, numa_id=numa_id,
         )
         try:
-            self.memory = bytearray(block_size * num_blocks)
-        except (MemoryError, OverflowError):
+            self.memory = mmap.mmap(-1, block_size * num_blocks,
+                                    flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except (OSError, MemoryError, OverflowError):
             raise OperationError(errno.ENOMEM, "cannot allocate the malloc bdev") from None
         self.view = memoryview(self.memory)
 
@@ -53,6 +67,17 @@ class MallocBdev(Bdev):
 
     def _zero(self, offset: int, length: int) -> None:
         end = offset + length
+        # Whole pages go back to the kernel and read as zeros again; the edges are written.
+        first = -(-offset // PAGE) * PAGE
+        last = end // PAGE * PAGE
+        if last - first >= PAGE:
+            self.memory.madvise(mmap.MADV_DONTNEED, first, last - first)
+            self._write_zeros(offset, first)
+            self._write_zeros(last, end)
+        else:
+            self._write_zeros(offset, end)
+
+    def _write_zeros(self, offset: int, end: int) -> None:
         while offset < end:
             n = min(end - offset, len(ZEROS))
             self.view[offset:offset + n] = ZEROS[:n]
@@ -67,10 +92,13 @@ class MallocBdev(Bdev):
         cb(0, None)
 
     async def destruct(self) -> None:
-        # Drop, don't release: an export may still hold a view of a read being sent, and
-        # releasing the buffer under it would fail; the memory goes with the last view.
+        self.view.release()
+        # BufferError: an export still holds a view of a read being sent; the mapping
+        # then goes with the last view (mmap's dealloc unmaps it).
+        with contextlib.suppress(BufferError):
+            self.memory.close()
         self.view = memoryview(b"")
-        self.memory = bytearray()
+        self.memory = _EMPTY
 
     def config_params(self) -> dict[str, Any]:
         return {

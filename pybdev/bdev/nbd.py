@@ -19,11 +19,11 @@ CLI: ``rpc.py bdev_nbd_create -b NAME URI``, ``rpc.py bdev_nbd_delete NAME``.
 Behaviour: requests are pipelined (any number in flight; replies matched by cookie);
 requests larger than the server's maximum payload are split; flush, unmap and write
 zeroes are offered only when the server offers them (write zeroes is emulated by the bdev
-layer otherwise); a write asked for with FUA carries ``NBD_CMD_FLAG_FUA`` (or is followed
-by a flush when the server has flush but no FUA).  If the server goes away (the
-connection closes, the server breaks the protocol, or it answers nothing for 30 s while
-requests wait), every request in flight fails with -EIO, later ones too, and the bdev is
-hot-removed (consumers get REMOVE).  The bdev's block size is the server's minimum block
+layer otherwise); a write asked for with FUA carries ``NBD_CMD_FLAG_FUA`` (or the bdev
+layer follows it with a flush when the server has flush but no FUA).  If the server goes
+away (the connection closes, the server breaks the protocol, or it answers nothing for
+30 s while requests wait), every request in flight fails with -EIO, later ones too, and
+the bdev is hot-removed (consumers get REMOVE).  The bdev's block size is the server's minimum block
 size, at least 512.  ``get_block_status`` forwards ``base:allocation`` queries to the
 server, so a network export of this bdev shows the remote allocation map.
 """
@@ -43,6 +43,7 @@ from pybdev.proto.nbd import uri as nbd_uri
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import NameParams, Params, Str
+from pybdev.tasks import background
 
 RPC = RpcTable()
 
@@ -386,6 +387,7 @@ class NbdBdev(Bdev):
     """A bdev backed by an export of an NBD server."""
 
     product_name = "NBD disk"
+    reports_holes = True  # base:allocation of the remote export, when it offers it
     module_name = "nbd"
 
     def __init__(self, name: str, uri: str, client: NbdClient, ready: proto.ClientReady) -> None:
@@ -415,7 +417,8 @@ class NbdBdev(Bdev):
         self.server_flags = flags
         maximum = ready.max_block_size if ready.max_block_size >= block_size else block_size
         self.max_request = maximum - maximum % block_size
-        self._fua = bool(flags & proto.NBD_FLAG_SEND_FUA)
+        # Without the server's FUA the bdev layer follows FUA writes with a flush.
+        self.fua_native = bool(flags & proto.NBD_FLAG_SEND_FUA)
         client.on_lost = self._connection_lost
 
     # -- I/O -----------------------------------------------------------------------------------
@@ -433,9 +436,7 @@ class NbdBdev(Bdev):
                                 dest=view[at:at + n])
 
     def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
-        flags = proto.NBD_CMD_FLAG_FUA if fua and self._fua else 0
-        if fua and not self._fua and "flush" in self.io_types:
-            cb = self._flush_then(offset, len(data), cb)
+        flags = proto.NBD_CMD_FLAG_FUA if fua else 0
         step = self.max_request
         length = len(data)
         if length <= step:
@@ -446,15 +447,6 @@ class NbdBdev(Bdev):
         for at in range(0, length, step):
             n = min(step, length - at)
             self.client.request(_WRITE, offset + at, n, flags, view[at:at + n], join.piece_done)
-
-    def _flush_then(self, offset: int, length: int, cb: Callback) -> Callback:
-        def written(status: int, _data: Any) -> None:
-            if status:
-                cb(status, None)
-            else:
-                self.submit_flush(offset, length, cb)
-
-        return written
 
     def _no_payload(self, typ: int, offset: int, length: int, cb: Callback) -> None:
         step = MAX_NO_PAYLOAD - MAX_NO_PAYLOAD % self.block_size
@@ -490,8 +482,7 @@ class NbdBdev(Bdev):
             return
         log.error("NBD bdev %s: lost the connection to %s; removing the bdev", self.name,
                   self.uri)
-        task = asyncio.ensure_future(layer.unregister(self))
-        task.add_done_callback(_log_failure)
+        background(layer.unregister(self), f"removing NBD bdev {self.name}")
 
     async def destruct(self) -> None:
         await self.client.disconnect()
@@ -501,11 +492,6 @@ class NbdBdev(Bdev):
 
     def write_config(self) -> list[dict[str, Any]]:
         return [{"method": "bdev_nbd_create", "params": {"name": self.name, "uri": self.uri}}]
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("hot-remove failed: %s", task.exception())
 
 
 async def connect(uri: str) -> NbdClient:

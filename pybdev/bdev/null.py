@@ -1,4 +1,4 @@
-"""null: a bdev with no storage behind it (spec §4.8), for benchmarks and tests.
+"""null: a bdev with no storage behind it (SPDK's module/bdev/null), for benchmarks and tests.
 
 Writes are accepted and discarded. SPDK's null bdev leaves a read's buffer untouched;
 our read API hands the consumer a buffer instead of filling one, so a read returns
@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
+from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
@@ -33,6 +33,7 @@ _ZERO_VIEW = memoryview(_ZEROS)
 class NullBdev(Bdev):
     product_name = "Null disk"
     module_name = "null"
+    read_buffer = ReadBuffer.HELD  # a shared zero buffer that never changes
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None, *,
                  physical_block_size: int = 0, md_size: int = 0, dif_type: int = 0,

@@ -15,9 +15,9 @@ at most that long (and the loop does not wait for it at all).
 
 I/O goes through librbd's asynchronous API (``Image.aio_*``); completions arrive on the
 loop thread. A read that returns fewer bytes than asked (the image shrank under us) fails
-with -EIO, as SPDK does. FUA writes are followed by a flush. Reset completes once every
-request in flight has. Image header changes (a resize by anyone, ``rbd resize`` included)
-come through an update watch and resize the bdev.
+with -EIO, as SPDK does. FUA writes are followed by a flush (the bdev layer's emulation).
+Reset completes once every request in flight has. Image header changes (a resize by
+anyone, ``rbd resize`` included) come through an update watch and resize the bdev.
 
 Errors follow SPDK's codes: set-up failures (unknown pool, image or cluster, refused
 credentials, a duplicate cluster name) are -1 (EPERM), as SPDK's ``bdev_rbd_init``
@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from pybdev import ceph
-from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback
+from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U32, U64, NameParams, Params, Str, Uuid
+from pybdev.tasks import background
 
 RPC = RpcTable()
 
@@ -153,6 +154,7 @@ class RbdCluster:
 
 class RbdBdev(Bdev):
     product_name = PRODUCT_NAME
+    read_buffer = ReadBuffer.HELD  # every read gets a buffer of its own
     module_name = "rbd"
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None, *,
@@ -210,17 +212,8 @@ class RbdBdev(Bdev):
         if self.read_only:
             cb(-errno.EROFS, None)
             return
-        if not fua:
-            self.image.aio_write(offset, data, self._done(cb))
-            return
-
-        def written(status: int, _data: Any) -> None:
-            if status < 0:
-                cb(status, None)
-            else:
-                self.image.aio_flush(self._done(cb))
-
-        self.image.aio_write(offset, data, self._done(written))
+        # FUA: librbd has none; the bdev layer follows the write with a flush.
+        self.image.aio_write(offset, data, self._done(cb))
 
     def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
         if self.read_only:
@@ -540,7 +533,7 @@ async def _in_thread_bounded(fn: Callable[..., None], *args: Any, what: str = ""
     except TimeoutError:
         log.warning("%s still blocked after %.0f s; continuing without it", what or fn,
                     timeout)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        background(task, f"{what or fn} (left to finish)")
 
 
 

@@ -21,14 +21,24 @@ if TYPE_CHECKING:
     from pybdev.app import App
 
 
+#: The notification types the bdev layer emits (lib/bdev/bdev.c, spdk_bdev_initialize).
+NOTIFY_TYPES = ("bdev_register", "bdev_unregister", "bdev_resize")
+
+
 class BdevSubsystem(Subsystem):
     name = "bdev"
+    # SPDK's bdev also depends on keyring, sock and vmd, which pybdev does not have
+    # (module/event/subsystems/bdev/bdev.c).
+    depends_on = ("accel", "iobuf")
 
     def __init__(self, app: App) -> None:
         super().__init__(app)
         self.layer = BdevLayer()
         for cls in app.assembly.bdev_modules:
             self.layer.add_module(cls(self.layer))
+        for t in NOTIFY_TYPES:
+            app.notifier.register_type(t)
+        self.layer.observers.append(app.notifier.send)
 
     def rpc_tables(self) -> Iterator[tuple[RpcTable | None, Any]]:
         # The layer's own methods (bdev_get_bdevs, ...) and then each module's, bound to it.

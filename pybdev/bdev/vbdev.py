@@ -134,6 +134,8 @@ class VirtualBdev(StackedBdev):
     """
 
     follows_resize = True
+    # The flag goes to the base's descriptor, which honours it or emulates it there.
+    fua_native = True
 
     def __init__(self, name: str, uuid: str | None, base_desc: Descriptor, *,
                  offset_blocks: int = 0, num_blocks: int | None = None,
@@ -148,6 +150,8 @@ class VirtualBdev(StackedBdev):
         )
         self.base_desc = base_desc
         self.base_name = base.name
+        # Reads complete with the base's data, so it stays valid as long as the base says.
+        self.read_buffer = base.read_buffer
         self.offset_blocks = offset_blocks
         self.offset = offset_blocks * base.block_size  # bytes, added to every request
 

@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn, TextIO
 
-from pybdev.cli import bdev, framework, nbd, nvmf, output, rbd, ublk
+from pybdev.cli import accel, bdev, framework, log, nbd, nvmf, output, rbd, ublk
 from pybdev.rpc.client import DEFAULT_ADDR, DEFAULT_PORT, JsonRpcException, RpcClient
 
 AddParsers = Callable[[Any], None]
 BUILTIN_COMMANDS: tuple[AddParsers, ...] = (
-    framework.add_parsers, bdev.add_parsers, nbd.add_parsers, ublk.add_parsers,
-    rbd.add_parsers, nvmf.add_parsers,
+    framework.add_parsers, log.add_parsers, accel.add_parsers, bdev.add_parsers,
+    nbd.add_parsers, ublk.add_parsers, rbd.add_parsers, nvmf.add_parsers,
 )
 CLI_ENTRY_POINT_GROUP = "pybdev.cli"
 
@@ -42,10 +42,11 @@ def plugin_commands() -> list[AddParsers]:
 
 
 class DryRunClient:
-    """Prints each request instead of sending it (``--dry-run``)."""
+    """Prints each request instead of sending it (``--dry-run``); with ``-b`` as one batch."""
 
     def __init__(self) -> None:
         self._next_id = 0
+        self.batch: list[dict[str, Any]] = []
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         self._next_id += 1
@@ -56,6 +57,20 @@ class DryRunClient:
         print("Request:")
         print(json.dumps(req, indent=2))
         return None
+
+    def call_batch(self, calls: list[tuple[str, dict[str, Any] | None]]) -> list[Any]:
+        """Print the batch as SPDK's dry-run client does; nothing was sent, nothing answers."""
+        reqs = []
+        for method, params in calls:
+            self._next_id += 1
+            req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": self._next_id}
+            params = {k: v for k, v in (params or {}).items() if v is not None}
+            if params:
+                req["params"] = params
+            reqs.append(req)
+        print("Request:")
+        print(json.dumps(reqs, indent=2))
+        return []
 
 
 class BatchClient:

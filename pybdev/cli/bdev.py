@@ -52,6 +52,10 @@ def bdev_get_iostat(a: argparse.Namespace) -> None:
                      reset_mode=a.reset_mode, names=a.names))
 
 
+def bdev_set_qd_sampling_period(a: argparse.Namespace) -> None:
+    _call(a, "bdev_set_qd_sampling_period", name=a.name, period=a.period)
+
+
 def bdev_reset_iostat(a: argparse.Namespace) -> None:
     _call(a, "bdev_reset_iostat", name=a.name, mode=a.mode)
 
@@ -217,6 +221,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = cmd("bdev_reset_iostat", bdev_reset_iostat, "Reset I/O statistics")
     p.add_argument("-b", "--name", help="name of the bdev, e.g. Malloc0")
     p.add_argument("-m", "--mode", choices=IO_STAT_MODES, help="what to reset")
+
+    p = cmd("bdev_set_qd_sampling_period", bdev_set_qd_sampling_period,
+            "Enable or disable tracking of a bdev's queue depth")
+    p.add_argument("name", help="name of the bdev, e.g. Malloc0")
+    p.add_argument("period", type=int,
+                   help="queue depth sampling period in microseconds; 0 disables it")
 
     p = cmd("bdev_malloc_create", bdev_malloc_create, "Create a bdev in RAM")
     p.add_argument("-b", "--name", help="name of the bdev (default MallocN)")

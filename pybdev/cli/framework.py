@@ -10,6 +10,8 @@ from typing import Any, TextIO
 from pybdev.cli.output import print_dict, print_json
 from pybdev.rpc.client import JsonRpcException
 
+KILL_SIGNALS = ["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"]
+
 
 def dump(value: Any, fd: TextIO, indent: int) -> None:
     if indent < 0:
@@ -69,7 +71,7 @@ def _call_entry(client: Any, elem: Any) -> None:
 
 
 def load_config(client: Any, source: Any, include_aliases: bool = False) -> None:
-    """Replay a saved config as SPDK's rpc.py does (spec §3.4), pass after pass."""
+    """Replay a saved config as SPDK's rpc.py does (spdk/rpc/config.py), pass after pass."""
     subsystems = [s for s in load(source)["subsystems"] if s.get("config")]
     allowed = client.call("rpc_get_methods", {"include_aliases": include_aliases})
     if not subsystems and "framework_start_init" in allowed:
@@ -118,7 +120,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     p = cmd("spdk_kill_instance", lambda a: a.client.call(
         "spdk_kill_instance", {"sig_name": a.sig_name}), "Send a signal to the target")
-    p.add_argument("sig_name", help="signal name, e.g. SIGTERM")
+    # Refused before sending (exit 2), as SPDK's rpc.py does.
+    p.add_argument("sig_name", choices=KILL_SIGNALS, help="signal name, e.g. SIGTERM")
 
     cmd("framework_start_init", lambda a: a.client.call("framework_start_init"),
         "Start initialisation of subsystems (after --wait-for-rpc)")
@@ -168,3 +171,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     p = cmd("load_subsystem_config", load_subsystem, "Configure one subsystem")
     p.add_argument("-j", "--json-conf", default=sys.stdin)
+
+    cmd("framework_get_reactors", lambda a: print_dict(a.client.call("framework_get_reactors")),
+        "The target's threads, as SPDK's reactors")
+
+    p = cmd("framework_set_scheduler", lambda a: a.client.call("framework_set_scheduler", {
+        "name": a.name, "period": a.period, "load_limit": a.load_limit,
+        "core_limit": a.core_limit, "core_busy": a.core_busy, "mappings": a.mappings}),
+        "Select the thread scheduler and its period")
+    p.add_argument("name", help="scheduler name (pybdev has `static`)")
+    p.add_argument("-p", "--period", type=int, help="scheduler period in microseconds")
+    p.add_argument("--load-limit", type=int, help="thread load percentage (dynamic only)")
+    p.add_argument("--core-limit", type=int, help="core busy percentage (dynamic only)")
+    p.add_argument("--core-busy", type=int, help="core busy percentage (dynamic only)")
+    p.add_argument("--mappings", help="comma-separated thread:core mappings (static only)")
+
+    cmd("framework_get_scheduler", lambda a: print_dict(a.client.call(
+        "framework_get_scheduler")), "The scheduler, its period and scheduling core")
+    cmd("framework_disable_cpumask_locks", lambda a: a.client.call(
+        "framework_disable_cpumask_locks"), "Release the CPU core lock files")
+    cmd("framework_enable_cpumask_locks", lambda a: a.client.call(
+        "framework_enable_cpumask_locks"), "Take the CPU core lock files")

@@ -1,11 +1,11 @@
 """The kernel NBD export: a bdev as ``/dev/nbdN`` through the kernel's ``nbd`` driver.
 
-SPDK's ``lib/nbd`` sequence (spec §5): the kernel gets one end of a socketpair with
+SPDK's ``lib/nbd/nbd.c`` sequence: the kernel gets one end of a socketpair with
 ``NBD_SET_SOCK``, the size, block size, timeout and transmission flags, and a thread
 blocks in ``NBD_DO_IT`` for as long as the device lives.  The other end is served on the
 event loop by :class:`KernelConnection`, which speaks the transmission phase only (no
 handshake: the ioctls replace it) using the sans-IO parser and encoders of
-:mod:`pybdev.nbd.proto`.
+:mod:`pybdev.proto.nbd`.
 
 Stop: ``NBD_DISCONNECT`` (in a thread: it writes ``NBD_CMD_DISC`` into the socket and can
 block while the socket is full), the server answers what is in flight and closes its
@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.errors import OperationError
+from pybdev.export import io
+from pybdev.export.status import NBD_STATUS
 from pybdev.nbd.errors import IllegalDevice
-from pybdev.nbd.export import Export
+from pybdev.nbd.export import NBD_OPS, NbdExport
 from pybdev.proto import nbd as proto
 
 if TYPE_CHECKING:
@@ -216,7 +218,7 @@ def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
 # ============================================================================================
 
 
-class KernelExport(Export):
+class KernelExport(NbdExport):
     """A bdev exported as ``/dev/nbdN``."""
 
     kind = "kernel"
@@ -227,11 +229,10 @@ class KernelExport(Export):
         self.fd = -1
         self.conn: KernelConnection | None = None
         self._do_it: asyncio.Future[Any] | None = None
-        self._stop_task: asyncio.Task[None] | None = None
+        self._disc: asyncio.Future[Any] | None = None
         self._flusher = False
-        self._self_stop: asyncio.Future[None] | None = None
 
-    # -- Export ----------------------------------------------------------------------------
+    # -- NbdExport ----------------------------------------------------------------------------
     async def start(self) -> None:
         if self.nbd_device:
             index = parse_device(self.nbd_device)
@@ -321,7 +322,7 @@ class KernelExport(Export):
             if self.conn is None:
                 server.close()
             # The bdev stays open: auto-pick may go on with the next device.
-            await self._release_device(disconnect=self._do_it is not None, drain=False)
+            await self._release_device()
             self.conn = None
             self._do_it = None
             raise
@@ -367,24 +368,9 @@ class KernelExport(Export):
             return
         # Someone else ended the device (nbd-client -d, a timeout, a signal).
         exc = None if fut.cancelled() else fut.exception()
-        log.warning("%s: NBD_DO_IT returned on its own (%s); stopping the export",
-                    self.nbd_device, exc or "no error")
-        self._self_stop = asyncio.ensure_future(self._stop_by_itself())
-
-    async def _stop_by_itself(self) -> None:
-        try:
-            await self.stop(drain=False)
-        finally:
-            self.stopped_by_itself()
-
-    async def stop(self, drain: bool = True) -> None:
-        if self._stop_task is None:
-            self.stopping = True
-            self._stop_task = asyncio.ensure_future(self._teardown(disconnect=True, drain=drain))
-        elif not drain and self.conn is not None:
-            self.conn.abort()
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._stop_task)
+        log.warning("%s: NBD_DO_IT returned on its own (%s)", self.nbd_device,
+                    exc or "no error")
+        self.end_by_itself(False, "NBD_DO_IT returned")
 
     def on_resize(self, bdev: Bdev) -> None:
         if self.conn is not None:
@@ -394,35 +380,18 @@ class KernelExport(Export):
             with contextlib.suppress(OSError):
                 fcntl.ioctl(self.fd, NBD_SET_SIZE_BLOCKS, bdev.num_blocks)
 
-    # -- teardown ----------------------------------------------------------------------------
-    async def _teardown(self, disconnect: bool, drain: bool) -> None:
-        """Undo whatever start did, in SPDK's order; never raises."""
-        self.stopping = True
-        await self._release_device(disconnect, drain)
-        self.close_bdev()
-
-    async def _release_device(self, disconnect: bool, drain: bool) -> None:
-        try:
-            await self._disconnect_and_drain(disconnect, drain)
-        except Exception:
-            log.exception("%s: error while stopping", self.nbd_device)
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            for req in (NBD_CLEAR_QUE, NBD_CLEAR_SOCK):
-                with contextlib.suppress(OSError):
-                    fcntl.ioctl(fd, req)
-            os.close(fd)
-        if self._flusher:
-            self._flusher = False
-            io_flusher_release()
-
-    async def _disconnect_and_drain(self, disconnect: bool, drain: bool) -> None:
-        do_it, conn = self._do_it, self.conn
-        running = do_it is not None and not do_it.done()
-        disc: asyncio.Future[Any] | None = None
-        if disconnect and running and self.fd >= 0:
+    # -- stop hooks (pybdev.export.base), in SPDK's order -------------------------------------
+    async def stop_accepting(self, drain: bool) -> None:
+        do_it = self._do_it
+        if do_it is not None and not do_it.done() and self.fd >= 0:
+            # In a thread: it writes NBD_CMD_DISC into the socket and can block while the
+            # socket is full.
             fd = self.fd
-            disc = _in_thread(lambda: fcntl.ioctl(fd, NBD_DISCONNECT), f"nbd-disc-{self.index}")
+            self._disc = _in_thread(lambda: fcntl.ioctl(fd, NBD_DISCONNECT),
+                                    f"nbd-disc-{self.index}")
+
+    async def drain(self, drain: bool) -> None:
+        conn, disc, do_it = self.conn, self._disc, self._do_it
         if conn is not None:
             if not drain:
                 conn.abort()
@@ -449,6 +418,31 @@ class KernelExport(Export):
             except OSError as e:
                 log.debug("%s: NBD_DO_IT ended with %s", self.nbd_device, e)
 
+    def abort(self) -> None:
+        if self.conn is not None:
+            self.conn.abort()
+
+    async def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            for req in (NBD_CLEAR_QUE, NBD_CLEAR_SOCK):
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(fd, req)
+            os.close(fd)
+        if self._flusher:
+            self._flusher = False
+            io_flusher_release()
+
+    async def _release_device(self) -> None:
+        """A failed start on one device: undo it, keeping the bdev for the next one."""
+        try:
+            await self.stop_accepting(False)
+            await self.drain(False)
+        except Exception:
+            log.exception("%s: error while releasing", self.nbd_device)
+        await self.release()
+        self._disc = None
+
 
 # ============================================================================================
 # The server end of the socketpair
@@ -473,7 +467,6 @@ class KernelConnection(asyncio.Protocol):
         self.size = bdev.size
         self.validator = proto.RequestValidator(
             bdev.size, flags, min_block_size=min(bs & -bs, 4096), max_payload=MAX_PAYLOAD)
-        self.flush_supported = bdev.supports("flush")
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buf = bytearray()
@@ -553,30 +546,12 @@ class KernelConnection(asyncio.Protocol):
         if err:
             self._send([proto.encode_simple_reply(cookie, err)])
             return False
-        desc = self.desc
         self._inflight += 1
-        done = partial(self._done, cookie)
-        if typ == proto.NBD_CMD_READ:
-            desc.read(offset, length, partial(self._read_done, cookie))
-        elif typ == proto.NBD_CMD_WRITE:
-            desc.write(offset, payload, done, bool(flags & proto.NBD_CMD_FLAG_FUA))
-        elif typ == proto.NBD_CMD_FLUSH:
-            desc.flush(0, self.size, done)
-        elif typ == proto.NBD_CMD_TRIM:
-            desc.unmap(offset, length, done)
-        elif typ == proto.NBD_CMD_WRITE_ZEROES:
-            if flags & proto.NBD_CMD_FLAG_FUA and self.flush_supported:
-                done = partial(self._then_flush, cookie, offset, length)
-            desc.write_zeroes(offset, length, done)
-        else:  # the validator lets nothing else through
-            self._done(cookie, -errno.EINVAL, None)
+        op = NBD_OPS[typ]
+        fua = bool(flags & proto.NBD_CMD_FLAG_FUA)
+        cb = partial(self._read_done if op == io.READ else self._done, cookie)
+        io.submit(self.desc, op, offset, length, payload, fua, cb)
         return False
-
-    def _then_flush(self, cookie: int, offset: int, length: int, status: int, _: Any) -> None:
-        if status:
-            self._done(cookie, status, None)
-        else:
-            self.desc.flush(offset, length, partial(self._done, cookie))
 
     def _read_done(self, cookie: int, status: int, data: Any) -> None:
         if status:
@@ -589,8 +564,9 @@ class KernelConnection(asyncio.Protocol):
 
     def _done(self, cookie: int, status: int, _data: Any) -> None:
         self._inflight -= 1
-        # Any failure is EIO to the kernel, as SPDK answers (it fails the bio either way).
-        self._send([proto.encode_simple_reply(cookie, proto.NBD_EIO if status else 0)])
+        # The kernel fails the bio with EIO whatever the value; the table keeps every NBD
+        # export answering alike.
+        self._send([proto.encode_simple_reply(cookie, NBD_STATUS(status))])
         self._after()
 
     def _after(self) -> None:

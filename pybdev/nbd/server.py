@@ -13,18 +13,19 @@ Hot path (see docs/decisions/nbd-server-design.md for the measurements)
     callback API, and every reply produced while the batch runs goes out in one
     ``transport.writelines``.  No task, future or coroutine per request: a bdev that
     completes inside the call (malloc) costs a function call per request.  READ replies
-    are ``[header, data]``, where ``data`` is the module's own memory when the bdev offers
-    ``zcopy`` (its read views stay valid), a copy otherwise (core's contract: read data
-    is valid during the callback only).  WRITE payloads are views of the receive buffer;
-    when a write does not complete inside the call, the buffer is left to it and the
-    connection continues in a fresh one.  Writes larger than the buffer are received
-    into a buffer of their own.
+    are ``[header, data]``, where ``data`` is the module's own buffer when the bdev declares
+    ``read_buffer = ReadBuffer.HELD`` (it stays valid while queued for sending), a copy
+    otherwise (``ReadBuffer.CALLBACK``: valid during the callback only).  WRITE payloads
+    are views of the receive buffer; when a write does not complete inside the call, the
+    buffer is left to it and the connection continues in a fresh one.  Writes larger than
+    the buffer are received into a buffer of their own.
 
 Allocation hint
-    ``NBD_CMD_BLOCK_STATUS`` for ``base:allocation`` asks the bdev for
-    ``get_block_status(offset, length, cb)`` when it has one; ``cb(status, extents)``
-    with ``extents`` a list of ``(length, flags)`` (``NBD_STATE_HOLE`` = 1,
-    ``NBD_STATE_ZERO`` = 2) starting at ``offset``.  Without it everything is data.
+    ``NBD_CMD_BLOCK_STATUS`` for ``base:allocation`` asks the descriptor's
+    ``block_status(offset, length, cb)`` when the bdev ``reports_holes``;
+    ``cb(status, extents)`` with ``extents`` a list of ``(length, flags)``
+    (``NBD_STATE_HOLE`` = 1, ``NBD_STATE_ZERO`` = 2) starting at ``offset``.  Otherwise
+    everything is data.
 """
 
 from __future__ import annotations
@@ -35,14 +36,23 @@ import errno
 import logging
 import os
 import socket
-import stat
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.bdev.core import Bdev, Descriptor, ReadBuffer
 from pybdev.errors import OperationError
-from pybdev.nbd.export import Export
+from pybdev.export import io
+from pybdev.export.status import NBD_STATUS
+from pybdev.listener import (
+    Identity,
+    ListenError,
+    listen_tcp,
+    listen_unix,
+    unix_identity,
+    unlink_unix,
+)
+from pybdev.nbd.export import NBD_OPS, NbdExport
 from pybdev.netaddr import bind_address, is_loopback_ip
 from pybdev.proto import nbd as proto
 from pybdev.proto.nbd.uri import NbdAddress
@@ -70,7 +80,7 @@ assert (proto.NBD_STRUCTURED_REPLY_MAGIC, proto.NBD_SIMPLE_REPLY_MAGIC) == (0x66
 assert (proto.NBD_REPLY_FLAG_DONE, proto.NBD_REPLY_TYPE_OFFSET_DATA) == (1, 1)
 
 
-class NetworkExport(Export):
+class NetworkExport(NbdExport):
     """A bdev served on a listener under an export name."""
 
     kind = "network"
@@ -83,9 +93,8 @@ class NetworkExport(Export):
         self.listener: Listener | None = None
         self.connections: set[NbdConnection] = set()
         self._info: proto.ExportInfo | None = None
-        self._stopped: asyncio.Future[None] | None = None
 
-    # -- Export ----------------------------------------------------------------------------
+    # -- NbdExport ----------------------------------------------------------------------------
     async def start(self) -> None:
         self.open_bdev()
         try:
@@ -100,35 +109,29 @@ class NetworkExport(Export):
         if self.listener.port_chosen:
             self.nbd_device = self.address.with_port(self.listener.port).uri()
 
-    async def stop(self, drain: bool = True) -> None:
-        if self._stopped is not None:
-            if drain:
-                await asyncio.shield(self._stopped)
-            else:
-                for conn in list(self.connections):
-                    conn.abort()
+    # -- stop hooks (pybdev.export.base) ---------------------------------------------------
+    # New handshakes stop finding this export as ``stopping`` is set (Listener.find checks
+    # it); it leaves its listener only after the drain, as the last export closes it.
+    async def drain(self, drain: bool) -> None:
+        conns = list(self.connections)
+        for conn in conns:
+            conn.shutdown(drain)
+        if not conns:
             return
-        # New handshakes stop finding this export now (Listener.find checks ``stopping``);
-        # it leaves its listener only after the drain, as the last export closes it.
-        self.stopping = True
-        self._stopped = asyncio.get_running_loop().create_future()
-        try:
-            conns = list(self.connections)
-            for conn in conns:
-                conn.shutdown(drain)
-            if conns:
-                waiters = [c.closed for c in conns]
-                _, pending = await asyncio.wait(waiters, timeout=DRAIN_TIMEOUT)
-                for conn in conns:
-                    if not conn.closed.done():
-                        conn.abort()
-                if pending:
-                    await asyncio.wait(pending, timeout=1.0)
-            if self.listener is not None:
-                await self.subsystem.network.detach(self)
-        finally:
-            self.close_bdev()
-            self._stopped.set_result(None)
+        _, pending = await asyncio.wait([c.closed for c in conns], timeout=DRAIN_TIMEOUT)
+        for conn in conns:
+            if not conn.closed.done():
+                conn.abort()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+    def abort(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+    async def release(self) -> None:
+        if self.listener is not None:
+            await self.subsystem.network.detach(self)
 
     def on_resize(self, bdev: Bdev) -> None:
         self._info = None
@@ -167,12 +170,10 @@ def describe_export(name: str, bdev: Bdev) -> proto.ExportInfo:
     minimum = bs & -bs
     minimum = min(minimum, proto.MAX_MIN_BLOCK_SIZE)
     preferred = max(minimum, 4096, bdev.physical_block_size & -bdev.physical_block_size)
-    maximum = MAX_PAYLOAD
-    if bdev.max_io_bytes:
-        maximum = max(preferred, min(maximum, bdev.max_io_bytes - bdev.max_io_bytes % bs))
+    # The bdev's max_io_bytes is not advertised: the bdev layer splits larger requests.
     return proto.ExportInfo(
         name=name, size=bdev.size, flags=transmission_flags(bdev),
-        min_block_size=minimum, preferred_block_size=preferred, max_block_size=maximum,
+        min_block_size=minimum, preferred_block_size=preferred, max_block_size=MAX_PAYLOAD,
         description=f"pybdev bdev {bdev.name} ({bdev.product_name})",
     )
 
@@ -191,10 +192,10 @@ class Listener:
         self.address = address
         self.exports: dict[str, NetworkExport] = {}
         self.connections: set[NbdConnection] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.servers: list[asyncio.AbstractServer] = []
         self.port = address.port
         self.port_chosen = False
-        self._unix_inode: tuple[int, int] | None = None
+        self._unix_identity: Identity | None = None
 
     def describe(self) -> str:
         a = self.address
@@ -226,62 +227,46 @@ class Listener:
         a = self.address
         try:
             if a.transport == "unix":
-                _clear_stale_socket(a.path)
-                self.server = await loop.create_unix_server(self.connection_factory, a.path)
-                st = os.stat(a.path)
-                self._unix_inode = (st.st_dev, st.st_ino)
+                socks = [listen_unix(a.path)]
+                self._unix_identity = unix_identity(a.path)
             else:
                 hosts = list(self.key[1])
                 if a.port == 0:
-                    hosts = hosts[:1]  # each address would get its own port otherwise
-                self.server = await loop.create_server(
-                    self.connection_factory, hosts, a.port, reuse_address=True)
-                if a.port == 0:
-                    self.port = self.server.sockets[0].getsockname()[1]
-                    self.port_chosen = True
-        except OSError as e:
-            raise OperationError(e.errno or errno.EIO,
-                                 f"cannot listen on {self.describe()}: {e.strerror}") from None
+                    hosts = hosts[:1]  # one address per chosen port: the URI names one
+                socks = await listen_tcp(hosts, a.port)
+        except ListenError as e:
+            raise OperationError(e.errno or errno.EIO, f"NBD: cannot listen: {e}") from None
+        try:
+            for sock in socks:
+                if a.transport == "unix":
+                    server = await loop.create_unix_server(self.connection_factory, sock=sock)
+                else:
+                    server = await loop.create_server(self.connection_factory, sock=sock)
+                self.servers.append(server)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            await self.close()
+            raise
+        if a.transport != "unix" and a.port == 0:
+            self.port = socks[0].getsockname()[1]
+            self.port_chosen = True
         log.info("NBD listening on %s", self.describe())
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        servers, self.servers = self.servers, []
+        for server in servers:
+            server.close()
         for conn in list(self.connections):
             conn.abort()
-        if self.server is not None:
+        for server in servers:
             # 3.11's wait_closed can hang while connections linger; they were aborted.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 1.0)
-            self.server = None
-        if self._unix_inode is not None:
-            try:
-                st = os.stat(self.address.path)
-                if (st.st_dev, st.st_ino) == self._unix_inode:
-                    os.unlink(self.address.path)
-            except OSError:
-                pass
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self._unix_identity is not None:
+            unlink_unix(self.address.path, self._unix_identity)
+            self._unix_identity = None
         log.info("NBD listener on %s closed", self.describe())
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file nobody listens on; refuse to touch anything else."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OperationError(errno.EEXIST, f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(0.5)
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise OperationError(errno.EADDRINUSE, f"another process listens on {path}")
 
 
 class NetworkServer:
@@ -370,7 +355,6 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._structured = False
         self._zcopy = False
         self._block_status: Callable[..., None] | None = None
-        self._flush_after = False
         self._size = 0
         self._out: list[Any] = []
         self._hot: tuple[Any, ...] = ()
@@ -525,10 +509,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._size = bdev.size
         self._validator.size = self._size
         self._structured = ready.structured_replies
-        # zcopy bdevs hand out views of their own memory, valid after the callback.
-        self._zcopy = bdev.supports("zcopy")
-        self._block_status = getattr(bdev, "get_block_status", None)
-        self._flush_after = bdev.supports("flush")
+        # Read data the bdev declares valid after the callback is sent without a copy.
+        self._zcopy = bdev.read_buffer is ReadBuffer.HELD
+        self._block_status = desc.block_status if bdev.reports_holes else None
         # What the per-batch loop needs, fetched in one tuple unpack.
         self._hot = (self._validator.check, desc.read, desc.write, self._read_done,
                      self._simple_done, self._structured, self._zcopy, self._out)
@@ -629,7 +612,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self._big_err:
             self._big_left -= self._big_filled
             if self._big_left > 0:
-                self._big_view = memoryview(self._big_buf)[: min(len(self._big_buf or b""),
+                assert self._big_buf is not None
+                self._big_view = memoryview(self._big_buf)[: min(len(self._big_buf),
                                                                  self._big_left)]
                 self._big_filled = 0
                 return
@@ -716,17 +700,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _submit_other(self, typ: int, flags: int, cookie: int, offset: int, length: int) -> None:
         desc = self._desc
         assert desc is not None
-        if typ == proto.NBD_CMD_FLUSH:
-            self._inflight += 1
-            desc.flush(0, self._size, partial(self._simple_done, cookie, -1))
-        elif typ == proto.NBD_CMD_TRIM:
-            self._inflight += 1
-            desc.unmap(offset, length, self._then_flush(flags, cookie, offset, length))
-        elif typ == proto.NBD_CMD_WRITE_ZEROES:
-            # NO_HOLE needs nothing: write_zeroes never punches holes here.
-            self._inflight += 1
-            desc.write_zeroes(offset, length, self._then_flush(flags, cookie, offset, length))
-        elif typ == proto.NBD_CMD_CACHE:
+        if typ == proto.NBD_CMD_CACHE:
             # Everything a bdev holds is as close as it gets: nothing to prefetch.
             self._out.append(proto.encode_simple_reply(cookie))
         elif typ == proto.NBD_CMD_BLOCK_STATUS:
@@ -736,22 +710,12 @@ class NbdConnection(asyncio.BufferedProtocol):
                 self._block_status(offset, length, done)
             else:
                 done(0, [(length, 0)])
-        else:  # the validator lets nothing else through
-            self._out.append(proto.encode_error_reply(cookie, proto.NBD_EINVAL, self._structured))
-
-    def _then_flush(self, flags: int, cookie: int, offset: int,
-                    length: int) -> Callable[[int, Any], None]:
-        """Completion of TRIM / WRITE_ZEROES: with FUA, flush the range before answering."""
-        if not (flags & _FUA and self._flush_after):
-            return partial(self._simple_done, cookie, -1)
-
-        def flush(status: int, _data: Any) -> None:
-            if status or self._desc is None:
-                self._simple_done(cookie, -1, status, None)
-            else:
-                self._desc.flush(offset, length, partial(self._simple_done, cookie, -1))
-
-        return flush
+        else:
+            # FLUSH, TRIM, WRITE_ZEROES (NO_HOLE needs nothing: write_zeroes never punches
+            # holes here); READ and WRITE never get here (_submit has them inline).
+            self._inflight += 1
+            io.submit(desc, NBD_OPS[typ], offset, length, None, bool(flags & _FUA),
+                      partial(self._simple_done, cookie, -1))
 
     # -- completions -----------------------------------------------------------------------------
     def _read_done(self, cookie: int, offset: int, status: int, data: Any) -> None:
@@ -804,7 +768,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._after_completion()
 
     def _error_reply(self, cookie: int, status: int) -> bytes:
-        err = proto.errno_to_nbd(status)
+        err = NBD_STATUS(status)
         message = os.strerror(-status) if self._structured else ""
         return proto.encode_error_reply(cookie, err, self._structured, message)
 

@@ -24,7 +24,7 @@ from pybdev.bdev.core import BdevLayer
 from pybdev.bdev.subsystem import BdevSubsystem
 from pybdev.errors import OperationError
 from pybdev.nbd.errors import IllegalDevice
-from pybdev.nbd.export import Export
+from pybdev.nbd.export import NbdExport
 from pybdev.nbd.kernel import KernelExport
 from pybdev.nbd.rpc import RPC
 from pybdev.nbd.server import NetworkExport, NetworkServer
@@ -46,7 +46,7 @@ class NbdSubsystem(Subsystem):
 
     def __init__(self, app: App) -> None:
         super().__init__(app)
-        self.exports: dict[str, Export] = {}  # nbd_device -> export, start order
+        self.exports: dict[str, NbdExport] = {}  # nbd_device -> export, start order
         self._reserved: set[str] = set()
         self.layer: BdevLayer = app.subsystem(BdevSubsystem).layer
         self.allow_remote = False
@@ -63,7 +63,7 @@ class NbdSubsystem(Subsystem):
         self.network.allow_remote = self.allow_remote
 
     # -- Python API ------------------------------------------------------------------------
-    async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> Export:
+    async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> NbdExport:
         """Export ``bdev_name`` at ``nbd_device`` (URI, device path, or None: auto)."""
         export = self._make_export(bdev_name, nbd_device)
         # SPDK opens the bdev before it looks at the device node: an unknown bdev is -19
@@ -108,7 +108,7 @@ class NbdSubsystem(Subsystem):
             raise OperationError(errno.ENODEV, f"{nbd_device} is not exported")
         return [export.info()]
 
-    # -- for Export implementations --------------------------------------------------------
+    # -- for NbdExport implementations --------------------------------------------------------
     def reserve(self, nbd_device: str) -> bool:
         """Claim a device name while an export starts; False if this target uses it."""
         if nbd_device in self.exports or nbd_device in self._reserved:
@@ -122,7 +122,7 @@ class NbdSubsystem(Subsystem):
     def in_use(self, nbd_device: str) -> bool:
         return nbd_device in self.exports or nbd_device in self._reserved
 
-    def forget(self, export: Export) -> None:
+    def forget(self, export: NbdExport) -> None:
         if self.exports.get(export.nbd_device) is export:
             del self.exports[export.nbd_device]
 
@@ -141,7 +141,7 @@ class NbdSubsystem(Subsystem):
         return [e.config() for e in self.exports.values()]
 
     # -- internals -------------------------------------------------------------------------
-    def _make_export(self, bdev_name: str, nbd_device: str | None) -> Export:
+    def _make_export(self, bdev_name: str, nbd_device: str | None) -> NbdExport:
         if nbd_device is not None and nbd_uri.is_uri(nbd_device):
             try:
                 address = nbd_uri.parse(nbd_device)

@@ -48,8 +48,6 @@ import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
-import errno
 import hmac
 import logging
 import os
@@ -61,6 +59,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from pybdev.listener import (
+    Identity,
+    ListenError,
+    listen_tcp,
+    listen_unix,
+    unix_identity,
+    unlink_unix,
+)
 from pybdev.netaddr import bind_address, is_ip_literal, is_loopback_ip
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import PARSE_ERROR, RpcError
@@ -445,7 +451,7 @@ class HttpRpcServer:
         self.ready = ready
         self.urls: list[str] = []
         self._runner: web.AppRunner | None = None
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, Identity | None]] = []
         self._schema: bytes | None = None
 
     async def start(self) -> None:
@@ -486,13 +492,23 @@ class HttpRpcServer:
         before = set(map(str, runner.addresses))
         try:
             if ep.path is not None:
-                sock = self._unix_socket(ep.path)
-                site: web.BaseSite = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
+                # Mode 0600 like the RPC socket: file permissions are its access check.
+                sock = listen_unix(ep.path, mode=0o600, backlog=LISTEN_BACKLOG)
+                self._unix_paths.append((ep.path, unix_identity(ep.path)))
+                socks = [sock]
             else:
-                site = web.TCPSite(runner, ep.host, ep.port, ssl_context=self.ssl_context,
-                                   backlog=LISTEN_BACKLOG, reuse_address=True)
-            await site.start()
+                socks = await listen_tcp([ep.host], ep.port, backlog=LISTEN_BACKLOG)
+        except ListenError as e:
+            raise HttpConfigError(f"cannot serve HTTP on {ep}: {e}") from None
+        ssl_context = None if ep.path is not None else self.ssl_context
+        try:
+            for sock in socks:
+                site = web.SockSite(runner, sock, ssl_context=ssl_context,
+                                    backlog=LISTEN_BACKLOG)
+                await site.start()
         except OSError as e:
+            for sock in socks:
+                sock.close()
             raise HttpConfigError(
                 f"cannot serve HTTP on {ep}: {e.strerror or e}"
             ) from None
@@ -527,35 +543,6 @@ class HttpRpcServer:
 
         server.connection_made = connection_made  # type: ignore[method-assign]
 
-    def _unix_socket(self, path: str) -> socket.socket:
-        # The socket is mode 0600 like the RPC socket: file permissions are its access check.
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise HttpConfigError(f"--http unix:{path}: exists and is not a socket")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError as e:
-                if e.errno != errno.ECONNREFUSED:
-                    raise
-                os.unlink(path)  # left by a target that died
-            else:
-                raise HttpConfigError(f"--http unix:{path}: another server listens there")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            old_umask = os.umask(0o177)
-            try:
-                sock.bind(path)
-            finally:
-                os.umask(old_umask)
-        except BaseException:
-            sock.close()
-            raise
-        self._unix_paths.append(path)
-        return sock
-
     async def stop(self) -> None:
         """Stop every site; in-flight requests get SHUTDOWN_TIMEOUT to finish."""
         runner, self._runner = self._runner, None
@@ -564,9 +551,8 @@ class HttpRpcServer:
                 await runner.cleanup()
             except Exception:
                 log.exception("HTTP server cleanup failed")
-        for path in self._unix_paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        for path, identity in self._unix_paths:
+            unlink_unix(path, identity)
         self._unix_paths.clear()
         self.urls.clear()
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
-import socket
 import stat
 from pathlib import Path
 
+from pybdev.listener import Identity, ListenError, listen_unix, unix_identity, unlink_unix
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode, encode_response
 from pybdev.rpc.errors import INTERNAL_ERROR, PARSE_ERROR, RpcError
 from pybdev.rpc.framing import FramingError, JsonStream
@@ -38,7 +39,8 @@ MAX_PENDING_REQUESTS = 64
 
 
 class SocketInUse(Exception):
-    """Another live target holds the socket's lock file (or the lock file is unusable)."""
+    """The RPC socket path cannot be used: another live target holds its lock file (or the
+    lock file is unusable), something listens on the socket, or it is not a socket."""
 
 
 def lock_holder(st: os.stat_result) -> str:
@@ -194,27 +196,32 @@ class UnixRpcServer:
         self.lock_path = path + ".lock"
         self.connections: set[RpcConnection] = set()
         self._lock_fd: int | None = None
+        self._identity: Identity | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         self._take_lock()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # The lock is ours, so a socket file left here belongs to a dead target.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            old_umask = os.umask(0o177)  # the socket is created mode 0600
             try:
-                sock.bind(self.path)
-            finally:
-                os.umask(old_umask)
-            sock.listen(LISTEN_BACKLOG)
+                # The lock is ours, so a socket file left here is a dead target's, unless
+                # something that does not take the lock answers on it (pybdev.listener).
+                sock = listen_unix(self.path, mode=0o600, backlog=LISTEN_BACKLOG)
+            except ListenError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise SocketInUse(f"RPC Unix domain socket path {self.path} in use. "
+                                      f"Specify another. ({e})") from None
+                raise SocketInUse(f"RPC Unix domain socket path {self.path}: {e}") from None
+            self._identity = unix_identity(self.path)
             loop = asyncio.get_running_loop()
-            self._server = await loop.create_unix_server(
-                lambda: RpcConnection(self.dispatcher, self), sock=sock
-            )
+            try:
+                self._server = await loop.create_unix_server(
+                    lambda: RpcConnection(self.dispatcher, self), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
         except BaseException:
-            sock.close()
+            unlink_unix(self.path, self._identity)
             self._release_lock()
             raise
         log.info("RPC server listening on %s", self.path)
@@ -278,6 +285,6 @@ class UnixRpcServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+        unlink_unix(self.path, self._identity)
+        self._identity = None
         self._release_lock()

@@ -6,16 +6,12 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
+from pybdev.cpus import parse_cpumask
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, RpcError, errno_error
 from pybdev.rpc.registry import IGNORE_PARAMS, RpcTable
 from pybdev.rpc.types import U32, Params, Str
-from pybdev.ublk.target import (
-    DEFAULT_NUM_QUEUES,
-    DEFAULT_QUEUE_DEPTH,
-    UblkTarget,
-    parse_cpumask,
-)
+from pybdev.ublk.target import DEFAULT_NUM_QUEUES, DEFAULT_QUEUE_DEPTH, UblkTarget
 
 if TYPE_CHECKING:
     from pybdev.ublk.subsystem import UblkSubsystem

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pybdev.bdev.subsystem import BdevSubsystem
+from pybdev.cpus import WorkerThread
 from pybdev.subsystem import Config, Subsystem
 from pybdev.ublk.rpc import RPC
 
@@ -20,7 +22,7 @@ log = logging.getLogger("pybdev.ublk")
 
 class UblkSubsystem(Subsystem):
     name = "ublk"
-    depends_on = ("bdev",)
+    depends_on = ("bdev", "iobuf")  # module/event/subsystems/ublk/ublk.c
     rpc = RPC
 
     def __init__(self, app: App) -> None:
@@ -49,6 +51,14 @@ class UblkSubsystem(Subsystem):
             await self.destroy_target()
         except Exception:
             log.exception("ublk target did not stop cleanly")
+
+    def threads(self) -> Iterator[WorkerThread]:
+        target = self.target
+        for dev in list(target.devices.values()) if target is not None else ():
+            for queue in dev.queues:
+                tid = queue.thread.native_id
+                if queue.alive and tid is not None:
+                    yield WorkerThread(queue.thread.name, tid, queue.cpu)
 
     def write_config(self) -> Config | None:
         if self.target is None:

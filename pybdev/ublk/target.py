@@ -12,18 +12,22 @@ Errors are ``OperationError(errno, detail)``; the RPC layer maps them to SPDK's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import errno
 import functools
 import logging
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from pybdev import uring
-from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
+from pybdev.bdev.core import Bdev, BdevLayer
+from pybdev.cpus import format_cpumask
 from pybdev.errors import OperationError
+from pybdev.export import io
+from pybdev.export.base import Export
+from pybdev.export.status import UBLK_STATUS
 from pybdev.ublk import uapi
 from pybdev.ublk.control import CONTROL_PATH, Control, ControlError, open_control
 from pybdev.ublk.process import set_io_flusher, unshare_mount_namespace
@@ -45,6 +49,16 @@ CDEV_OPEN_TIMEOUT: Final = 10.0
 RECOVERY_WAIT: Final = 10.0
 STOP_JOIN_TIMEOUT: Final = 30.0
 
+# ublk opcode -> bdev operation (pybdev.export.io); WRITE_SAME and the zoned opcodes are
+# not supported (completed -EOPNOTSUPP).
+UBLK_OPS: Final = io.op_table({
+    uapi.UBLK_IO_OP_READ: io.READ,
+    uapi.UBLK_IO_OP_WRITE: io.WRITE,
+    uapi.UBLK_IO_OP_FLUSH: io.FLUSH,
+    uapi.UBLK_IO_OP_DISCARD: io.UNMAP,
+    uapi.UBLK_IO_OP_WRITE_ZEROES: io.WRITE_ZEROES,
+})
+
 
 class DeviceState(enum.Enum):
     STARTING = "starting"
@@ -52,43 +66,6 @@ class DeviceState(enum.Enum):
     RECOVERING = "recovering"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-# -- cpumask ------------------------------------------------------------------------------
-def parse_cpumask(text: str) -> frozenset[int]:
-    """SPDK's forms: hex with or without 0x, or a list "[0,2-3]". ValueError when invalid."""
-    text = text.strip()
-    if not text:
-        raise ValueError("empty cpumask")
-    if text.startswith("["):
-        if not text.endswith("]"):
-            raise ValueError(f"unterminated cpu list {text!r}")
-        cpus: set[int] = set()
-        for part in text[1:-1].split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if not m:
-                raise ValueError(f"bad cpu list element {part!r}")
-            lo = int(m.group(1))
-            hi = int(m.group(2)) if m.group(2) else lo
-            if hi < lo:
-                raise ValueError(f"bad cpu range {part!r}")
-            cpus.update(range(lo, hi + 1))
-        if not cpus:
-            raise ValueError("empty cpu list")
-        return frozenset(cpus)
-    digits = text[2:] if text.lower().startswith("0x") else text
-    if not digits or not re.fullmatch(r"[0-9a-fA-F]+", digits):
-        raise ValueError(f"cpumask {text!r} is not hexadecimal")
-    value = int(digits, 16)
-    if value == 0:
-        raise ValueError("cpumask selects no CPU")
-    return frozenset(i for i in range(value.bit_length()) if value >> i & 1)
-
-
-def format_cpumask(cpus: frozenset[int]) -> str:
-    """Lowercase hex without 0x, as SPDK's spdk_cpuset_fmt."""
-    return format(sum(1 << c for c in cpus), "x")
 
 
 # -- device parameters ------------------------------------------------------------------------
@@ -288,23 +265,24 @@ def _isolate_process() -> None:
 
 
 # -- a device -----------------------------------------------------------------------------
-class UblkDevice:
+class UblkDevice(Export):
     """/dev/ublkb<id> exporting one bdev."""
+
+    kind = "ublk"
 
     def __init__(self, target: UblkTarget, ublk_id: int, num_queues: int,
                  queue_depth: int) -> None:
+        super().__init__(target.layer, "")
         self.target = target
         self.id = ublk_id
         self.num_queues = num_queues
         self.queue_depth = queue_depth
         self.state = DeviceState.STARTING
-        self.desc: Descriptor | None = None
-        self.bdev_name = ""
         self.cdev_fd = -1
         self.queues: list[UblkQueue] = []
         self.added = False  # ADD_DEV succeeded: DEL_DEV owed
+        self.stop_sent = False  # STOP_DEV sent
         self.task: asyncio.Task[None] | None = None
-        self._stopped: asyncio.Future[None] | None = None
         self.max_io = MAX_IO_BYTES
         # What the kernel created (ADD_DEV / GET_DEV_INFO answer); the pollers serve these.
         self.hw_queues = num_queues
@@ -326,24 +304,11 @@ class UblkDevice:
         return {"bdev_name": self.bdev_name, "ublk_id": self.id,
                 "num_queues": self.num_queues, "queue_depth": self.queue_depth}
 
-    def open_bdev(self, name: str) -> None:
-        self.desc = self.target.layer.open(name, write=True, event_cb=self._on_event)
-        self.bdev_name = self.desc.bdev.name
+    def on_resize(self, bdev: Bdev) -> None:
+        log.warning("bdev %s resized; ublk device %d keeps its size", bdev.name, self.id)
 
-    def _on_event(self, event: BdevEvent, bdev: Bdev) -> None:
-        if event is BdevEvent.REMOVE:
-            log.info("bdev %s removed: stopping ublk device %d", bdev.name, self.id)
-            if self.state in (DeviceState.RUNNING, DeviceState.RECOVERING,
-                              DeviceState.STARTING):
-                asyncio.get_running_loop().create_task(self._stop_quietly())
-        elif event is BdevEvent.RESIZE:
-            log.warning("bdev %s resized; ublk device %d keeps its size", bdev.name, self.id)
-
-    async def _stop_quietly(self) -> None:
-        try:
-            await self.stop()
-        except Exception as e:
-            log.error("ublk device %d did not stop cleanly: %s", self.id, e)
+    def __repr__(self) -> str:
+        return f"<UblkDevice {self.id} bdev={self.bdev_name}>"
 
     # -- start ------------------------------------------------------------------------
     def _dev_flags(self) -> int:
@@ -386,7 +351,7 @@ class UblkDevice:
             log.error("ublk device %d failed to start (%s): %s", self.id, step, e,
                       exc_info=not isinstance(e, OSError))
             await self._teardown()
-            self._close_desc()
+            self.close_bdev()
             self.state = DeviceState.STOPPED
             if isinstance(e, OSError) and not isinstance(e, OperationError):
                 raise OperationError(e.errno or errno.EIO,
@@ -418,7 +383,7 @@ class UblkDevice:
         except BaseException:
             self.added = False  # leave the kernel device for another attempt
             await self._teardown()
-            self._close_desc()
+            self.close_bdev()
             self.state = DeviceState.STOPPED
             raise
         self.state = DeviceState.RUNNING
@@ -454,43 +419,49 @@ class UblkDevice:
                 raise OSError(getattr(queue.error, "errno", None) or errno.EIO,
                               f"queue {queue.q_id}: {queue.error}")
 
-    # -- stop -------------------------------------------------------------------------
-    async def stop(self) -> None:
-        """STOP_DEV, wait for the pollers, release the cdev, DEL_DEV, close the bdev."""
-        if self._stopped is not None:
-            await asyncio.shield(self._stopped)
-            return
-        self._stopped = asyncio.get_running_loop().create_future()
+    # -- stop hooks (pybdev.export.base) ---------------------------------------------
+    # STOP_DEV, wait for the pollers, release the cdev, DEL_DEV; the base closes the bdev.
+    async def stop_accepting(self, drain: bool) -> None:
         self.state = DeviceState.STOPPING
-        try:
-            await self._teardown(graceful=True)
-        finally:
-            self._close_desc()
-            self.state = DeviceState.STOPPED
-            if self.target.devices.get(self.id) is self:
-                del self.target.devices[self.id]
-            self._stopped.set_result(None)
-            log.info("ublk device %s stopped", self.path)
+        await self._stop_dev(drain)
 
-    async def _teardown(self, graceful: bool = False) -> None:
-        control = self.target.control
+    async def drain(self, drain: bool) -> None:
+        await self._join_queues(drain)
+
+    async def release(self) -> None:
+        await self._release_kernel_device()
+
+    def on_stopped(self) -> None:
+        self.state = DeviceState.STOPPED
+        if self.target.devices.get(self.id) is self:
+            del self.target.devices[self.id]
+        log.info("ublk device %s stopped", self.path)
+
+    async def _teardown(self) -> None:
+        """A failed start or recovery: undo what was done (the caller closes the bdev)."""
+        await self._stop_dev(False)
+        await self._join_queues(False)
+        await self._release_kernel_device()
+
+    async def _stop_dev(self, graceful: bool) -> None:
         if self.added and graceful and self.queues:
+            self.stop_sent = True
             try:
                 # Aborts every pending FETCH once in-flight requests were committed.
-                await control.stop_dev(self.id)
+                await self.target.control.stop_dev(self.id)
             except OSError as e:
                 log.error("ublk STOP_DEV of device %d: %s", self.id, _oserror_text(e))
-        await self._join_queues(graceful)
+
+    async def _release_kernel_device(self) -> None:
+        control = self.target.control
         if self.cdev_fd >= 0:
             os.close(self.cdev_fd)
             self.cdev_fd = -1
         if self.added:
             # DEL_DEV waits until the cdev is released: every mapping and ring is gone now.
-            try:
-                if not graceful:
+            if not self.stop_sent:
+                with contextlib.suppress(OSError):
                     await control.stop_dev(self.id)
-            except OSError:
-                pass
             try:
                 await control.del_dev(self.id)
             except OSError as e:
@@ -515,11 +486,6 @@ class UblkDevice:
             queue.close()
         self.queues = [q for q in self.queues if q.alive]
 
-    def _close_desc(self) -> None:
-        if self.desc is not None:
-            self.desc.close()
-            self.desc = None
-
     # -- the data path (event loop thread) ----------------------------------------------
     def _handle_batch(self, queue: UblkQueue, batch: list[Request]) -> None:
         desc = self.desc
@@ -528,29 +494,21 @@ class UblkDevice:
             for req in batch:
                 complete(req[0], -errno.EIO)
             return
+        ops = UBLK_OPS
         for tag, op_flags, nr_sectors, start, data in batch:
-            op = op_flags & 0xFF
-            offset = start << 9
+            op = ops[op_flags & 0xFF]
             length = nr_sectors << 9
-            if op == uapi.UBLK_IO_OP_READ:
-                desc.read(offset, length, functools.partial(self._read_done, queue, tag, length))
-                continue
-            cb = functools.partial(_done, complete, tag, length)
-            if op == uapi.UBLK_IO_OP_WRITE:
-                desc.write(offset, data, cb, bool(op_flags & uapi.UBLK_IO_F_FUA))
-            elif op == uapi.UBLK_IO_OP_FLUSH:
-                desc.flush(0, desc.bdev.size, cb)
-            elif op == uapi.UBLK_IO_OP_DISCARD:
-                desc.unmap(offset, length, cb)
-            elif op == uapi.UBLK_IO_OP_WRITE_ZEROES:
-                desc.write_zeroes(offset, length, cb)
+            if op == io.READ:
+                cb = functools.partial(self._read_done, queue, tag, length)
             else:
-                complete(tag, -errno.EIO)
+                cb = functools.partial(_done, complete, tag, length)
+            io.submit(desc, op, start << 9, length, data, bool(op_flags & uapi.UBLK_IO_F_FUA),
+                      cb)
 
     def _read_done(self, queue: UblkQueue, tag: int, length: int, status: int,
                    data: Any) -> None:
         if status:
-            queue.complete(tag, -errno.EIO)
+            queue.complete(tag, UBLK_STATUS(status))
             return
         if queue.user_copy:
             # A copy into the request's pages, bounded by the request size: done here, on
@@ -571,7 +529,7 @@ class UblkDevice:
 
 
 def _done(complete: Any, tag: int, length: int, status: int, _data: Any) -> None:
-    complete(tag, length if status == 0 else -errno.EIO)
+    complete(tag, length if status == 0 else UBLK_STATUS(status))
 
 
 def _oserror_text(e: OSError) -> str:

@@ -216,6 +216,38 @@ async def test_open_errors_and_duplicates(layer: BdevLayer, tmp_path: Path) -> N
     assert e.value.errno == errno.EEXIST and open_fds() == before
 
 
+@pytest.mark.parametrize("readonly", [True, False])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/null", "/proc/self/mem",
+                                  "directory", "empty", "unaligned"])
+async def test_odd_files_are_refused_without_blocking(layer: BdevLayer, tmp_path: Path,
+                                                      kind: str, readonly: bool) -> None:
+    """Only regular files and block devices of a whole number of blocks become bdevs.
+
+    A FIFO opened read-only used to block a pool thread in open() forever; six of them in
+    a row would exhaust the pool, so the last create would hang too.
+    """
+    code = errno.EINVAL
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    elif kind == "directory":
+        path, code = tmp_path, errno.EISDIR
+    elif kind == "empty":
+        path = make_file(tmp_path / "empty.img", 0)
+    elif kind == "unaligned":
+        path = make_file(tmp_path / "odd.img", 4096 + 100)
+    else:
+        path = Path(kind)
+    before = open_fds()
+    for i in range(6):
+        with pytest.raises(OperationError) as e:
+            await asyncio.wait_for(
+                create(layer, path, name=f"A{i}", block_size=512, readonly=readonly), 10)
+        assert e.value.errno == code
+        assert str(path) in str(e.value)
+    assert list(layer) == [] and open_fds() == before
+
+
 async def test_rescan(layer: BdevLayer, tmp_path: Path) -> None:
     aio = module(layer, AioModule)
     f = make_file(tmp_path / "disk.img", MIB)

@@ -245,3 +245,250 @@ async def test_every_module_refuses_out_of_range_and_misaligned(layer: BdevLayer
         assert await desc.read_async(end - 4096, 4096) == (
             bytes(4096) if name == "N" else b"\x01" * 4096)
         desc.close()
+
+
+async def test_observers_hear_register_resize_and_unregister(layer: BdevLayer) -> None:
+    heard: list[tuple[str, str]] = []
+    layer.observers.append(lambda event, name: heard.append((event, name)))
+    layer.observers.append(lambda event, name: 1 / 0)  # a failing observer is logged only
+    bdev = malloc(layer, "Obs0")
+    desc = layer.open("Obs0", write=False)
+    layer.resize(bdev, 128)
+    assert heard == [("bdev_register", "Obs0"), ("bdev_resize", "Obs0")]
+    deleting = asyncio.ensure_future(layer.unregister(bdev))
+    await asyncio.sleep(0)
+    assert heard[-1] == ("bdev_resize", "Obs0")  # not gone while a descriptor is open
+    desc.close()
+    await deleting
+    assert heard[-1] == ("bdev_unregister", "Obs0")
+
+
+# -- I/O semantics the layer owns: FUA, splitting, write-zeroes, -ENOMEM, declarations ----
+
+class Recorder(Bdev):
+    """A RAM bdev that logs every request the layer hands it.
+
+    ``defer``: complete on the next loop iteration instead of inside the call.
+    ``nomem``: answer this many requests with -ENOMEM first (no effect, as SPDK means it).
+    """
+
+    def __init__(self, name: str = "R", size: int = 1 << 20, *, io_types: set[str] | None = None,
+                 fua_native: bool = False, max_io_bytes: int = 0, defer: bool = False,
+                 nomem: int = 0, fail_at: int | None = None) -> None:
+        super().__init__(name, 512, size // 512, max_io_bytes=max_io_bytes,
+                         io_types=frozenset(io_types or {"read", "write", "flush", "unmap"}))
+        self.fua_native = fua_native
+        self.memory = bytearray(size)
+        self.log: list[tuple[Any, ...]] = []
+        self.defer = defer
+        self.nomem = nomem
+        self.fail_at = fail_at
+
+    def _done(self, cb: Any, status: int, data: Any = None) -> None:
+        if self.defer:
+            asyncio.get_running_loop().call_soon(cb, status, data)
+        else:
+            cb(status, data)
+
+    def _refused(self, cb: Any, offset: int) -> bool:
+        if self.nomem:
+            self.nomem -= 1
+            self._done(cb, -errno.ENOMEM)
+            return True
+        if self.fail_at == offset:
+            self._done(cb, -errno.EIO)
+            return True
+        return False
+
+    def submit_read(self, offset: int, length: int, cb: Any) -> None:
+        self.log.append(("read", offset, length))
+        if not self._refused(cb, offset):
+            self._done(cb, 0, bytes(self.memory[offset:offset + length]))
+
+    def submit_write(self, offset: int, data: Any, cb: Any, fua: bool) -> None:
+        self.log.append(("write", offset, len(data), bool(fua)))
+        if not self._refused(cb, offset):
+            self.memory[offset:offset + len(data)] = data
+            self._done(cb, 0)
+
+    def submit_unmap(self, offset: int, length: int, cb: Any) -> None:
+        self.log.append(("unmap", offset, length))
+        if not self._refused(cb, offset):
+            self.memory[offset:offset + length] = bytes(length)
+            self._done(cb, 0)
+
+    def submit_flush(self, offset: int, length: int, cb: Any) -> None:
+        self.log.append(("flush", offset, length))
+        if not self._refused(cb, offset):
+            self._done(cb, 0)
+
+
+def recorder(layer: BdevLayer, **kw: Any) -> tuple[Recorder, Descriptor]:
+    b = Recorder(**kw)
+    layer.register(b)
+    return b, layer.open(b.name, write=True)
+
+
+async def test_fua_is_emulated_once_by_the_layer(layer: BdevLayer) -> None:
+    b, desc = recorder(layer)
+    await desc.write_async(4096, b"\x11" * 1024, fua=True)
+    assert b.log == [("write", 4096, 1024, False), ("flush", 4096, 1024)]
+    b.log.clear()
+    await desc.write_async(4096, b"\x11" * 1024)  # no FUA: no flush
+    assert b.log == [("write", 4096, 1024, False)]
+    b.log.clear()
+    # Every write-type operation takes FUA; write-zeroes here is emulated with writes.
+    await desc.unmap_async(0, 512, fua=True)
+    await desc.write_zeroes_async(512, 1024, fua=True)
+    assert b.log == [("unmap", 0, 512), ("flush", 0, 512),
+                     ("write", 512, 1024, False), ("flush", 512, 1024)]
+    assert b.stat.to_json("R")["num_write_ops"] == 3  # a FUA write counts once
+    desc.close()
+
+
+async def test_fua_goes_to_modules_that_have_it_and_nowhere_without_a_cache(
+        layer: BdevLayer) -> None:
+    native, desc = recorder(layer, fua_native=True)
+    await desc.write_async(0, bytes(512), fua=True)
+    assert native.log == [("write", 0, 512, True)]
+    desc.close()
+    # No flush to do (no volatile cache): a completed write is already durable.
+    plain, desc = recorder(layer, name="N", io_types={"read", "write"})
+    await desc.write_async(0, bytes(512), fua=True)
+    assert plain.log == [("write", 0, 512, False)]
+    desc.close()
+
+
+async def test_fua_write_fails_when_its_flush_fails(layer: BdevLayer) -> None:
+    b, desc = recorder(layer, fail_at=8192)
+    assert status(lambda cb: desc.write(8192, bytes(512), cb, True)) == -errno.EIO
+    assert b.log == [("write", 8192, 512, False)]  # the failed write is not flushed
+    desc.close()
+
+
+@pytest.mark.parametrize("defer", [False, True])
+async def test_requests_above_max_io_bytes_are_split_and_joined(layer: BdevLayer,
+                                                                defer: bool) -> None:
+    b, desc = recorder(layer, max_io_bytes=8192, defer=defer)
+    pattern = bytes((i * 13) & 0xFF for i in range(65536))
+    done: list[tuple[int, Any]] = []
+    desc.write(4096, pattern, lambda s, d: done.append((s, d)))
+    await asyncio.sleep(0.01)
+    assert done == [(0, None)]  # one completion for the whole request
+    assert [e[2] for e in b.log] == [8192] * 8 and b.log[0][1] == 4096
+    assert await desc.read_async(4096, 65536) == pattern  # joined in order
+    assert all(e[2] <= 8192 for e in b.log)
+    await desc.unmap_async(0, 20480)
+    assert [e for e in b.log if e[0] == "unmap"] == [("unmap", 0, 8192), ("unmap", 8192, 8192),
+                                                    ("unmap", 16384, 4096)]
+    st = b.stat.to_json("R")
+    assert (st["num_write_ops"], st["bytes_written"]) == (1, 65536)
+    assert (st["num_read_ops"], st["num_unmap_ops"]) == (1, 1)
+    desc.close()
+
+
+async def test_split_request_reports_the_first_error_once(layer: BdevLayer) -> None:
+    b, desc = recorder(layer, max_io_bytes=4096, fail_at=8192, defer=True)
+    done: list[int] = []
+    desc.read(0, 16384, lambda s, d: done.append(s) if d is None else done.append(99))
+    await asyncio.sleep(0.01)
+    assert done == [-errno.EIO]
+    assert b.stat.to_json("R")["io_error"] == {"failed": 1}
+    desc.close()
+
+
+class SyncZeroless(Bdev):
+    """4 GiB, synchronous, writes discarded, no native write-zeroes (the layer emulates)."""
+
+    def __init__(self) -> None:
+        super().__init__("Z", 4096, (4 << 30) // 4096, io_types=frozenset(("read", "write")))
+        self.bytes_written = 0
+
+    def submit_write(self, offset: int, data: Any, cb: Any, fua: bool) -> None:
+        self.bytes_written += len(data)
+        cb(0, None)
+
+
+async def test_write_zeroes_emulation_is_a_loop_not_a_recursion(layer: BdevLayer) -> None:
+    """4 GiB of emulated write-zeroes completing inline: 4096 pieces, a flat stack."""
+    b = SyncZeroless()
+    layer.register(b)
+    desc = layer.open("Z", write=True)
+    assert "write_zeroes" not in b.io_types
+    assert status(lambda cb: desc.write_zeroes(0, 4 << 30, cb)) == 0
+    assert b.bytes_written == 4 << 30
+    assert b.stat.to_json("Z")["num_write_ops"] == 1
+    desc.close()
+
+
+async def test_write_zeroes_emulation_resumes_from_late_completions(layer: BdevLayer) -> None:
+    b, desc = recorder(layer, size=8 << 20, io_types={"read", "write"}, defer=True)
+    b.memory[:] = b"\xff" * len(b.memory)
+    await desc.write_zeroes_async(512, (3 << 20) + 1024)
+    assert [e[2] for e in b.log] == [1 << 20] * 3 + [1024]
+    assert b.memory[512:512 + (3 << 20) + 1024] == bytes((3 << 20) + 1024)
+    assert b.memory[:512] == b"\xff" * 512
+    desc.close()
+
+
+@pytest.mark.parametrize("defer", [False, True])
+async def test_enomem_is_retried_by_the_layer(layer: BdevLayer, defer: bool) -> None:
+    b, desc = recorder(layer, nomem=3, defer=defer)
+    await desc.write_async(1024, b"\x77" * 512)  # no -ENOMEM reaches the consumer
+    assert b.memory[1024:1536] == b"\x77" * 512
+    assert b.log == [("write", 1024, 512, False)] * 4
+    b.nomem = 2
+    assert await desc.read_async(1024, 512) == b"\x77" * 512
+    st = b.stat.to_json("R")
+    assert st["io_error"] == {"nomem": 5}
+    assert (st["num_write_ops"], st["num_read_ops"]) == (1, 1)
+    desc.close()
+
+
+async def test_enomem_gives_up_after_the_bound(layer: BdevLayer,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pybdev.bdev import core
+    monkeypatch.setattr(core, "NOMEM_GIVE_UP_NS", 50_000_000)
+    b, desc = recorder(layer, nomem=1 << 30)
+    with pytest.raises(OperationError) as e:
+        await asyncio.wait_for(desc.write_async(0, bytes(512)), 10)
+    assert e.value.errno == errno.ENOMEM
+    assert len(b.log) > 2  # retried until the bound, then handed to the consumer
+    desc.close()
+
+
+async def test_enomem_pieces_of_a_split_request_are_retried(layer: BdevLayer) -> None:
+    b, desc = recorder(layer, max_io_bytes=4096, nomem=2)
+    pattern = bytes(range(256)) * 64
+    await desc.write_async(0, pattern)
+    assert b.memory[:len(pattern)] == pattern
+    assert b.stat.to_json("R")["io_error"] == {"nomem": 2}
+    desc.close()
+
+
+async def test_block_status_and_read_buffer_are_declared(layer: BdevLayer) -> None:
+    from pybdev.bdev.core import ReadBuffer
+
+    m = malloc(layer)
+    assert m.read_buffer is ReadBuffer.HELD and Bdev.read_buffer is ReadBuffer.CALLBACK
+    desc = layer.open("M0", write=False)
+    got: list[Any] = []
+    desc.block_status(512, 4096, lambda s, e: got.append((s, e)))
+    assert got == [(0, [(4096, 0)])]  # no hole tracking: all allocated data
+    got.clear()
+    desc.block_status(512, 1 << 30, lambda s, e: got.append((s, e)))
+    assert got == [(-errno.EINVAL, None)]
+    desc.close()
+
+    class Holey(Recorder):
+        reports_holes = True
+
+        def get_block_status(self, offset: int, length: int, cb: Any) -> None:
+            cb(0, [(4096, 3), (length - 4096, 0)])
+
+    layer.register(Holey(name="H"))
+    desc = layer.open("H", write=False)
+    got.clear()
+    desc.block_status(0, 8192, lambda s, e: got.append((s, e)))
+    assert got == [(0, [(4096, 3), (4096, 0)])]
+    desc.close()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import errno
+import mmap
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from pybdev.bdev.core import BdevLayer
 from pybdev.bdev.malloc import MallocModule
 from pybdev.errors import OperationError
+from tests.conftest import Target
 
 from .conftest import complete, module, read
 
@@ -58,3 +63,69 @@ async def test_validation(layer: BdevLayer, kwargs: dict[str, int], code: int) -
         module(layer, MallocModule).create(**args)
     assert e.value.errno == code
     assert list(layer) == []
+
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def rss(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * mmap.PAGESIZE
+
+
+async def test_large_bdev_is_lazy_gives_pages_back_and_frees_on_delete(
+        layer: BdevLayer) -> None:
+    before = rss()
+    b = module(layer, MallocModule).create(name="Big", block_size=512, num_blocks=GIB // 128)
+    assert b.size == 4 * GIB
+    assert rss() - before < 64 * MIB  # nothing is zero-filled up front
+    desc = layer.open("Big", write=True)
+    chunk = b"\x5a" * (4 * MIB)
+    for i in range(64):
+        await desc.write_async(GIB + i * len(chunk), chunk)
+    assert rss() - before > 200 * MIB
+    assert await desc.read_async(GIB + 255 * MIB, 4096) == b"\x5a" * 4096
+    # Unmap and write-zeroes hand whole pages back; the data reads as zeros.
+    touched = rss()
+    await desc.unmap_async(GIB, 64 * MIB)
+    await desc.write_zeroes_async(GIB + 64 * MIB + 512, 64 * MIB)
+    assert touched - rss() > 100 * MIB
+    assert await desc.read_async(GIB + 64 * MIB, 4096) == b"\x5a" * 512 + bytes(3584)
+    assert await desc.read_async(GIB + 128 * MIB, 4096) == bytes(512) + b"\x5a" * 3584
+    desc.close()
+    await layer.unregister(b)
+    assert rss() - before < 64 * MIB
+
+
+async def test_a_read_view_outlives_the_deleted_bdev(layer: BdevLayer) -> None:
+    """An export may still hold a read view (queued for sending) when the bdev goes."""
+    module(layer, MallocModule).create(name="M", block_size=512, num_blocks=8)
+    desc = layer.open("M", write=True)
+    await desc.write_async(0, b"\x42" * 512)
+    held: list[memoryview] = []
+    desc.read(0, 512, lambda _s, data: held.append(data))
+    desc.close()
+    await layer.unregister_by_name("M", "malloc")
+    assert bytes(held[0]) == b"\x42" * 512
+
+
+def test_creating_a_4_gib_bdev_does_not_stall_the_target(
+        start_target: Callable[..., Target]) -> None:
+    """Another connection is answered while a 4 GiB bdev is created; delete frees it."""
+    t = start_target()
+    before = rss(t.proc.pid)
+    created: list[Any] = []
+    creator = threading.Thread(target=lambda: created.append(t.rpc(
+        "bdev_malloc_create", {"name": "Big", "num_blocks": GIB // 1024, "block_size": 4096})))
+    with t.client(timeout=5) as probe:
+        creator.start()
+        answers = 0
+        while creator.is_alive() or answers < 3:
+            assert probe.call("spdk_get_version")["version"]  # at most 5 s each
+            answers += 1
+        creator.join()
+    assert created == ["Big"]
+    assert rss(t.proc.pid) - before < 256 * MIB  # a 4 GiB bdev costs nothing until written
+    assert t.rpc("bdev_malloc_delete", {"name": "Big"}) is True
+    assert rss(t.proc.pid) - before < 256 * MIB

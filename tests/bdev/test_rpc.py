@@ -1,8 +1,8 @@
 """The bdev RPCs on a real target, through SPDK's own client (spdk-rpc) and scripts/rpc.py.
 
-Covers SPDK's rpc_integrity sequence (spec §7), deferred passthru, deleting a claimed
+Covers SPDK's rpc_integrity sequence (test/rpc/rpc.sh), deferred passthru, deleting a claimed
 base, duplicate names and UUIDs, the documented error codes of every method, and
-``bdev_get_bdevs`` field by field (spec §4.4). Tests on ``shared_target`` leave it empty.
+``bdev_get_bdevs`` field by field (lib/bdev/bdev_rpc.c). Tests on ``shared_target`` leave it empty.
 """
 
 from __future__ import annotations
@@ -452,3 +452,24 @@ def test_manual_examine(start_target: Any, short_dir: Path) -> None:
     assert config[0]["params"]["bdev_auto_examine"] is False
     assert config[1] == {"method": "bdev_examine", "params": {"name": "M"}}
     assert t.stop() == 0
+
+
+def test_qd_sampling_period_kept_per_bdev(t: Target) -> None:
+    """bdev_set_qd_sampling_period: kept per bdev and shown in bdev_get_iostat, as SPDK."""
+    t.spdk("bdev_malloc_create", "-b", "Q0", "1", "512")
+    t.spdk("bdev_malloc_create", "-b", "Q1", "1", "512")
+    try:
+        t.spdk("bdev_set_qd_sampling_period", "Q0", "1000")
+        stats = {s["name"]: s for s in t.rpc("bdev_get_iostat")["bdevs"]}
+        assert stats["Q0"]["queue_depth_polling_period"] == 1000
+        assert "queue_depth_polling_period" not in stats["Q1"]
+        t.cli("bdev_set_qd_sampling_period", "Q0", "0")
+        assert "queue_depth_polling_period" not in t.rpc("bdev_get_iostat")["bdevs"][0]
+        assert t.rpc_error("bdev_set_qd_sampling_period", {"name": "nope", "period": 1}) == {
+            "code": -19, "message": "No such device"}
+        err = t.rpc_error("bdev_set_qd_sampling_period", {"name": "Q0"})
+        assert err["code"] == -32603
+        assert err["message"].startswith("spdk_json_decode_object failed")
+    finally:
+        t.rpc("bdev_malloc_delete", {"name": "Q0"})
+        t.rpc("bdev_malloc_delete", {"name": "Q1"})

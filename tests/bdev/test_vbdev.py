@@ -13,14 +13,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
 
 from pybdev.bdev.core import Bdev, BdevLayer, BdevState, Callback, ClaimType, Descriptor
 from pybdev.bdev.malloc import MallocModule
@@ -315,72 +312,3 @@ def test_clear_config_deletes_in_config_order(start_target: Any, short_dir: Path
     assert t.rpc("bdev_get_bdevs") == []
     assert [e["method"] for e in bdev_config(t.spdk("save_config").stdout)] == [
         "bdev_set_options", "bdev_wait_for_examine"]
-
-
-# -- the replay law over vbdev stacks and exports --------------------------------------------
-
-BASES = ["A", "B", "PA", "Ap0"]  # bdevs and vbdevs that others stack on
-EXPORTED = [*BASES, "DB", "EE_A"]
-STEP = st.one_of(
-    st.tuples(st.just("bdev_malloc_create"), st.sampled_from(["A", "B"])),
-    st.tuples(st.just("bdev_malloc_delete"), st.sampled_from(["A", "B"])),
-    st.tuples(st.just("bdev_passthru_create"), st.sampled_from(BASES),
-              st.sampled_from(["PA", "PB"])),
-    st.tuples(st.just("bdev_passthru_delete"), st.sampled_from(["PA", "PB"])),
-    st.tuples(st.just("bdev_error_create"), st.sampled_from(["A", "B"])),
-    st.tuples(st.just("bdev_error_delete"), st.sampled_from(["EE_A", "EE_B"])),
-    st.tuples(st.just("bdev_split_create"), st.sampled_from(["A", "B", "PA"])),
-    st.tuples(st.just("bdev_split_delete"), st.sampled_from(["A", "B", "PA"])),
-    st.tuples(st.just("bdev_delay_create"), st.sampled_from(BASES)),
-    st.tuples(st.just("bdev_delay_delete"), st.just("DB")),
-    st.tuples(st.just("nbd_start_disk"), st.sampled_from(EXPORTED)),
-    st.tuples(st.just("nbd_start_disk"), st.sampled_from(EXPORTED)),  # twice as likely
-    st.tuples(st.just("nbd_stop_disk"), st.sampled_from(EXPORTED)),
-)
-PREFIX = [("bdev_malloc_create", "A"), ("bdev_malloc_create", "B")]
-
-
-def apply(t: Target, sock: Path, step: tuple[str, ...]) -> None:
-    method, *args = step
-    params: dict[str, Any]
-    if method == "bdev_malloc_create":
-        params = {"name": args[0], "num_blocks": 2048, "block_size": 512}
-    elif method == "bdev_passthru_create":
-        params = {"base_bdev_name": args[0], "name": args[1]}
-    elif method == "bdev_error_create":
-        params = {"base_name": args[0]}
-    elif method in ("bdev_split_create", "bdev_split_delete"):
-        params = {"base_bdev": args[0]} | ({"split_count": 2} if "create" in method else {})
-    elif method == "bdev_delay_create":
-        params = {"base_bdev_name": args[0], "name": "DB", "avg_read_latency": 1,
-                  "p99_read_latency": 2, "avg_write_latency": 3, "p99_write_latency": 4}
-    elif method in ("nbd_start_disk", "nbd_stop_disk"):
-        uri = f"nbd+unix:///{args[0]}?socket={sock}"
-        params = {"nbd_device": uri} | ({"bdev_name": args[0]} if "start" in method else {})
-    else:
-        params = {"name": args[0]}
-    with t.client() as c:
-        c.send_raw(c.request(method, params))
-        c.recv_value()  # refusals are part of the game: the law is about what was accepted
-
-
-# Each example starts two targets: few examples, derandomized (the same ones every run, so
-# the suite is not flaky), and no shrinking (a failure prints its whole sequence).
-@settings(max_examples=10, deadline=None, derandomize=True,
-          phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(STEP, min_size=3, max_size=10))
-def test_whatever_the_target_accepts_replays(start_target: Any, short_dir: Path,
-                                             steps: list[tuple[str, ...]]) -> None:
-    """Issue 13's law for vbdevs, claims and exports: save, restart with it, save again."""
-    run_dir = Path(tempfile.mkdtemp(prefix="law", dir=short_dir))
-    t = start_target(sock=run_dir / "a.sock")
-    for step in PREFIX + steps:
-        apply(t, run_dir / "nbd.sock", step)
-    saved = t.spdk("save_config").stdout
-    assert t.stop() == 0
-    cfg = run_dir / "cfg.json"
-    cfg.write_text(saved)
-    t2 = start_target("--json", str(cfg), sock=run_dir / "b.sock")
-    assert t2.spdk("save_config").stdout == saved, steps
-    assert t2.stop() == 0

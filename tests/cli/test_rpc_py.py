@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
-from tests.conftest import ROOT, RPC_PY, Target
+from pybdev.cli import main as cli_main
+from pybdev.cli import output as cli_output
+from tests.conftest import ROOT, RPC_PY, SPDK_RPC, Target
 
 
 def test_rpc_integrity_through_both_clients(target: Target) -> None:
@@ -104,6 +108,55 @@ def test_rpc_py_runs_with_system_python_outside_the_venv(target: Target) -> None
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_unknown_signal_is_refused_before_sending(tmp_path: Path) -> None:
+    """As SPDK's rpc.py: a usage error (exit 2), no connection attempted."""
+    for argv in ([sys.executable, str(RPC_PY)], [str(SPDK_RPC)]):
+        res = subprocess.run([*argv, "-s", str(tmp_path / "none.sock"), "spdk_kill_instance",
+                              "SIGFOO"], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res
+        assert "invalid choice: 'SIGFOO'" in res.stderr and res.stdout == ""
+
+
+def test_dry_run_prints_requests_only_for_every_command() -> None:
+    """No command prints anything but its requests under --dry-run (no stray null)."""
+    parity = _load_parity()
+    commands = parity.subcommands(parity.pybdev_parser())
+    for name, parser in commands.items():
+        if name in ("load_config", "load_subsystem_config", "save_config"):
+            continue  # they need answers to go on, as SPDK's do
+        out = parity._capture(lambda name=name, parser=parser: cli_main(
+            ["--dry-run", name, *parity.sample_argv(parser, False)]))
+        cli_output.suppressed = False
+        if out.startswith("<"):
+            continue  # the command refused the sample arguments
+        lines = [line for line in out.splitlines() if line.strip()]
+        assert lines and lines[0] == "Request:", (name, out)
+        assert "null" not in lines and "None" not in lines, (name, out)
+        assert len(parity.requests_of(out)) >= 1, (name, out)
+
+
+def test_dry_run_batch_prints_one_batch_as_spdk() -> None:
+    script = "bdev_get_bdevs\nspdk_get_version\n"
+    ours = subprocess.run([sys.executable, str(RPC_PY), "--dry-run", "-b"], input=script,
+                          capture_output=True, text=True, timeout=60)
+    theirs = subprocess.run([str(SPDK_RPC), "--dry-run", "-b"], input=script,
+                            capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr
+    parity = _load_parity()
+    assert parity.requests_of(ours.stdout) == parity.requests_of(theirs.stdout) == [
+        {"jsonrpc": "2.0", "method": "bdev_get_bdevs"},
+        {"jsonrpc": "2.0", "method": "spdk_get_version"}]
+
+
+def _load_parity() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rpc_cli_parity",
+                                                  ROOT / "bench" / "rpc_cli_parity.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_bash_completion_completes_command_names() -> None:

@@ -174,11 +174,11 @@ class FakeDesc:
         self.flushes += 1
         self._complete(cb, 0, None)
 
-    def unmap(self, offset: int, length: int, cb: Any) -> None:
+    def unmap(self, offset: int, length: int, cb: Any, fua: bool = False) -> None:
         self.data[offset:offset + length] = bytes(length)
         self._complete(cb, 0, None)
 
-    def write_zeroes(self, offset: int, length: int, cb: Any) -> None:
+    def write_zeroes(self, offset: int, length: int, cb: Any, fua: bool = False) -> None:
         self.unmap(offset, length, cb)
 
 
@@ -212,6 +212,7 @@ async def _serve(defer: bool, chunk: int, client_fn: Any) -> FakeDesc:
     loop = asyncio.get_running_loop()
     bdev = FakeBdev({"read", "write", "flush", "unmap", "write_zeroes"}, num_blocks=256)
     desc = FakeDesc(bdev.size, defer=defer)
+    desc.bdev = bdev  # type: ignore[attr-defined]  # a Descriptor names its bdev
     server, client = socket.socketpair()
     server.setblocking(False)
     transport, conn = await loop.connect_accepted_socket(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -405,3 +407,85 @@ def test_nbdinfo_map_shows_holes_through_the_hint(start_target: Callable[..., Ta
     assert extents[0] == {"offset": 0, "length": 65536, "type": 0, "description": "data"}
     assert extents[-1]["type"] == 3  # hole, reads as zeroes
     assert sum(e["length"] for e in extents) == 4 * 1024 * 1024
+
+
+# -- I/O semantics the bdev layer owns, seen through an export -------------------------------
+# A target whose malloc bdevs take at most 8 KiB per request, as a module with a small
+# max_io_bytes would: any larger request reaching the module fails with EIO, so a 1 MiB
+# transfer only succeeds when the bdev layer splits it (NBD itself allows 32 MiB).
+SMALL_IO_TARGET = """
+import errno, sys
+from pybdev.bdev import malloc
+
+class SmallIo(malloc.MallocBdev):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_io_bytes = 8192
+
+    def submit_read(self, offset, length, cb):
+        if length > self.max_io_bytes:
+            cb(-errno.EIO, None)
+        else:
+            super().submit_read(offset, length, cb)
+
+    def submit_write(self, offset, data, cb, fua):
+        if len(data) > self.max_io_bytes:
+            cb(-errno.EIO, None)
+        else:
+            super().submit_write(offset, data, cb, fua)
+
+malloc.MallocBdev = SmallIo
+from pybdev.app import main
+sys.exit(main())
+"""
+
+
+class SmallIoTarget(Target):
+    def __init__(self, d: Path) -> None:
+        script = d / "small_io_target.py"
+        script.write_text(SMALL_IO_TARGET)
+        self.sock = d / "rpc.sock"
+        self.log_path = d / "target.log"
+        self.args = []
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen([sys.executable, str(script), "-r", str(self.sock)],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=Path(__file__).resolve().parents[2])
+
+
+@need("qemu-io")
+def test_requests_above_max_io_bytes_are_split_by_the_layer(sockdir: Path) -> None:
+    t = SmallIoTarget(sockdir).wait_ready()
+    try:
+        t.rpc("bdev_malloc_create", {"name": "Small", "num_blocks": 8192, "block_size": 512})
+        uri = t.rpc("nbd_start_disk", {"bdev_name": "Small",
+                                       "nbd_device": unix_uri("Small", sockdir / "s.sock")})
+        out = run(["qemu-io", "-f", "raw", "-c", "write -P 0x6b 512k 1M",
+                   "-c", "read -P 0x6b 512k 1M", "-c", "read -P 0 0 512k", uri]).stdout
+        assert "Pattern verification failed" not in out and "error" not in out.lower()
+        st = t.rpc("bdev_get_iostat", {"name": "Small"})["bdevs"][0]
+        # One request each way, counted once though the module saw 128 pieces of it.
+        assert st["bytes_written"] == 1 << 20 and st["num_write_ops"] == 1
+        assert st["bytes_read"] == (1 << 20) + (512 << 10)
+        assert st["io_error"] == {}
+    finally:
+        t.stop()
+
+
+@need("qemu-io")
+def test_enomem_from_an_error_bdev_is_retried_transparently(
+        start_target: Callable[..., Target], sockdir: Path) -> None:
+    t = start_target()
+    t.rpc("bdev_malloc_create", {"name": "M", "num_blocks": 8192, "block_size": 512})
+    t.rpc("bdev_error_create", {"base_name": "M"})
+    for io_type, num in (("write", 5), ("read", 3)):
+        assert t.rpc("bdev_error_inject_error", {"name": "EE_M", "io_type": io_type,
+                                                 "error_type": "nomem", "num": num}) is True
+    uri = t.rpc("nbd_start_disk", {"bdev_name": "EE_M",
+                                   "nbd_device": unix_uri("EE_M", sockdir / "s.sock")})
+    out = run(["qemu-io", "-f", "raw", "-c", "write -P 0x3d 0 64k", "-c", "write -P 0x3e 64k 4k",
+               "-c", "read -P 0x3d 0 64k", "-c", "read -P 0x3e 64k 4k", uri]).stdout
+    assert "Pattern verification failed" not in out and "error" not in out.lower()
+    st = t.rpc("bdev_get_iostat", {"name": "EE_M"})["bdevs"][0]
+    assert st["io_error"] == {"nomem": 8}  # each one counted, none reached the client
+    assert (st["num_write_ops"], st["num_read_ops"]) == (2, 2)

@@ -16,14 +16,10 @@ import pytest
 
 from pybdev.bdev.core import BdevLayer
 from pybdev.bdev.malloc import MallocModule
+from pybdev.cpus import format_cpumask, parse_cpumask
 from pybdev.ublk import uapi
 from pybdev.ublk.control import Control, ControlError
-from pybdev.ublk.target import (
-    MAX_IO_BYTES,
-    device_params,
-    format_cpumask,
-    parse_cpumask,
-)
+from pybdev.ublk.target import MAX_IO_BYTES, device_params
 from tests.conftest import RPC_PY, Target
 
 
@@ -227,3 +223,92 @@ def test_cli_shapes(tmp_path: Path) -> None:
     assert '"ublk_id": 2' in dry("ublk_recover_disk", "b", "2")
     assert '"ublk_id": 3' in dry("ublk_stop_disk", "3")
     assert "ublk_destroy_target" in dry("ublk_destroy_target")
+
+
+# -- a device on the Export base, without a kernel: stop sequence, hot-remove, data path ----
+class _FakeControl:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def stop_dev(self, dev_id: int) -> None:
+        self.calls.append("STOP_DEV")
+
+    async def del_dev(self, dev_id: int) -> None:
+        self.calls.append("DEL_DEV")
+
+
+class _FakeQueue:
+    """What the device asks of a queue: liveness, close, and completions (NEED_GET_DATA)."""
+
+    def __init__(self, max_io: int = 65536) -> None:
+        self.alive = False
+        self.closed = False
+        self.q_id = 0
+        self.user_copy = False
+        self.max_io = max_io
+        self.bufs = bytearray(4 * max_io)
+        self.results: dict[int, int] = {}
+
+    def close(self) -> None:
+        self.closed = True
+
+    def stop(self) -> None:
+        self.alive = False
+
+    def complete(self, tag: int, result: int) -> None:
+        self.results[tag] = result
+
+
+@pytest.fixture
+async def layer() -> Any:
+    bdev_layer = BdevLayer()
+    bdev_layer.add_module(MallocModule(bdev_layer))
+    yield bdev_layer
+    await bdev_layer.shutdown()
+
+
+def _running_device(layer: BdevLayer) -> tuple[Any, Any, _FakeQueue]:
+    from types import SimpleNamespace
+
+    from pybdev.ublk.target import DeviceState, UblkDevice
+
+    layer.module(MallocModule).create(name="M0", block_size=4096, num_blocks=256)
+    target = SimpleNamespace(layer=layer, control=_FakeControl(), devices={})
+    dev = UblkDevice(target, 3, 1, 4)  # type: ignore[arg-type]
+    dev.open_bdev("M0")
+    queue = _FakeQueue()
+    dev.queues = [queue]  # type: ignore[list-item]
+    dev.added = True
+    dev.state = DeviceState.RUNNING
+    target.devices[3] = dev
+    return target, dev, queue
+
+
+async def test_device_hot_remove_stops_then_deletes_the_kernel_device(layer: BdevLayer) -> None:
+    from pybdev.ublk.target import DeviceState
+
+    target, dev, queue = _running_device(layer)
+    await layer.unregister(layer.get("M0"))  # returns once the device closed its descriptor
+    assert target.control.calls == ["STOP_DEV", "DEL_DEV"]
+    assert dev.state is DeviceState.STOPPED and queue.closed and dev.desc is None
+    assert target.devices == {} and not dev.added
+    await dev.stop()  # idempotent
+    assert target.control.calls == ["STOP_DEV", "DEL_DEV"]
+
+
+async def test_device_data_path_answers_through_the_status_table(layer: BdevLayer) -> None:
+    target, dev, queue = _running_device(layer)
+    payload = b"\x5a" * 8192
+    dev._handle_batch(queue, [
+        (0, uapi.UBLK_IO_OP_WRITE | uapi.UBLK_IO_F_FUA, 16, 8, memoryview(payload)),
+        (1, uapi.UBLK_IO_OP_READ, 16, 8, None),
+        (2, uapi.UBLK_IO_OP_FLUSH, 0, 0, None),
+        (3, uapi.UBLK_IO_OP_WRITE_ZEROES, 8, 8, None),
+        (4, uapi.UBLK_IO_OP_WRITE_SAME, 8, 8, None),  # no bdev call: not supported
+        (5, uapi.UBLK_IO_OP_READ, 16, 256 * 8, None),  # beyond the end: -EINVAL -> -EIO
+    ])
+    assert queue.results == {0: 8192, 1: 8192, 2: 0, 3: 4096, 4: -errno.EOPNOTSUPP,
+                             5: -errno.EIO}
+    assert bytes(queue.bufs[queue.max_io:queue.max_io + 8192]) == payload
+    await dev.stop()
+    assert target.control.calls == ["STOP_DEV", "DEL_DEV"]

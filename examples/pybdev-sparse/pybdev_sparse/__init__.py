@@ -11,7 +11,7 @@ import errno
 from typing import Any
 
 from pybdev.assembly import Plugin
-from pybdev.bdev.core import Bdev, BdevLayer, BdevModule, Callback
+from pybdev.bdev.core import Bdev, BdevLayer, BdevModule, Callback, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
@@ -26,6 +26,8 @@ RPC = RpcTable()
 class SparseBdev(Bdev):
     product_name = "Sparse RAM disk"
     module_name = "sparse"
+    reports_holes = True  # get_block_status below knows which blocks were never written
+    read_buffer = ReadBuffer.HELD  # every read gets a bytes object of its own
 
     def __init__(self, name: str, num_blocks: int, block_size: int) -> None:
         super().__init__(name, block_size, num_blocks, io_types=frozenset(

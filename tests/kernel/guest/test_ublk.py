@@ -106,6 +106,13 @@ def test_create_ublk(tgt: Target) -> None:
         direct_write("/dev/ublkb0", i * 8 * MiB, pattern)
     for i in range(4):
         assert direct_read("/dev/ublkb0", i * 8 * MiB, MiB) == pattern
+    # framework_get_reactors reports the queue threads that run (the kernel caps the four
+    # queues asked for at the number of CPUs) beside the event loop's, each on its core.
+    reactors = tgt.rpc("framework_get_reactors")["reactors"]
+    threads = {w["name"]: r["lcore"] for r in reactors for w in r["lw_threads"]}
+    queues = min(4, os.cpu_count() or 1)
+    assert sorted(threads) == ["app_thread", *(f"ublk0q{i}" for i in range(queues))]
+    assert {threads[f"ublk0q{i}"] for i in range(queues)} == set(range(min(queues, 2)))
     tgt.cli("ublk_stop_disk", "0")
     err = tgt.rpc_error("ublk_stop_disk", {"ublk_id": 0})
     assert err["code"] == -errno.ENODEV
