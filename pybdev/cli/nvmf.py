@@ -64,9 +64,11 @@ def _listener(method: str, a: argparse.Namespace) -> None:
 
 
 def nvmf_subsystem_add_ns(a: argparse.Namespace) -> None:
-    params = _group(_params(a), "namespace", [
+    params = _params(a)
+    params = {"tgt_name": params.pop("tgt_name", None), **params}  # SPDK's apply_defaults
+    params = _group(params, "namespace", [
         "bdev_name", "ptpl_file", "nsid", "nguid", "eui64", "uuid", "anagrpid",
-        "no_auto_visible", "hide_metadata"])
+        "no_auto_visible"])
     a.client.call("nvmf_subsystem_add_ns", params)  # SPDK's CLI prints nothing here
 
 
@@ -78,12 +80,25 @@ def _show(method: str, a: argparse.Namespace) -> None:
     print_dict(a.client.call(method, _params(a)))
 
 
+PASSTHRU = ("identify_ctrlr", "identify_uuid_list", "get_log_page", "get_set_features",
+            "sanitize", "security_send_recv", "fw_update", "nvme_mi", "vendor_specific")
+
+
 def nvmf_set_config(a: argparse.Namespace) -> None:
-    params = _params(a)
-    passthru = params.pop("admin_cmd_passthru", None)
-    if passthru:
-        params["admin_cmd_passthru"] = {"identify_ctrlr": True}
-    a.client.call("nvmf_set_config", params)
+    invalid = set(a.admin_cmd_passthru) - set(PASSTHRU) - {"all"}
+    if invalid:
+        raise SystemExit(f"Invalid passthru-admin-cmds: '{', '.join(invalid)}'. "
+                         "See help for valid options.")
+    passthru: dict[str, bool] | None = None
+    if "all" in a.admin_cmd_passthru:
+        passthru = dict.fromkeys(PASSTHRU, True)
+    elif a.admin_cmd_passthru:
+        passthru = dict.fromkeys(a.admin_cmd_passthru, True)
+    a.client.call("nvmf_set_config", {
+        "admin_cmd_passthru": passthru, "poll_groups_mask": a.poll_groups_mask,
+        "discovery_filter": a.discovery_filter, "discovery_filters": a.discovery_filters,
+        "dhchap_digests": a.dhchap_digests, "dhchap_dhgroups": a.dhchap_dhgroups,
+        "dup_host_policy": a.dup_host_policy})
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -106,7 +121,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     p = cmd("nvmf_set_config", nvmf_set_config, "Set NVMf target config")
     p.add_argument("-p", "--passthru-admin-cmds", dest="admin_cmd_passthru",
-                   action="store_true", help="Pass through admin commands (not supported)")
+                   help="Comma-separated list of admin commands to pass through when the "
+                        "subsystem has a single NVMe-backed namespace. Options: all, "
+                        + ", ".join(PASSTHRU) + " (pybdev refuses them: nothing to pass to)",
+                   type=partial(str.split, sep=","), default=[])
     p.add_argument("-m", "--poll-groups-mask", help="CPU mask for NVMe-oF poll groups", type=str)
     group = p.add_mutually_exclusive_group()
     group.add_argument("-d", "--discovery-filter",
@@ -130,14 +148,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("-c", "--in-capsule-data-size", help="Max number of in-capsule data size",
                    type=int)
     p.add_argument("-i", "--max-io-size", help="Max I/O size (bytes)", type=int)
-    p.add_argument("-u", "--io-unit-size", help="I/O unit size (bytes). Deprecated", type=int)
     p.add_argument("-a", "--max-aq-depth", help="Max number of admin cmds per AQ", type=int)
-    p.add_argument("-n", "--num-shared-buffers", help="The number of pooled data buffers "
-                   "available to the transport (deprecated)", type=int)
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("-b", "--buf-cache-size", help="The number of shared buffers to "
-                       "reserve for each poll group (deprecated)", type=int)
-    group.add_argument("--iobuf-small-cache-size", help="Small iobuf cache size", type=int)
+    p.add_argument("--iobuf-small-cache-size", help="Small iobuf cache size", type=int)
     p.add_argument("--iobuf-large-cache-size", help="Large iobuf cache size", type=int)
     p.add_argument("-z", "--zcopy", action="store_true", help="Use zero-copy operations if the "
                    "underlying bdev supports them")
@@ -264,8 +276,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("-a", "--anagrpid", help="ANA group ID", type=int)
     p.add_argument("-i", "--no-auto-visible", action="store_true",
                    help="Don't auto attach this namespace to any controller")
-    p.add_argument("-N", "--hide-metadata", action="store_true",
-                   help="Enable hide_metadata option to the bdev (deprecated)")
 
     p = cmd("nvmf_subsystem_remove_ns", partial(_simple, "nvmf_subsystem_remove_ns"),
             "Remove a namespace to an NVMe-oF subsystem")
