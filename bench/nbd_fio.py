@@ -1,7 +1,7 @@
 """pybdev's network NBD export against nbdkit and qemu-nbd, measured with fio's nbd engine.
 
 All servers export a RAM-backed disk over a Unix socket: pybdev a malloc bdev
-(``nbd_start_disk``), ``nbdkit memory`` (sparse allocator, as in shared/spec/nbd-perf.md),
+(``nbd_start_disk``), ``nbdkit memory`` (its sparse allocator),
 ``qemu-nbd`` on a file in /dev/shm (``--cache=writeback``).  Each disk is filled once
 (so no server pays first-write allocation in the timed runs), then the workloads run
 ``--rounds`` times, servers interleaved within a round; figures are medians over rounds,

@@ -9,6 +9,9 @@ What a careless or hostile local client can make the target hold, measured on it
 3. all the while, one client writes patterned blocks and reads them back, counting
    verified operations and mismatches (there must be none).
 
+The disk is written once before the baseline, so its pages (the malloc bdev's RAM, which
+is allocated lazily) do not count as the server's.
+
 RSS is sampled every second and printed as a table, then a summary: RSS before, peak, after
 everything closed, and memory per idle connection. ``--json FILE`` keeps the samples.
 
@@ -103,8 +106,21 @@ async def verifier(host: str, port: int, stop: asyncio.Event, counts: dict[str, 
     writer.close()
 
 
+async def prefill(host: str, port: int) -> None:
+    """Write the whole disk once, so its RAM is resident before the baseline is taken."""
+    reader, writer = await handshake(host, port)
+    chunk = bytes(1 << 20)
+    for i in range(SIZE // len(chunk)):
+        writer.write(REQUEST.pack(REQUEST_MAGIC, 0, CMD_WRITE, i, i * len(chunk), len(chunk))
+                     + chunk)
+        _, error, _ = REPLY.unpack(await reader.readexactly(REPLY.size))
+        assert not error, error
+    writer.close()
+
+
 async def soak(pid: int, args: argparse.Namespace) -> dict[str, Any]:
     host = "127.0.0.1"
+    await prefill(host, args.port)
     samples: list[dict[str, Any]] = []
     counts = {"verified": 0, "mismatches": 0, "errors": 0}
     stop = asyncio.Event()
@@ -116,6 +132,9 @@ async def soak(pid: int, args: argparse.Namespace) -> dict[str, Any]:
     idle_open = len(conns)
     after_idle = rss(pid)
     await stalled(host, args.port, args.stalled, conns)
+    stalled_open = len(conns) - idle_open
+    await asyncio.sleep(1)
+    after_stalled = rss(pid)
     print(f"{'t (s)':>6} {'RSS (MiB)':>10} {'verified':>9}")
     while time.monotonic() - start < args.seconds:
         samples.append({"t": round(time.monotonic() - start, 1), "rss": rss(pid),
@@ -132,7 +151,8 @@ async def soak(pid: int, args: argparse.Namespace) -> dict[str, Any]:
         "rss_before": base, "rss_peak": max(s["rss"] for s in samples),
         "rss_after_close": rss(pid), "idle_connections": idle_open,
         "bytes_per_idle_connection": (after_idle - base) // max(idle_open, 1),
-        "stalled_writers": args.stalled, **counts, "samples": samples,
+        "stalled_writers": stalled_open, "rss_after_stalled": after_stalled,
+        **counts, "samples": samples,
     }
 
 
@@ -165,8 +185,13 @@ def main() -> int:
             {"subsystem": "nbd", "config": [{"method": "nbd_start_disk", "params": {
                 "bdev_name": EXPORT, "nbd_device": f"nbd://127.0.0.1:{args.port}/{EXPORT}"}}]},
         ]}))
+        # Limits raised so that every idle connection stays for the whole run and is
+        # measured (the defaults would refuse them past 256 and close them after 10 s).
         target = subprocess.Popen([sys.executable, "-m", "pybdev", "-r", f"{tmp}/s.sock",
-                                   "--json", str(config), "--log-level", "WARNING"], cwd=ROOT)
+                                   "--json", str(config), "--log-level", "ERROR",
+                                   "--nbd-max-connections", str(args.idle + args.stalled + 8),
+                                   "--nbd-handshake-timeout", str(args.seconds + 60)],
+                                  cwd=ROOT)
         try:
             wait_listening(target, args.port)
             result = asyncio.run(soak(target.pid, args))

@@ -1,4 +1,6 @@
-"""``--json FILE`` at start-up: read the file and replay it in two passes (spec §3.5).
+"""``--json FILE`` at start-up: read the file and replay it in two passes.
+
+As SPDK's ``lib/init/json_config.c`` does it.
 
 Pass 1 runs in STARTUP and sends only methods allowed in STARTUP; pass 2 runs after
 subsystem init and sends the RUNTIME-only methods. A batch goes in one pass, as one

@@ -813,7 +813,9 @@ class BdevLayer:
 
     def register(self, bdev: Bdev) -> None:
         """Add ``bdev`` under its name and UUID alias, then run examine. -EEXIST on clash."""
-        names = [bdev.name] + ([bdev.uuid] if bdev.uuid != bdev.name else [])
+        # Aliases a module set before registering (an lvol's "lvs/lvol") come after the UUID.
+        extra = [a for a in bdev.aliases if a not in (bdev.name, bdev.uuid)]
+        names = [bdev.name] + ([bdev.uuid] if bdev.uuid != bdev.name else []) + extra
         for n in names:
             if n in self._names:
                 log.error("Bdev name %s already exists", n)
@@ -872,6 +874,20 @@ class BdevLayer:
         desc = Descriptor(bdev, write, event_cb, self)
         bdev.descriptors.add(desc)
         return desc
+
+    # -- aliases ----------------------------------------------------------------------
+    def add_alias(self, bdev: Bdev, alias: str) -> None:
+        """Give ``bdev`` another name (SPDK's ``spdk_bdev_alias_add``); -EEXIST on a clash."""
+        if alias in self._names:
+            raise OperationError(errno.EEXIST, f"bdev name or alias {alias} already exists")
+        self._names[alias] = bdev
+        bdev.aliases.append(alias)
+
+    def remove_alias(self, bdev: Bdev, alias: str) -> None:
+        if self._names.get(alias) is bdev:
+            del self._names[alias]
+        if alias in bdev.aliases:
+            bdev.aliases.remove(alias)
 
     @staticmethod
     def _claimed(bdev: Bdev, detail: str, code: int = errno.EPERM) -> OperationError:

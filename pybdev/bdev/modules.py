@@ -11,6 +11,7 @@ from pybdev.bdev.aio import AioModule
 from pybdev.bdev.core import BdevModule
 from pybdev.bdev.delay import DelayModule
 from pybdev.bdev.error import ErrorModule
+from pybdev.bdev.lvol.module import LvolModule
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.nbd import NbdModule
 from pybdev.bdev.null import NullModule
@@ -21,6 +22,6 @@ from pybdev.bdev.split import SplitModule
 # SPDK's link order (mk/spdk.modules.mk); BdevLayer.add_module then moves the modules with
 # examine (passthru, error, split, delay) to the head, reversed, as SPDK's list does.
 BUILTIN_MODULES: tuple[type[BdevModule], ...] = (
-    MallocModule, NullModule, PassthruModule, ErrorModule, SplitModule, DelayModule,
-    AioModule, NbdModule, RbdModule,
+    MallocModule, NullModule, PassthruModule, LvolModule, ErrorModule, SplitModule,
+    DelayModule, AioModule, NbdModule, RbdModule,
 )

@@ -1,7 +1,7 @@
 """``scripts/rpc.py``: a command line argument-compatible with SPDK's ``rpc.py``.
 
 Standard library only, so the script runs with any Python 3.11 even outside the venv.
-Each subsystem adds its commands in its own module here (``framework``, ``bdev``, ``nbd``,
+Each subsystem adds its commands in its own module here (``framework``, ``bdev``, ``lvol``, ``nbd``,
 ``ublk``, ``rbd``) through ``add_parsers(subparsers)``; a command's ``func(args)`` calls
 ``args.client.call(...)`` and prints with :mod:`pybdev.cli.output`. Installed plugins add
 theirs through the entry-point group ``pybdev.cli`` (docs/plugins.md).
@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn, TextIO
 
-from pybdev.cli import accel, bdev, framework, log, nbd, nvmf, output, rbd, ublk
+from pybdev.cli import accel, bdev, framework, log, lvol, nbd, nvmf, output, rbd, ublk
 from pybdev.rpc.client import DEFAULT_ADDR, DEFAULT_PORT, JsonRpcException, RpcClient
 
 AddParsers = Callable[[Any], None]
 BUILTIN_COMMANDS: tuple[AddParsers, ...] = (
     framework.add_parsers, log.add_parsers, accel.add_parsers, bdev.add_parsers,
-    nbd.add_parsers, ublk.add_parsers, rbd.add_parsers, nvmf.add_parsers,
+    lvol.add_parsers, nbd.add_parsers, ublk.add_parsers, rbd.add_parsers, nvmf.add_parsers,
 )
 CLI_ENTRY_POINT_GROUP = "pybdev.cli"
 

@@ -1,4 +1,4 @@
-"""nbd RPCs with SPDK's params, results and codes (spec §5), extended to network exports.
+"""nbd RPCs with SPDK's params, results and codes (SPDK's lib/nbd), extended to network exports.
 
 ``nbd_start_disk {bdev_name, nbd_device?}``: ``nbd_device`` may be an NBD URI
 (``nbd://HOST[:PORT]/NAME``, ``nbd+unix:///NAME?socket=PATH``) for a network export, or

@@ -27,7 +27,14 @@ from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import NbdExport
 from pybdev.nbd.kernel import KernelExport
 from pybdev.nbd.rpc import RPC
-from pybdev.nbd.server import NetworkExport, NetworkServer
+from pybdev.nbd.server import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_BUFFERED,
+    DEFAULT_MAX_CONNECTIONS,
+    MIB,
+    NetworkExport,
+    NetworkServer,
+)
 from pybdev.proto.nbd import uri as nbd_uri
 from pybdev.subsystem import Config, Subsystem
 
@@ -37,6 +44,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("pybdev.nbd")
 
 STOP_TIMEOUT = 10.0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 class NbdSubsystem(Subsystem):
@@ -58,9 +72,26 @@ class NbdSubsystem(Subsystem):
                             help="let nbd_start_disk serve NBD on non-loopback addresses "
                                  "(no TLS, no authentication)")
 
+        parser.add_argument("--nbd-max-connections", type=_positive_int,
+                            default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                            help="NBD network clients per listener; more are refused "
+                                 f"(default {DEFAULT_MAX_CONNECTIONS})")
+        parser.add_argument("--nbd-handshake-timeout", type=float,
+                            default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="SECONDS",
+                            help="close an NBD client that has not finished its handshake "
+                                 f"(default {DEFAULT_HANDSHAKE_TIMEOUT:.0f})")
+        parser.add_argument("--nbd-max-buffered-mb", type=_positive_int,
+                            default=DEFAULT_MAX_BUFFERED // MIB, metavar="MIB",
+                            help="write payload the NBD server buffers across all its clients "
+                                 f"(default {DEFAULT_MAX_BUFFERED // MIB})")
+
     def configure(self, options: argparse.Namespace) -> None:
         self.allow_remote = options.nbd_allow_remote
-        self.network.allow_remote = self.allow_remote
+        network = self.network
+        network.allow_remote = self.allow_remote
+        network.max_connections = options.nbd_max_connections
+        network.handshake_timeout = options.nbd_handshake_timeout
+        network.budget.cap = options.nbd_max_buffered_mb * MIB
 
     # -- Python API ------------------------------------------------------------------------
     async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> NbdExport:

@@ -1,9 +1,9 @@
 """A JSON-RPC client for pybdev and SPDK targets (standard library only).
 
 Used by ``scripts/rpc.py`` and the tests. It speaks the transport as SPDK's Python client
-does (spec §1.9): one connection, ids counting up from 1, requests sent as indented JSON
-with no newline, responses read until one complete JSON value has arrived. Addresses: a
-Unix socket path, an IP address with a port, or an ``http(s)://`` URL (see
+does (``python/spdk/rpc/client.py``): one connection, ids counting up from 1, requests
+sent as indented JSON with no newline, responses read until one complete JSON value has
+arrived. Addresses: a Unix socket path, an IP address with a port, or an ``http(s)://`` URL (see
 :mod:`pybdev.rpc.http_client` where present).
 """
 

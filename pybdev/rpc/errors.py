@@ -1,15 +1,13 @@
 """JSON-RPC error codes and the exception handlers raise to answer with an error.
 
-Codes follow SPDK (spec §1.7): envelope errors in the -32xxx range, ``-errno`` with the
-glibc ``strerror`` text for failed operations, and -1 for a call in the wrong state.
-Messages start with SPDK's text; pybdev may add a precise detail after ``": "``.
+Codes follow SPDK (``include/spdk/jsonrpc.h``): envelope errors in the -32xxx range,
+``-errno`` with the glibc ``strerror`` text for failed operations, and -1 for a call in the
+wrong state. Messages start with SPDK's text; pybdev may add a precise detail after ``": "``.
 """
 
 from __future__ import annotations
 
 import os
-
-from pybdev.errors import OperationError  # noqa: F401  (re-exported until every importer moved)
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

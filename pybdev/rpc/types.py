@@ -1,4 +1,4 @@
-"""Parameter types with SPDK's decoding rules (spec §1.8) for pydantic models.
+"""Parameter types with SPDK's decoding rules (``lib/util/json_util.c``) for pydantic models.
 
 Integers must be JSON numbers; an integral float such as ``1.0`` or ``1e3`` is accepted as
 an integer (SPDK normalises the exponent), ``1.5`` and strings are not. Booleans must be

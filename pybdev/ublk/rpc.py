@@ -1,4 +1,4 @@
-"""ublk RPC methods (spec §6.1): thin handlers over :mod:`pybdev.ublk.target`."""
+"""ublk RPC methods (SPDK's lib/ublk/ublk_rpc.c): thin handlers over :mod:`pybdev.ublk.target`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""aio (file and block device) through the Python API (spec §4.9)."""
+"""aio (file and block device) through the Python API (SPDK's module/bdev/aio)."""
 
 from __future__ import annotations
 

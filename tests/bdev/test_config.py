@@ -1,4 +1,4 @@
-"""save_config of the bdev subsystem and its round trip (spec §3), SPDK's rpc_batching.sh."""
+"""save_config of the bdev subsystem and its round trip, as SPDK's rpc_batching.sh checks."""
 
 from __future__ import annotations
 

@@ -325,6 +325,9 @@ class Recorder(Bdev):
 
 def recorder(layer: BdevLayer, **kw: Any) -> tuple[Recorder, Descriptor]:
     b = Recorder(**kw)
+    # No examine: the lvol module's would read the first blocks, and the log is to hold
+    # this test's requests only.
+    layer.options["bdev_auto_examine"] = False
     layer.register(b)
     return b, layer.open(b.name, write=True)
 

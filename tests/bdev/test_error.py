@@ -1,4 +1,4 @@
-"""The error injection vbdev through the Python API (spec §4.12)."""
+"""The error injection vbdev through the Python API (SPDK's module/bdev/error)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""malloc through the Python API: data, zeros, naming and validation (spec §4.7)."""
+"""malloc through the Python API: data, zeros, naming and validation (SPDK's module/bdev/malloc)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""null through the Python API (spec §4.8)."""
+"""null through the Python API (SPDK's module/bdev/null)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""passthru through the Python API (spec §4.11)."""
+"""passthru through the Python API (SPDK's module/bdev/passthru)."""
 
 from __future__ import annotations
 

@@ -228,7 +228,7 @@ async def test_parts_share_one_claim_and_roll_back_together(layer: BdevLayer) ->
 async def test_module_order_puts_examine_modules_first(layer: BdevLayer) -> None:
     # SPDK's spdk_bdev_module_list_add inserts them at the head in link order.
     assert [m.name for m in layer.modules] == [
-        "delay", "split", "error", "passthru", "malloc", "null", "aio", "nbd", "rbd"]
+        "delay", "split", "error", "lvol", "passthru", "malloc", "null", "aio", "nbd", "rbd"]
 
 
 async def test_passthru_refuses_an_exported_base_and_builds_after(layer: BdevLayer) -> None:

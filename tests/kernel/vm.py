@@ -1,8 +1,8 @@
 """Run commands inside a small VM whose kernel has ``nbd.ko`` and ``ublk_drv.ko``.
 
 The development and CI machines' kernel has neither driver and loads no modules, so kernel
-tests (``/dev/nbdX``, ``/dev/ublkbN``) run in a throwaway QEMU guest (facts in
-``shared/spec/kernel-vm.md``). The guest sees the host's whole root file system read-only
+tests (``/dev/nbdX``, ``/dev/ublkbN``) run in a throwaway QEMU guest (docs/development.md,
+"Kernel tests"). The guest sees the host's whole root file system read-only
 (over 9p) under a tmpfs overlay, so the repository and its ``.venv`` run there as they are.
 
 What the guest looks like to a command run by :func:`run_in_vm`:

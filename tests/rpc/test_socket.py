@@ -1,4 +1,4 @@
-"""The Unix-socket transport of a real target, over raw sockets (spec §1.1-1.6)."""
+"""The Unix-socket transport of a real target, over raw sockets (SPDK's lib/rpc and lib/jsonrpc)."""
 
 from __future__ import annotations
 

@@ -101,9 +101,15 @@ def parse_requests(
     pos: int = 0,
     end: int | None = None,
     max_write: int = DEFAULT_MAX_BLOCK_SIZE,
+    max_bytes: int = 1 << 62,
     _unpack: Callable[[Buffer, int], tuple[int, ...]] = REQUEST.unpack_from,
 ) -> tuple[list[Request], int, int]:
-    """Parse every complete request in ``buf[pos:end]``.
+    """Parse the complete requests in ``buf[pos:end]``.
+
+    Parsing stops early, after at least one request, once the requests parsed ask for
+    ``max_bytes`` or more of data (their ``length`` summed): a server bounds what one
+    batch may make it hold that way. Then ``need`` is 0 while ``pos < end``, and the
+    requests from ``pos`` are still complete and waiting.
 
     Returns ``(requests, pos, need)``:
 
@@ -135,7 +141,10 @@ def parse_requests(
     requests: list[Request] = []
     append = requests.append
     view: memoryview | None = None
+    budget = max_bytes
     while end - pos >= 28:
+        if budget <= 0:
+            return requests, pos, 0
         magic, flags, typ, cookie, offset, length = _unpack(buf, pos)
         if magic != 0x25609513:  # NBD_REQUEST_MAGIC, literal to save a global lookup
             raise ProtocolError(f"bad request magic 0x{magic:08x}", requests, pos)
@@ -154,6 +163,7 @@ def parse_requests(
         else:
             append((typ, flags, cookie, offset, length, None))
             pos += 28
+        budget -= length
     return requests, pos, (28 if pos < end else 0)
 
 

@@ -1,0 +1,691 @@
+"""The lvol bdev module: lvstores found by examine, lvol bdevs, the ``bdev_lvol_*`` RPCs.
+
+An lvstore owns its whole base: the module opens the base for write and claims it
+``read_many_write_one`` (SPDK's ``spdk_bs_bdev_claim``). Each lvol is a bdev named by its
+UUID with the one alias ``lvs/lvol`` (``module/bdev/lvol/vbdev_lvol.c: _create_lvol_disk``).
+Nothing is written to ``save_config``: the stores are on disk, and examine brings them back
+whenever a base with one appears, before ``bdev_wait_for_examine`` answers.
+
+Errors follow ``module/bdev/lvol/vbdev_lvol_rpc.c``: checks made before the operation
+answer ``-errno``; failures of the operation itself answer ``-32602`` with strerror's text
+(``-32603`` for ``bdev_lvol_delete``). Not served (``-32601``): the external
+snapshot methods ``bdev_lvol_clone_bdev`` and ``bdev_lvol_set_parent_bdev``
+(docs/lvol-format.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pybdev.bdev.core import (
+    Bdev,
+    BdevEvent,
+    BdevModule,
+    BdevState,
+    Callback,
+    ClaimType,
+    Descriptor,
+)
+from pybdev.bdev.lvol.check import check_store
+from pybdev.bdev.lvol.store import NAME_MAX, Lvol, LvolStore, read_slots
+from pybdev.bdev.vbdev import StackedBdev
+from pybdev.errors import OperationError
+from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, INVALID_PARAMS, RpcError
+from pybdev.rpc.registry import RpcTable
+from pybdev.rpc.types import U32, U64, NameParams, Params, Str
+
+if TYPE_CHECKING:
+    from pybdev.bdev.core import BdevLayer
+
+RPC = RpcTable()
+log = logging.getLogger("pybdev.bdev.lvol")
+
+MiB = 1 << 20
+T = TypeVar("T")
+
+
+class LvolBdev(StackedBdev):
+    """An lvol as a bdev: requests go straight to the lvol's I/O path.
+
+    A stacked bdev without an attachment: the lvstore, not the vbdev framework's
+    :class:`~pybdev.bdev.vbdev.Attachment`, holds the base (docs/vbdev-framework.md).
+    """
+
+    product_name = "Logical Volume"
+    module_name = "lvol"
+    fua_native = True  # passed to the base (BaseIo emulates it where the base cannot)
+
+    def __init__(self, lvol: Lvol) -> None:
+        store = lvol.store
+        base = store.desc.bdev
+        io_types = {"read", "reset", "seek_data", "seek_hole"}
+        if not lvol.read_only:
+            # As SPDK, fixed at registration: set_read_only makes writes fail with EPERM.
+            io_types |= {"write", "unmap", "write_zeroes"}
+        super().__init__(lvol.uuid, base.block_size, lvol.size // base.block_size, lvol.uuid,
+                         io_types=frozenset(io_types),
+                         physical_block_size=base.physical_block_size,
+                         optimal_io_boundary=store.cluster_size // base.block_size,
+                         numa_id=base.numa_id, max_io_bytes=base.max_io_bytes)
+        self.lvol = lvol
+        # Reads complete with the base's buffers, or with buffers of the lvol's own that
+        # nobody writes again (zeros, joined pieces): the base's promise holds.
+        self.read_buffer = base.read_buffer
+        # The hot path: no frame of our own between the descriptor and the lvol.
+        self.submit_read = lvol.read  # type: ignore[method-assign]
+        self.submit_write = lvol.write  # type: ignore[method-assign]
+        self.submit_unmap = lvol.unmap  # type: ignore[method-assign]
+        self.submit_write_zeroes = lvol.write_zeroes  # type: ignore[method-assign]
+
+    def on_removed(self) -> None:
+        self.lvol.fail_queued(-errno.ENODEV)
+
+    reports_holes = True
+
+    def get_block_status(self, offset: int, length: int, cb: Callback) -> None:
+        """Clusters with no data in the lvol or its parents are holes reading zeros."""
+        lvol = self.lvol
+        store = lvol.store
+        cs = store.cluster_size
+        extents: list[tuple[int, int]] = []
+        pos, end = offset, offset + length
+        while pos < end:
+            idx = pos // cs
+            n = min(end, (idx + 1) * cs) - pos
+            owned = idx < len(lvol.clusters) and lvol.clusters[idx]
+            flags = 0 if owned or store.back_cluster(lvol, idx) else 3
+            if extents and extents[-1][1] == flags:
+                extents[-1] = (extents[-1][0] + n, flags)
+            else:
+                extents.append((n, flags))
+            pos += n
+        cb(0, extents)
+
+    def driver_specific(self) -> dict[str, Any]:
+        lvol = self.lvol
+        store = lvol.store
+        out: dict[str, Any] = {
+            "lvol_store_uuid": store.uuid,
+            "base_bdev": store.desc.bdev.name,
+            "thin_provision": lvol.thin,
+            "num_allocated_clusters": lvol.num_allocated_clusters,
+            "snapshot": lvol.is_snapshot,
+            "clone": lvol.is_clone,
+        }
+        if lvol.parent is not None:
+            out["base_snapshot"] = lvol.parent.name
+        if lvol.children:
+            out["clones"] = sorted(c.name for c in lvol.children)
+        out["esnap_clone"] = False
+        return {"lvol": out}
+
+
+class LvolModule(BdevModule):
+    name = "lvol"
+    rpc = RPC
+
+    def __init__(self, layer: BdevLayer) -> None:
+        super().__init__(layer)
+        self.stores: list[LvolStore] = []
+        self.copies: dict[int, dict[str, Any]] = {}  # shallow copies by operation id
+        self._next_copy = 1
+        self._copy_tasks: set[asyncio.Task[None]] = set()
+
+    # -- finding stores ---------------------------------------------------------------
+    def examine(self, bdev: Bdev) -> Awaitable[None] | None:
+        if bdev.claim_type is not ClaimType.NONE or bdev.state is not BdevState.REGISTERED:
+            return None
+        return self._taste(bdev)
+
+    async def _taste(self, bdev: Bdev) -> None:
+        # Read-only until a store is found: a write descriptor would keep other modules
+        # (passthru, an export's claim) from claiming a bdev that holds no store.
+        try:
+            desc = self.layer.open(bdev.name, write=False)
+        except OperationError:
+            return  # gone meanwhile
+        try:
+            if not await read_slots(desc):
+                desc.close()
+                return
+            store = await LvolStore.load(desc)
+        except OperationError as e:
+            log.info("bdev %s holds no loadable lvstore: %s", bdev.name, e)
+            desc.close()
+            return
+        if any(s.name == store.name for s in self.stores):
+            log.info("lvstore %s on %s not loaded: the name is taken", store.name, bdev.name)
+            desc.close()
+            return
+        try:
+            # The claim makes the descriptor writable (SPDK's spdk_bs_bdev_claim).
+            self.layer.claim(desc, self.name, ClaimType.READ_MANY_WRITE_ONE)
+        except OperationError as e:
+            log.info("lvstore %s on %s not loaded: %s", store.name, bdev.name, e)
+            desc.close()
+            return
+        self._attach(store)
+        report = check_store(store)
+        if not report.ok:
+            log.error("lvstore %s on %s: %s", store.name, bdev.name, "; ".join(report.problems))
+        for lvol in list(store.lvols.values()):
+            try:
+                self._register(lvol)
+            except OperationError as e:
+                log.error("lvol %s of %s not registered: %s", lvol.name, store.name, e)
+        log.info("lvstore %s loaded from %s with %d lvols", store.name, bdev.name,
+                 len(store.lvols))
+
+    def _attach(self, store: LvolStore) -> None:
+        """Take a store whose descriptor holds the claim on its base."""
+        desc = store.desc
+        desc.event_cb = lambda event, _bdev: self._base_event(store, event)
+        self.stores.append(store)
+
+    def _base_event(self, store: LvolStore, event: BdevEvent) -> None:
+        if event is BdevEvent.REMOVE and store in self.stores:
+            store.spawn(self._unload(store))
+
+    async def _unload(self, store: LvolStore) -> None:
+        """The base went away: every lvol bdev goes, then the store lets go of the base."""
+        await self._unregister_all(store)
+        if store in self.stores:
+            self.stores.remove(store)
+        store.desc.close()  # releases the claim
+
+    async def _unregister_all(self, store: LvolStore) -> None:
+        for lvol in reversed(list(store.lvols.values())):
+            bdev = lvol.bdev
+            if bdev is not None and bdev.state is BdevState.REGISTERED:
+                await self.layer.unregister(bdev)
+            lvol.bdev = None
+
+    def _register(self, lvol: Lvol) -> LvolBdev:
+        if self.layer.get(lvol.alias) is not None:
+            raise OperationError(errno.EEXIST, f"bdev name or alias {lvol.alias} already exists")
+        bdev = LvolBdev(lvol)
+        lvol.bdev = bdev
+        # The alias before register: examine of the new bdev (a nested lvstore) may see it.
+        bdev.aliases.append(lvol.alias)
+        try:
+            self.layer.register(bdev)
+        except OperationError:
+            lvol.bdev = None
+            raise
+        return bdev
+
+    # -- lookups ----------------------------------------------------------------------
+    def store_by(self, uuid: str | None, name: str | None) -> LvolStore:
+        """SPDK's ``vbdev_get_lvol_store_by_uuid_xor_name``."""
+        if (uuid is None) == (name is None):
+            raise OperationError(errno.EINVAL)
+        for store in self.stores:
+            if (uuid is not None and store.uuid == uuid.lower()) or store.name == name:
+                return store
+        raise OperationError(errno.ENODEV)
+
+    def lvol_by(self, name: str) -> Lvol:
+        bdev = self.layer.get(name)
+        if not isinstance(bdev, LvolBdev) or bdev.state is not BdevState.REGISTERED:
+            raise OperationError(errno.ENODEV)
+        return bdev.lvol
+
+    # -- lvstores ---------------------------------------------------------------------
+    async def create_lvstore(self, bdev_name: str, lvs_name: str, *, cluster_sz: int = 0,
+                             clear_method: str = "unmap", md_ratio: int = 0,
+                             md_page_size: int = 0) -> str:
+        if not lvs_name or len(lvs_name.encode()) > NAME_MAX:
+            raise OperationError(errno.EINVAL)
+        if md_page_size and (md_page_size < 4096 or md_page_size > 65536
+                             or md_page_size & (md_page_size - 1)):
+            raise OperationError(errno.EINVAL)
+        if self.layer.get(bdev_name) is None:
+            raise OperationError(errno.ENODEV)
+        desc = self.layer.open(bdev_name, write=True)  # -EPERM when claimed
+        try:
+            bs = desc.bdev.block_size
+            if cluster_sz and (cluster_sz < bs or cluster_sz % bs):
+                raise OperationError(errno.EINVAL)
+            if any(s.name == lvs_name for s in self.stores):
+                raise OperationError(errno.EEXIST)
+            # Claimed before the first write, so nothing else opens it for write meanwhile.
+            self.layer.claim(desc, self.name, ClaimType.READ_MANY_WRITE_ONE)
+            store = await _completion(LvolStore.create(
+                desc, lvs_name, cluster_size=cluster_sz, clear_method=clear_method,
+                md_ratio=md_ratio, md_page_size=md_page_size))
+        except BaseException:
+            desc.close()  # releases the claim
+            raise
+        self._attach(store)
+        return store.uuid
+
+    async def delete_lvstore(self, store: LvolStore) -> None:
+        await self._unregister_all(store)
+        await _completion(store.destroy())
+        if store in self.stores:
+            self.stores.remove(store)
+        store.desc.close()  # releases the claim
+
+    async def rename_lvstore(self, old_name: str, new_name: str) -> None:
+        store = next((s for s in self.stores if s.name == old_name), None)
+        if store is None:
+            raise RpcError(-errno.ENOENT, f"Lvol store {old_name} not found")
+        if new_name == old_name:
+            return
+        if any(s.name == new_name for s in self.stores):
+            raise _async_error(errno.EEXIST)
+        old_aliases = {lvol.uuid: lvol.alias for lvol in store.lvols.values()}
+        await _completion(store.rename(new_name))
+        for lvol in store.lvols.values():
+            if lvol.bdev is not None:
+                self.layer.remove_alias(lvol.bdev, old_aliases[lvol.uuid])
+                self.layer.add_alias(lvol.bdev, lvol.alias)
+
+    def lvstore_info(self, store: LvolStore) -> dict[str, Any]:
+        geo = store.geometry
+        return {
+            "uuid": store.uuid,
+            "name": store.name,
+            "base_bdev": store.desc.bdev.name,
+            "total_data_clusters": geo.data_clusters,
+            "free_clusters": store.free_clusters,
+            "block_size": store.block_size,
+            "cluster_size": geo.cluster_size,
+            "max_growable_size": geo.max_growable_size,
+        }
+
+    # -- lvols ------------------------------------------------------------------------
+    async def create_lvol(self, store: LvolStore, name: str, size: int, *, thin: bool,
+                          clear_method: str) -> str:
+        if not name or len(name.encode()) > NAME_MAX:
+            raise OperationError(errno.EINVAL)
+        if store.find(name) is not None:
+            raise OperationError(errno.EEXIST)
+        lvol = await _completion(store.create_lvol(name, size, thin=thin,
+                                                   clear_method=clear_method))
+        await self._register_or_delete(lvol)
+        return lvol.uuid
+
+    async def _register_or_delete(self, lvol: Lvol) -> None:
+        try:
+            self._register(lvol)
+        except OperationError as e:
+            await lvol.store.delete_lvol(lvol)
+            raise _async_error(e.errno) from e
+
+    async def snapshot(self, lvol: Lvol, name: str) -> str:
+        snap = await _completion(lvol.store.snapshot(lvol, name))
+        await self._register_or_delete(snap)
+        return snap.uuid
+
+    async def clone(self, source: Lvol, name: str) -> str:
+        clone = await _completion(source.store.clone(source, name))
+        await self._register_or_delete(clone)
+        return clone.uuid
+
+    async def rename_lvol(self, lvol: Lvol, new_name: str) -> None:
+        if new_name == lvol.name:
+            return
+        if lvol.read_only:
+            raise _async_error(errno.EPERM)
+        if not new_name or len(new_name.encode()) > NAME_MAX:
+            raise _async_error(errno.EINVAL)
+        store = lvol.store
+        new_alias = f"{store.name}/{new_name}"
+        if self.layer.get(new_alias) is not None or store.find(new_name) is not None:
+            raise _async_error(errno.EEXIST)
+        old_alias = lvol.alias
+        await _completion(store.rename_lvol(lvol, new_name))
+        if lvol.bdev is not None:
+            self.layer.remove_alias(lvol.bdev, old_alias)
+            self.layer.add_alias(lvol.bdev, new_alias)
+
+    async def resize(self, lvol: Lvol, size: int) -> None:
+        await _completion(lvol.store.resize(lvol, size))
+        if lvol.bdev is not None:
+            self.layer.resize(lvol.bdev, lvol.size // lvol.bdev.block_size)
+
+    async def delete_lvol(self, lvol: Lvol) -> None:
+        if len(lvol.children) > 1:
+            raise RpcError(INTERNAL_ERROR, os.strerror(errno.EPERM))
+        bdev = lvol.bdev
+        if bdev is not None and bdev.state is BdevState.REGISTERED:
+            await self.layer.unregister(bdev)
+        lvol.bdev = None
+        try:
+            await lvol.store.delete_lvol(lvol)
+        except OperationError as e:
+            raise RpcError(INTERNAL_ERROR, os.strerror(e.errno)) from e
+
+    # -- shallow copy -----------------------------------------------------------------
+    def start_shallow_copy(self, src: Lvol, dst_name: str) -> int:
+        """Copy the clusters ``src`` owns to the same offsets of ``dst_name``, in the
+        background (SPDK's ``spdk_bs_blob_shallow_copy``); the operation id."""
+        try:
+            desc = self.layer.open(dst_name, write=True)
+        except OperationError as e:
+            raise _async_error(e.errno) from e
+        try:
+            self.layer.claim(desc, self.name, ClaimType.READ_MANY_WRITE_ONE)
+        except OperationError as e:
+            desc.close()
+            raise _async_error(e.errno) from e
+        op_id = self._next_copy
+        self._next_copy += 1
+        op: dict[str, Any] = {"copied_clusters": 0,
+                              "total_clusters": src.num_allocated_clusters,
+                              "state": "in progress"}
+        self.copies[op_id] = op
+        task = asyncio.get_running_loop().create_task(self._shallow_copy(src, desc, op))
+        self._copy_tasks.add(task)
+        task.add_done_callback(self._copy_tasks.discard)
+        return op_id
+
+    async def _shallow_copy(self, src: Lvol, dst: Descriptor, op: dict[str, Any]) -> None:
+        store = src.store
+        cs = store.cluster_size
+        try:
+            # Checked after the start answered, as SPDK does (failures show in check).
+            if not src.read_only:
+                raise OperationError(errno.EPERM)
+            if dst.bdev.size < src.size or store.block_size % dst.bdev.block_size:
+                raise OperationError(errno.EINVAL)
+            step = min(cs, 1 << 20)
+            for idx, phys in enumerate(list(src.clusters)):
+                if not phys:
+                    continue
+                for at in range(0, cs, step):
+                    data = await store.desc.read_async(phys * cs + at, step)
+                    await dst.write_async(idx * cs + at, data)
+                op["copied_clusters"] += 1
+            op["state"] = "complete"
+        except OperationError as e:
+            op["state"] = "error"
+            op["error"] = os.strerror(e.errno)
+        finally:
+            dst.close()  # releases the claim
+
+    def check_shallow_copy(self, op_id: int) -> dict[str, Any]:
+        op = self.copies.get(op_id)
+        if op is None:
+            raise OperationError(errno.ENODEV)
+        if op["state"] != "in progress":
+            del self.copies[op_id]  # reported once, then forgotten
+        return dict(op)
+
+    def lvol_info(self, lvol: Lvol) -> dict[str, Any]:
+        store = lvol.store
+        return {
+            "alias": lvol.alias,
+            "uuid": lvol.uuid,
+            "name": lvol.name,
+            "is_thin_provisioned": lvol.thin,
+            "is_snapshot": lvol.is_snapshot,
+            "is_clone": lvol.is_clone,
+            "is_esnap_clone": False,
+            "is_degraded": False,
+            "num_allocated_clusters": lvol.num_allocated_clusters,
+            "lvs": {"name": store.name, "uuid": store.uuid},
+        }
+
+    def write_config(self) -> list[Any]:
+        return []  # "configuration is saved on physical device" (vbdev_lvol.c)
+
+    async def fini(self) -> None:
+        for store in list(self.stores):
+            store.desc.close()
+        self.stores.clear()
+
+
+def _async_error(err: int) -> RpcError:
+    """A failure of the operation itself: -32602 with strerror's text (vbdev_lvol_rpc.c)."""
+    return RpcError(INVALID_PARAMS, os.strerror(err))
+
+
+async def _completion(aw: Awaitable[T]) -> T:
+    try:
+        return await aw
+    except OperationError as e:
+        raise _async_error(e.errno) from e
+
+
+# -- RPC methods -------------------------------------------------------------------------
+DECODE = (INTERNAL_ERROR, DECODE_FAILED)
+
+
+class CreateLvstoreParams(Params):
+    bdev_name: Str
+    lvs_name: Str
+    cluster_sz: U32 = 0
+    clear_method: Literal["none", "unmap", "write_zeroes"] = "unmap"
+    num_md_pages_per_cluster_ratio: U32 = 0
+    md_page_size: U32 = 0
+
+
+@RPC.method("bdev_lvol_create_lvstore", CreateLvstoreParams, decode_error=DECODE,
+            result={"type": "string", "format": "uuid"})
+async def bdev_lvol_create_lvstore(module: LvolModule, p: CreateLvstoreParams) -> str:
+    """Create an lvstore on a bdev; answers its UUID."""
+    return await module.create_lvstore(
+        p.bdev_name, p.lvs_name, cluster_sz=p.cluster_sz, clear_method=p.clear_method,
+        md_ratio=p.num_md_pages_per_cluster_ratio, md_page_size=p.md_page_size)
+
+
+class LvstoreSelector(Params):
+    uuid: Str | None = None
+    lvs_name: Str | None = None
+
+
+@RPC.method("bdev_lvol_delete_lvstore", LvstoreSelector, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_delete_lvstore(module: LvolModule, p: LvstoreSelector) -> bool:
+    """Delete an lvstore and every lvol on it."""
+    await module.delete_lvstore(module.store_by(p.uuid, p.lvs_name))
+    return True
+
+
+@RPC.method("bdev_lvol_get_lvstores", LvstoreSelector, decode_error=DECODE,
+            result={"type": "array", "items": {"type": "object"}})
+def bdev_lvol_get_lvstores(module: LvolModule, p: LvstoreSelector) -> list[dict[str, Any]]:
+    """List lvstores (all, or one by UUID or name)."""
+    if p.uuid is None and p.lvs_name is None:
+        return [module.lvstore_info(s) for s in module.stores]
+    return [module.lvstore_info(module.store_by(p.uuid, p.lvs_name))]
+
+
+class RenameParams(Params):
+    old_name: Str
+    new_name: Str
+
+
+@RPC.method("bdev_lvol_rename_lvstore", RenameParams, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_rename_lvstore(module: LvolModule, p: RenameParams) -> bool:
+    """Rename an lvstore; every lvol alias follows."""
+    await module.rename_lvstore(p.old_name, p.new_name)
+    return True
+
+
+@RPC.method("bdev_lvol_grow_lvstore", LvstoreSelector, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_grow_lvstore(module: LvolModule, p: LvstoreSelector) -> bool:
+    """Grow an lvstore to its base's current size."""
+    await _completion(module.store_by(p.uuid, p.lvs_name).grow())
+    return True
+
+
+class CreateLvolParams(Params):
+    lvol_name: Str
+    size_in_mib: U64
+    thin_provision: bool = False
+    uuid: Str | None = None
+    lvs_name: Str | None = None
+    clear_method: Literal["default", "none", "unmap", "write_zeroes"] = "default"
+
+
+@RPC.method("bdev_lvol_create", CreateLvolParams, decode_error=DECODE,
+            result={"type": "string", "format": "uuid"})
+async def bdev_lvol_create(module: LvolModule, p: CreateLvolParams) -> str:
+    """Create an lvol (thick, or thin with ``thin_provision``); answers its UUID."""
+    store = module.store_by(p.uuid, p.lvs_name)
+    return await module.create_lvol(store, p.lvol_name, p.size_in_mib * MiB,
+                                     thin=p.thin_provision, clear_method=p.clear_method)
+
+
+class SnapshotParams(Params):
+    lvol_name: Str
+    snapshot_name: Str
+
+
+@RPC.method("bdev_lvol_snapshot", SnapshotParams, decode_error=DECODE,
+            result={"type": "string", "format": "uuid"})
+async def bdev_lvol_snapshot(module: LvolModule, p: SnapshotParams) -> str:
+    """Snapshot an lvol; answers the snapshot's UUID."""
+    return await module.snapshot(module.lvol_by(p.lvol_name), p.snapshot_name)
+
+
+class CloneParams(Params):
+    snapshot_name: Str
+    clone_name: Str
+
+
+@RPC.method("bdev_lvol_clone", CloneParams, decode_error=DECODE,
+            result={"type": "string", "format": "uuid"})
+async def bdev_lvol_clone(module: LvolModule, p: CloneParams) -> str:
+    """Clone a snapshot (or read-only lvol); answers the clone's UUID."""
+    return await module.clone(module.lvol_by(p.snapshot_name), p.clone_name)
+
+
+@RPC.method("bdev_lvol_rename", RenameParams, decode_error=DECODE, result={"type": "boolean"})
+async def bdev_lvol_rename(module: LvolModule, p: RenameParams) -> bool:
+    """Rename an lvol (found by UUID or alias)."""
+    await module.rename_lvol(module.lvol_by(p.old_name), p.new_name)
+    return True
+
+
+class ResizeParams(Params):
+    name: Str
+    size_in_mib: U64
+
+
+@RPC.method("bdev_lvol_resize", ResizeParams, decode_error=DECODE, result={"type": "boolean"})
+async def bdev_lvol_resize(module: LvolModule, p: ResizeParams) -> bool:
+    """Resize an lvol (rounded up to whole clusters)."""
+    await module.resize(module.lvol_by(p.name), p.size_in_mib * MiB)
+    return True
+
+
+@RPC.method("bdev_lvol_set_read_only", NameParams, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_set_read_only(module: LvolModule, p: NameParams) -> bool:
+    """Make an lvol read-only, for good."""
+    lvol = module.lvol_by(p.name)
+    await _completion(lvol.store.set_read_only(lvol))
+    return True
+
+
+@RPC.method("bdev_lvol_delete", NameParams, decode_error=DECODE, result={"type": "boolean"})
+async def bdev_lvol_delete(module: LvolModule, p: NameParams) -> bool:
+    """Delete an lvol; a snapshot with one clone is merged into it."""
+    await module.delete_lvol(module.lvol_by(p.name))
+    return True
+
+
+@RPC.method("bdev_lvol_inflate", NameParams, decode_error=DECODE, result={"type": "boolean"})
+async def bdev_lvol_inflate(module: LvolModule, p: NameParams) -> bool:
+    """Allocate every cluster of an lvol and drop its parent: it becomes thick."""
+    lvol = module.lvol_by(p.name)
+    await _completion(lvol.store.inflate(lvol))
+    return True
+
+
+@RPC.method("bdev_lvol_decouple_parent", NameParams, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_decouple_parent(module: LvolModule, p: NameParams) -> bool:
+    """Copy the parent's own clusters into an lvol; its grandparent becomes its parent."""
+    lvol = module.lvol_by(p.name)
+    await _completion(lvol.store.decouple_parent(lvol))
+    return True
+
+
+class SetParentParams(Params):
+    lvol_name: Str
+    parent_name: Str
+
+
+@RPC.method("bdev_lvol_set_parent", SetParentParams, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_set_parent(module: LvolModule, p: SetParentParams) -> bool:
+    """Make a snapshot the parent of a thin lvol; the lvol keeps the clusters it owns."""
+    lvol = module.lvol_by(p.lvol_name)
+    parent = module.lvol_by(p.parent_name)
+    await _completion(lvol.store.set_parent(lvol, parent))
+    return True
+
+
+class StartShallowCopyParams(Params):
+    src_lvol_name: Str
+    dst_bdev_name: Str
+
+
+@RPC.method("bdev_lvol_start_shallow_copy", StartShallowCopyParams, decode_error=DECODE,
+            result={"type": "object"})
+def bdev_lvol_start_shallow_copy(module: LvolModule,
+                                 p: StartShallowCopyParams) -> dict[str, Any]:
+    """Start copying the clusters a read-only lvol owns onto a bdev; answers an operation id."""
+    src = module.lvol_by(p.src_lvol_name)
+    return {"operation_id": module.start_shallow_copy(src, p.dst_bdev_name)}
+
+
+class CheckShallowCopyParams(Params):
+    operation_id: U32
+
+
+@RPC.method("bdev_lvol_check_shallow_copy", CheckShallowCopyParams, decode_error=DECODE,
+            result={"type": "object"})
+def bdev_lvol_check_shallow_copy(module: LvolModule,
+                                 p: CheckShallowCopyParams) -> dict[str, Any]:
+    """The progress of a shallow copy; a finished one is reported once."""
+    return module.check_shallow_copy(p.operation_id)
+
+
+class GetLvolsParams(Params):
+    lvs_uuid: Str | None = None
+    lvs_name: Str | None = None
+
+
+@RPC.method("bdev_lvol_get_lvols", GetLvolsParams, decode_error=DECODE,
+            result={"type": "array", "items": {"type": "object"}})
+def bdev_lvol_get_lvols(module: LvolModule, p: GetLvolsParams) -> list[dict[str, Any]]:
+    """List lvols (all, or those of one lvstore)."""
+    if p.lvs_uuid is None and p.lvs_name is None:
+        stores = module.stores
+    else:
+        stores = [module.store_by(p.lvs_uuid, p.lvs_name)]
+    return [module.lvol_info(v) for s in stores for v in s.lvols.values() if not v.deleted]
+
+
+class CheckParams(Params):
+    uuid: Str | None = None
+    lvs_name: Str | None = None
+
+
+@RPC.method("bdev_lvol_check_lvstore", CheckParams, decode_error=DECODE,
+            result={"type": "object"})
+async def bdev_lvol_check_lvstore(module: LvolModule, p: CheckParams) -> dict[str, Any]:
+    """pybdev only: check an lvstore's consistency (in memory and as on disk); a report."""
+    store = module.store_by(p.uuid, p.lvs_name)
+    async with store.op_lock:
+        memory = check_store(store)
+        disk_store = await _completion(LvolStore.load(store.desc))
+        disk = check_store(disk_store)
+    out = memory.to_json()
+    out["on_disk"] = disk.to_json()
+    out["ok"] = memory.ok and disk.ok
+    return out
+
