@@ -23,6 +23,7 @@ from pybdev.bdev.modules import BUILTIN_MODULES
 from pybdev.bdev.subsystem import BdevSubsystem
 from pybdev.iobuf import IobufSubsystem
 from pybdev.nbd.subsystem import NbdSubsystem
+from pybdev.nvmf.subsystem import NvmfSubsystem
 from pybdev.scheduler import SchedulerSubsystem
 from pybdev.subsystem import Subsystem, init_order
 from pybdev.ublk.subsystem import UblkSubsystem
@@ -46,7 +47,7 @@ BUILTIN = Plugin(
     bdev_modules=BUILTIN_MODULES,
     # SPDK's init order (module/event/subsystems/*: accel needs iobuf, bdev needs both).
     subsystems=(IobufSubsystem, AccelSubsystem, BdevSubsystem, SchedulerSubsystem,
-                NbdSubsystem, UblkSubsystem),
+                NbdSubsystem, UblkSubsystem, NvmfSubsystem),
 )
 
 

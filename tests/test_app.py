@@ -217,8 +217,8 @@ def test_framework_methods_errors(target: Target) -> None:
     resp = target.raw({"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1, "params": {}})
     assert resp["error"] == {
         "code": -32602, "message": "spdk_get_version method requires no parameters"}
-    assert target.rpc_error("framework_get_config", {"name": "nvmf"}) == {
-        "code": -32602, "message": "Subsystem 'nvmf' not found"}
+    assert target.rpc_error("framework_get_config", {"name": "iscsi"}) == {
+        "code": -32602, "message": "Subsystem 'iscsi' not found"}
     assert target.rpc_error("spdk_kill_instance", {"sig_name": "SIGSTOP"})["code"] == -32602
     assert target.rpc("framework_get_subsystems") == [
         {"subsystem": "iobuf", "depends_on": []},
@@ -227,6 +227,7 @@ def test_framework_methods_errors(target: Target) -> None:
         {"subsystem": "scheduler", "depends_on": []},
         {"subsystem": "nbd", "depends_on": ["bdev"]},
         {"subsystem": "ublk", "depends_on": ["bdev", "iobuf"]},
+        {"subsystem": "nvmf", "depends_on": ["bdev"]},
     ]
 
 

@@ -25,7 +25,7 @@ def test_builtins_come_first_in_declaration_order() -> None:
     assembly = assemble([])
     assert assembly.plugins == [BUILTIN]
     assert [s.name for s in assembly.subsystems] == [
-        "iobuf", "accel", "bdev", "scheduler", "nbd", "ublk"]
+        "iobuf", "accel", "bdev", "scheduler", "nbd", "ublk", "nvmf"]
     assert assembly.bdev_modules[0] is MallocModule
 
 

@@ -1,0 +1,83 @@
+"""Guest half: the Linux kernel's NVMe/TCP initiator and nvme-cli against pybdev's target
+(issue 16's "checked by" list, the first part): discover, connect (size, serial, model),
+discard, fio with crc32c verification at 4 KiB QD32 and 128 KiB, mkfs.ext4 and a file that
+survives a disconnect/connect with header and data digests, a namespace added and removed
+while connected, and a host NQN that is not allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import Target, wait_until
+
+NQN = "nqn.2016-06.io.spdk:cnode1"
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=300)
+    if check and res.returncode:
+        raise AssertionError(f"{cmd}: {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def nvme_disks() -> dict[str, str]:
+    """NAME -> SIZE of the nvme block devices."""
+    out = sh("lsblk -dn -b -o NAME,SIZE").stdout.split("\n")
+    return {n: s for n, s in (line.split() for line in out if line.startswith("nvme"))}
+
+
+def test_kernel_initiator(targets: list[Target], tmp_path: Path) -> None:
+    sh("ip link set lo up")
+    sh("modprobe nvme-tcp")
+    sh("modprobe crc32c_generic", check=False)
+    t = Target(tmp_path / "s.sock", [], tmp_path / "t.log").wait_ready(timeout=120)
+    targets.append(t)
+    t.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 131072, "block_size": 512})
+    t.cli("nvmf_create_transport", "-t", "tcp")
+    t.cli("nvmf_create_subsystem", NQN, "-a", "-s", "PYBDEVKERNEL1", "-d", "pybdev kernel")
+    t.cli("nvmf_subsystem_add_ns", NQN, "Malloc0")
+    t.cli("nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", "4420")
+    t.cli("nvmf_subsystem_add_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1",
+          "-s", "4420")
+    out = sh("nvme discover -t tcp -a 127.0.0.1 -s 4420").stdout
+    assert f"subnqn:  {NQN}" in out and "current discovery subsystem" in out
+
+    sh(f"nvme connect -t tcp -a 127.0.0.1 -s 4420 -n {NQN}")
+    wait_until(lambda: "nvme0n1" in nvme_disks(), timeout=30, what="nvme0n1")
+    assert nvme_disks()["nvme0n1"] == str(64 << 20)
+    line = sh("lsblk -dn -o NAME,SERIAL,MODEL /dev/nvme0n1").stdout
+    assert "PYBDEVKERNEL1" in line and "pybdev kernel" in line
+    dev = "/dev/nvme0n1"
+    sh(f"blkdiscard {dev}")
+    fio = (f"fio --name=v --filename={dev} --direct=1 --ioengine=libaio --verify=crc32c "
+           "--do_verify=1 --output-format=terse")
+    sh(f"{fio} --rw=randwrite --bs=4k --iodepth=32 --size=16M")
+    sh(f"{fio} --rw=write --bs=128k --iodepth=8 --size=32M")
+    sh(f"mkfs.ext4 -q {dev} && mkdir -p /mnt/x && mount {dev} /mnt/x && "
+       "echo survived > /mnt/x/f && umount /mnt/x")
+
+    t.rpc("bdev_malloc_create", {"name": "Malloc1", "num_blocks": 8192, "block_size": 4096})
+    t.cli("nvmf_subsystem_add_ns", NQN, "Malloc1")
+    wait_until(lambda: "nvme0n2" in nvme_disks(), timeout=30, what="the added namespace")
+    t.cli("nvmf_subsystem_remove_ns", NQN, "2")
+    wait_until(lambda: "nvme0n2" not in nvme_disks(), timeout=30, what="the namespace gone")
+
+    sh(f"nvme disconnect -n {NQN}")
+    wait_until(lambda: t.rpc("nvmf_subsystem_get_controllers", {"nqn": NQN}) == [],
+               timeout=30, what="the controller gone")
+    sh(f"nvme connect -t tcp -a 127.0.0.1 -s 4420 -n {NQN} -g -G")
+    wait_until(lambda: "nvme0n1" in nvme_disks(), timeout=30, what="nvme0n1 again")
+    time.sleep(1)
+    assert sh(f"mount {dev} /mnt/x && cat /mnt/x/f && umount /mnt/x").stdout == "survived\n"
+    sh(f"dd if=/dev/urandom of={tmp_path}/a bs=64k count=16 status=none && "
+       f"dd if={tmp_path}/a of={dev} bs=64k oflag=direct status=none && "
+       f"dd if={dev} of={tmp_path}/b bs=64k count=16 iflag=direct status=none && "
+       f"cmp {tmp_path}/a {tmp_path}/b")
+    sh(f"nvme disconnect -n {NQN}")
+
+    t.cli("nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host")
+    refused = sh(f"nvme connect -t tcp -a 127.0.0.1 -s 4420 -n {NQN}", check=False)
+    assert refused.returncode != 0
+    assert "is not allowed" in sh("dmesg").stdout
