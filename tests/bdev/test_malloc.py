@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import mmap
+import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,9 +114,10 @@ async def test_a_read_view_outlives_the_deleted_bdev(layer: BdevLayer) -> None:
 
 
 def test_creating_a_4_gib_bdev_does_not_stall_the_target(
-        start_target: Callable[..., Target]) -> None:
-    """Another connection is answered while a 4 GiB bdev is created; delete frees it."""
-    t = start_target()
+        start_target: Callable[..., Target], tmp_path: Path) -> None:
+    """/health and another RPC connection answer while a 4 GiB bdev is created."""
+    health = tmp_path / "h.sock"
+    t = start_target("--http", f"unix:{health}")
     before = rss(t.proc.pid)
     created: list[Any] = []
     creator = threading.Thread(target=lambda: created.append(t.rpc(
@@ -123,6 +127,11 @@ def test_creating_a_4_gib_bdev_does_not_stall_the_target(
         answers = 0
         while creator.is_alive() or answers < 3:
             assert probe.call("spdk_get_version")["version"]  # at most 5 s each
+            # What an orchestrator's liveness probe asks.
+            res = subprocess.run(["curl", "-sf", "-m", "5", "--unix-socket", str(health),
+                                  "http://localhost/health"], capture_output=True, text=True,
+                                 timeout=30)
+            assert res.returncode == 0 and json.loads(res.stdout)["status"] == "ok"
             answers += 1
         creator.join()
     assert created == ["Big"]
