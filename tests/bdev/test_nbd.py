@@ -46,6 +46,14 @@ PATTERN = bytes(range(256)) * (READ_LEN // 256)
 
 
 @pytest.fixture
+def layer(layer: BdevLayer) -> BdevLayer:
+    # Examine (the lvol module looks for a store) would read the first blocks of the new
+    # bdev; these servers answer exactly the requests their script expects.
+    layer.options["bdev_auto_examine"] = False
+    return layer
+
+
+@pytest.fixture
 def hostile(short_dir: Path) -> Iterator[Callable[[Script], HostileServer]]:
     servers: list[HostileServer] = []
 
