@@ -138,10 +138,11 @@ def test_create_io_passthru_delete(start_target: Callable[..., Target], ceph_clu
     data = out.read_bytes()
     assert data[:4096] == b"\x11" * 4096 and data[1 * MiB:4 * MiB] == b"\xa5" * (3 * MiB)
 
-    # A passthru on top sees the same data and claims the rbd bdev.
+    # A passthru on top sees the same data and claims the rbd bdev (once the export, which
+    # holds it open for writing, is gone: a claim over another writer is refused).
+    t.rpc("nbd_stop_disk", {"nbd_device": uri})
     t.rpc("bdev_passthru_create", {"base_bdev_name": "Rbd0", "name": "PT0"})
     assert get_bdev(t, "Rbd0")["claimed"] is True
-    t.rpc("nbd_stop_disk", {"nbd_device": uri})
     qemu_io(export(t, "PT0", sockdir), "read -P 0xa5 1M 3M", "write -P 0x77 32M 1M")
 
     # The other way round: an image filled by `rbd import` read through the target.
