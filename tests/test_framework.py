@@ -19,6 +19,7 @@ def test_subsystems_in_spdks_order(target: Target) -> None:
         {"subsystem": "scheduler", "depends_on": []},
         {"subsystem": "nbd", "depends_on": ["bdev"]},
         {"subsystem": "ublk", "depends_on": ["bdev", "iobuf"]},
+        {"subsystem": "nvmf", "depends_on": ["bdev"]},
     ]
     saved = json.loads(target.spdk("save_config").stdout)
     assert [s["subsystem"] for s in saved["subsystems"]] == [e["subsystem"] for e in listing]
