@@ -203,7 +203,10 @@ class Qos:
     def _arm(self) -> None:
         if not self.queue or self._timer is not None:
             return
-        delay = max(self.last + TIMESLICE_NS - self.clock(), 0) / 1e9
+        # At least one timeslice: uvloop rounds a delay to whole milliseconds and fires one
+        # below half a millisecond at once, which would spin until the boundary. A later
+        # tick loses nothing, since it adds the quota of every timeslice that passed.
+        delay = max(self.last + TIMESLICE_NS - self.clock(), TIMESLICE_NS) / 1e9
         call_later = self._call_later or asyncio.get_running_loop().call_later
         self._timer = call_later(delay, self.tick)
 
