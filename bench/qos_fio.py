@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--runtime", type=float, default=10)
     parser.add_argument("--ramp", type=float, default=2)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--cases", help="comma-separated case numbers (from 1)")
     args = parser.parse_args()
     if shutil.which("fio") is None:
         raise SystemExit("fio is missing (apt-get install fio)")
@@ -112,7 +113,8 @@ def main() -> None:
                        capture_output=True, check=True, timeout=600)
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"{'case':34} {'limit':>8} {'measured':>9} {'ratio':>6} {'unlimited':>10}")
-        for name, limits, fio_args, figure in CASES:
+        chosen = [int(c) - 1 for c in args.cases.split(",")] if args.cases else range(len(CASES))
+        for name, limits, fio_args, figure in (CASES[c] for c in chosen):
             client.call("bdev_set_qos_limit", {"name": "Malloc0", **NO_LIMIT})
             free = fio(uri, fio_args, min(args.runtime, 5), 1)[figure]
             client.call("bdev_set_qos_limit", {"name": "Malloc0", **limits})
