@@ -5,6 +5,7 @@ bdev_rpc.c at SPDK's HEAD). The rate with real I/O is measured in bench/qos_fio.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -74,7 +75,7 @@ def test_iops_quota_per_timeslice(timer: FakeTimer) -> None:
     assert [q.admit(True, 4096) for _ in range(4)] == [True, True, True, False]
     released: list[int] = []
     for n in range(5):
-        q.enqueue(True, 4096, lambda n=n: released.append(n), lambda _s: None)
+        q.enqueue(True, 4096, functools.partial(released.append, n), lambda _s: None)
     assert released == [] and len(timer.armed) == 1  # one timer, at the slice boundary
     assert timer.armed[0][0] == TIMESLICE_NS
     timer.advance(TIMESLICE_NS)
@@ -110,7 +111,7 @@ def test_a_late_timer_releases_every_slice_that_passed(timer: FakeTimer) -> None
     released: list[int] = []
     assert q.admit(True, 512) and q.admit(True, 512)
     for n in range(10):
-        q.enqueue(True, 512, lambda n=n: released.append(n), lambda _s: None)
+        q.enqueue(True, 512, functools.partial(released.append, n), lambda _s: None)
     timer.armed.clear()  # the loop was busy: the timer fires three slices late
     timer.now += 3 * TIMESLICE_NS
     q.tick()
@@ -164,7 +165,11 @@ def test_disabling_submits_and_failing_completes_what_waits(timer: FakeTimer) ->
 
 def reads(desc: Descriptor, count: int, out: list[tuple[int, int]]) -> None:
     for i in range(count):
-        desc.read(i * 512, 512, lambda status, _data, i=i: out.append((i, status)))
+        desc.read(i * 512, 512, functools.partial(record, out, i))
+
+
+def record(out: list[tuple[int, int]], i: int, status: int, _data: Any) -> None:
+    out.append((i, status))
 
 
 async def test_layer_queues_reads_and_writes_only(layer: BdevLayer, timer: FakeTimer) -> None:
