@@ -19,6 +19,8 @@ import mmap
 import os
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from pybdev.bdev.core import Bdev, BdevModule, Callback, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
@@ -156,18 +158,24 @@ class MallocModule(BdevModule):
 
 
 class MallocCreateParams(Params):
-    name: Str | None = None
-    block_size: U32
-    num_blocks: U64
-    uuid: Uuid | None = None
-    optimal_io_boundary: U32 = 0
-    md_size: U32 = 0
-    md_interleave: bool = False
-    dif_type: I32 = 0
-    dif_is_head_of_md: bool = False
-    physical_block_size: U32 = 0
-    dif_pi_format: U32 = 0
-    numa_id: I32 = -1
+    name: Str | None = Field(
+        None, description="Name of the new bdev; MallocN (the first free N) when omitted")
+    block_size: U32 = Field(description="Data block size in bytes, a multiple of 512")
+    num_blocks: U64 = Field(description="Size of the bdev in blocks")
+    uuid: Uuid | None = Field(None, description="UUID of the bdev; a random one when omitted")
+    optimal_io_boundary: U32 = Field(
+        0, description="Optimal I/O boundary reported to consumers, in blocks")
+    md_size: U32 = Field(
+        0, description="Metadata size per block; pybdev has no metadata, so only 0")
+    md_interleave: bool = Field(
+        False, description="Metadata interleaved with the data (needs metadata)")
+    dif_type: I32 = Field(0, description="Protection information type; only 0 (none)")
+    dif_is_head_of_md: bool = Field(
+        False, description="Protection information at the start of the metadata")
+    physical_block_size: U32 = Field(
+        0, description="Physical block size reported to consumers (0: the block size)")
+    dif_pi_format: U32 = Field(0, description="Protection information format (needs metadata)")
+    numa_id: I32 = Field(-1, description="NUMA node reported in bdev_get_bdevs (-1: none)")
 
 
 @RPC.method("bdev_malloc_create", MallocCreateParams,

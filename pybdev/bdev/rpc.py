@@ -32,8 +32,8 @@ log = logging.getLogger("pybdev.bdev")
 
 
 class GetBdevsParams(Params):
-    name: Str | None = None
-    timeout: U64 = 0
+    name: Str | None = Field(None, description="Only this bdev (name or alias)")
+    timeout: U64 = Field(0, description="With name: milliseconds to wait for the bdev to appear")
 
 
 @RPC.method("bdev_get_bdevs", GetBdevsParams,
@@ -58,10 +58,14 @@ async def bdev_get_bdevs(layer: BdevLayer, p: GetBdevsParams) -> list[dict[str, 
 
 
 class GetIostatParams(Params):
-    names: Annotated[list[Str], Field(max_length=1024)] | None = None
-    name: Str | None = None  # removed in SPDK v26.05; still accepted here
-    per_channel: bool = False
-    reset_mode: Literal["all", "maxmin", "error", "none"] = "none"
+    names: Annotated[list[Str], Field(max_length=1024)] | None = Field(
+        None, description="Only these bdevs")
+    # removed in SPDK v26.05; still accepted here
+    name: Str | None = Field(None, description="Only this bdev (the older form of names)")
+    per_channel: bool = Field(
+        False, description="Per-channel statistics of one bdev (pybdev has one channel)")
+    reset_mode: Literal["all", "maxmin", "error", "none"] = Field(
+        "none", description="What to reset after reading: all, maxmin, error or none")
 
 
 @RPC.method("bdev_get_iostat", GetIostatParams,
@@ -177,8 +181,8 @@ async def bdev_wait_for_examine(layer: BdevLayer) -> bool:
 
 
 class QdSamplingParams(Params):
-    name: Str
-    period: U64
+    name: Str = Field(description="Name of the bdev")
+    period: U64 = Field(description="Sampling period in microseconds; 0 stops sampling")
 
 
 @RPC.method("bdev_set_qd_sampling_period", QdSamplingParams,
@@ -208,11 +212,17 @@ def _registered(layer: BdevLayer, name: str) -> Bdev:
 
 
 class QosLimitParams(Params):
-    name: Str
-    rw_ios_per_sec: U64 | None = None
-    rw_mbytes_per_sec: U64 | None = None
-    r_mbytes_per_sec: U64 | None = None
-    w_mbytes_per_sec: U64 | None = None
+    name: Str = Field(description="Name of the bdev")
+    rw_ios_per_sec: U64 | None = Field(
+        None, description=(
+            "Read and write I/Os per second, a multiple of 1000 (others round up); 0 "
+            "removes the limit"))
+    rw_mbytes_per_sec: U64 | None = Field(
+        None, description="Read and write MiB per second; 0 removes the limit")
+    r_mbytes_per_sec: U64 | None = Field(
+        None, description="Read MiB per second; 0 removes the limit")
+    w_mbytes_per_sec: U64 | None = Field(
+        None, description="Write MiB per second; 0 removes the limit")
 
 
 @RPC.method("bdev_set_qos_limit", QosLimitParams,
@@ -241,12 +251,18 @@ def bdev_set_qos_limit(layer: BdevLayer, p: QosLimitParams) -> bool:
 
 
 class EnableHistogramParams(Params):
-    name: Str
-    enable: bool
-    opc: Str | None = None
-    granularity: U8 = GRANULARITY_DEFAULT
-    min_nsec: U64 = HISTOGRAM_MIN_NSEC
-    max_nsec: U64 = HISTOGRAM_MAX_NSEC
+    name: Str = Field(description="Name of the bdev")
+    enable: bool = Field(description="Start (true) or stop and drop (false) the histogram")
+    opc: Str | None = Field(
+        None, description=(
+            "Count only this I/O type (read, write, unmap, flush, write_zeroes); all when "
+            "omitted"))
+    granularity: U8 = Field(
+        GRANULARITY_DEFAULT, description="2^granularity buckets per power of two (0 to 12)")
+    min_nsec: U64 = Field(
+        HISTOGRAM_MIN_NSEC, description="Latencies below this (ns) share the first bucket")
+    max_nsec: U64 = Field(
+        HISTOGRAM_MAX_NSEC, description="Latencies from this (ns) on share the last bucket")
 
 
 @RPC.method("bdev_enable_histogram", EnableHistogramParams,
@@ -293,8 +309,9 @@ def _histogram(layer: BdevLayer, name: str) -> Histogram:
 
 
 class HistogramBordersParams(Params):
-    name: Str
-    borders: Annotated[list[U64], Field(min_length=1, max_length=1024)]
+    name: Str = Field(description="Name of the bdev")
+    borders: Annotated[list[U64], Field(min_length=1, max_length=1024)] = Field(
+        description="Latencies in microseconds, ascending")
 
 
 @RPC.method("bdev_get_histogram_borders", HistogramBordersParams,
