@@ -5,7 +5,8 @@ before its passthru). ``tests/rpc/test_examples.py`` runs it against a live targ
 fails when an answer differs from the one declared here, so the examples in
 ``docs/rpc-reference.md`` cannot rot. An answer is compared as a subset: the keys an object
 declares must be there with these values (others may be too), a list must have the declared
-elements in order. ``TMP`` in params stands for a directory the test makes.
+elements in order; ``ANY`` and ``ANY_UUID`` match any string and any UUID. ``TMP`` in
+params stands for a directory the test makes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TMP = "/tmp/pybdev-example"
+#: Answers that vary from run to run: any string, any UUID.
+ANY = "<any>"
+ANY_UUID = "<uuid>"
+CAPTURE = (0, "")  # while writing a step: run tests/rpc/test_examples.py to see the error
 UUID = "7b5f1a4e-93d4-4d3a-9a4b-2f6c1e0d8a11"
 
 
@@ -90,6 +95,31 @@ SCENARIO: list[Step] = [
                                      "error_type": "failure", "num": 1}, True),
     Step("bdev_error_delete", {"name": "EE_Null0"}, True),
     Step("bdev_passthru_delete", {"name": "PT0"}, True),
+    Step("bdev_lvol_create_lvstore", {"bdev_name": "Malloc0", "lvs_name": "lvs0"}, ANY_UUID),
+    Step("bdev_lvol_create", {"lvol_name": "lv0", "size_in_mib": 4, "lvs_name": "lvs0",
+                              "thin_provision": True}, ANY_UUID),
+    Step("bdev_lvol_create", {"lvol_name": "lv1", "size_in_mib": 4, "lvs_name": "nope"},
+         error=(-19, "No such device")),
+    Step("bdev_lvol_get_lvstores", {"lvs_name": "lvs0"},
+         [{"name": "lvs0", "base_bdev": "Malloc0", "cluster_size": 4194304}]),
+    Step("bdev_lvol_snapshot", {"lvol_name": "lvs0/lv0", "snapshot_name": "snap0"}, ANY_UUID),
+    Step("bdev_lvol_clone", {"snapshot_name": "lvs0/snap0", "clone_name": "clone0"},
+         ANY_UUID),
+    Step("bdev_lvol_resize", {"name": "lvs0/lv0", "size_in_mib": 8}, True),
+    Step("bdev_lvol_delete", {"name": "lvs0/clone0"}, True),
+    Step("bdev_lvol_delete_lvstore", {"lvs_name": "lvs0"}, True),
+    Step("nvmf_create_transport", {"trtype": "TCP"}, True),
+    Step("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:cnode1",
+                                   "allow_any_host": True}, True),
+    Step("nvmf_subsystem_add_ns", {"nqn": "nqn.2016-06.io.spdk:cnode1",
+                                   "namespace": {"bdev_name": "Null0"}}, 1),
+    Step("nvmf_subsystem_add_ns", {"nqn": "nqn.2016-06.io.spdk:cnode9",
+                                   "namespace": {"bdev_name": "Null0"}},
+         error=(-32602, "Subsystem with NQN 'nqn.2016-06.io.spdk:cnode9' not found")),
+    Step("nvmf_subsystem_remove_ns", {"nqn": "nqn.2016-06.io.spdk:cnode1", "nsid": 1}, True),
+    Step("nvmf_delete_subsystem", {"nqn": "nqn.2016-06.io.spdk:cnode1"}, True),
+    Step("spdk_get_version", None, {"version": ANY}),
+    Step("framework_get_config", {"name": "nbd"}, []),
     Step("bdev_malloc_delete", {"name": "Malloc0"}, True),
     Step("bdev_malloc_delete", {"name": "Malloc0"},
          error=(-19, "No such device: no malloc bdev named Malloc0")),
