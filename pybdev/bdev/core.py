@@ -211,7 +211,7 @@ class Bdev:
     # -ENOMEM'd requests waiting for their retry timer (see _nomem_park); usually None.
     _nomem_queue: list[tuple[str, str, int, int, Any, bool, Callback, int]] | None = None
     # QoS, a latency histogram or queue-depth sampling is on: submissions take the
-    # descriptor's _hooked path. The one check the fast path pays for all three.
+    # descriptor's _submit_hooked path. The one check the fast path pays for all three.
     _hooked: bool = False
     qos: Qos | None = None  # bdev_set_qos_limit
     histogram: Histogram | None = None  # bdev_enable_histogram
@@ -652,11 +652,11 @@ class Descriptor:
             cb(rc, None)
             return
         if self.bdev._hooked:
-            self._hooked(op, offset, length, data, fua, cb)
+            self._submit_hooked(op, offset, length, data, fua, cb)
             return
         self._dispatch(op, offset, length, data, fua, cb)
 
-    def _hooked(self, op: str, offset: int, length: int, data: Any, fua: bool,
+    def _submit_hooked(self, op: str, offset: int, length: int, data: Any, fua: bool,
                 cb: Callback) -> None:
         """A checked request on a bdev with QoS, a histogram or queue-depth sampling.
 
