@@ -101,8 +101,7 @@ def positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iostat.py",
-                                description="Per-bdev I/O statistics of a running target")
+    p = argparse.ArgumentParser(description="Per-bdev I/O statistics of a running target")
     p.add_argument("-c", "--cpu-status", dest="cpu_stat", action="store_true",
                    help="only display the CPU status")
     p.add_argument("-d", "--bdev-status", dest="bdev_stat", action="store_true",
