@@ -83,7 +83,7 @@ class NvmfSubsystem(Subsystem):
 
 
 def _ns_config(ns: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"nsid": ns.nsid, "bdev_name": ns.bdev_name}
+    out: dict[str, Any] = {"nsid": ns.nsid, "bdev_name": ns.name_given}
     if ns.ptpl_file:
         out["ptpl_file"] = ns.ptpl_file
     if ns.nguid and any(ns.nguid):

@@ -175,21 +175,21 @@ def crc32c_pure(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
 
 
 try:
-    from crc32c import crc32c as _c_crc32c
+    import crc32c as _package
 except ImportError:  # the package is a dependency, but a source checkout may lack it
-    _c_crc32c = None
+    _package = None  # type: ignore[assignment]
 
 #: "c" (the ``crc32c`` package) or "python"; bench/nvme_proto.py prints it.
-IMPLEMENTATION: Final = "python" if _c_crc32c is None else "c"
+IMPLEMENTATION: Final = "python" if _package is None else "c"
 
-if _c_crc32c is not None:
-    _fast = _c_crc32c
+if _package is not None:
+    _fast = _package.crc32c
 
     def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
         """CRC32C of ``data``; pass a previous result as ``crc`` to continue over pieces.
 
         ``crc32c(b"123456789") == 0xE3069283``.
         """
-        return _fast(data, crc)  # type: ignore[no-any-return]
+        return _fast(data, crc)
 else:
     crc32c = crc32c_pure
