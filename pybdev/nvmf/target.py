@@ -213,6 +213,8 @@ class Target:
         self.subsystems: dict[str, NvmSubsystem] = {}
         self.max_subsystems = DEFAULT_MAX_SUBSYSTEMS
         self.max_subsystems_set = False
+        #: the TCP transport's data buffers over all connections (--nvmf-max-buffered-mb)
+        self.max_buffered = 256 << 20
         self.config: dict[str, Any] = default_config()
         self.genctr = 0
         self.crdt = (0, 0, 0)
