@@ -161,20 +161,28 @@ MMAP_BUFFER = 64 * 1024
 class _PendingWrite:
     """A command waiting for its data through R2T/H2CData."""
 
-    __slots__ = ("buf", "cmd", "digest_ok", "received")
+    __slots__ = ("buf", "cmd", "digest_ok", "length", "received")
 
     def __init__(self, cmd: nvme.Sqe, length: int) -> None:
         self.cmd = cmd
-        self.buf: bytearray | mmap.mmap = (
-            mmap.mmap(-1, length) if length >= MMAP_BUFFER else bytearray(length))
+        self.length = length
+        # allocated when the data comes in pieces: a host that sends it in one H2CData
+        # PDU (the Linux host, up to MAXH2CDATA) has its PDU's data written as it is
+        self.buf: bytearray | mmap.mmap | None = None
         self.received = 0
         self.digest_ok = True
+
+    def new_buffer(self) -> bytearray | mmap.mmap:
+        n = self.length
+        self.buf = mmap.mmap(-1, n) if n >= MMAP_BUFFER else bytearray(n)
+        return self.buf
 
     @property
     def data(self) -> bytes | memoryview:
         """The data for the bdev, without a copy of a mapped buffer (kept alive by the
         view until the bdev is done with it)."""
         buf = self.buf
+        assert buf is not None
         return memoryview(buf) if isinstance(buf, mmap.mmap) else bytes(buf)
 
 
@@ -459,20 +467,24 @@ class Connection(asyncio.Protocol):
                             nvme.Fes.INVALID_HEADER_FIELD, 10, b"")
             return
         n = len(pdu.data)
-        if pdu.datao != pending.received or pdu.datao + n > len(pending.buf):
+        total = pending.length
+        if pdu.datao != pending.received or pdu.datao + n > total:
             self._terminate(f"H2CData DATAO {pdu.datao} DATAL {n}, expected offset "
-                            f"{pending.received} of {len(pending.buf)}",
+                            f"{pending.received} of {total}",
                             nvme.Fes.DATA_TRANSFER_OUT_OF_RANGE, 12, b"")
             return
-        pending.buf[pdu.datao:pdu.datao + n] = pdu.data
         pending.received += n
         pending.digest_ok &= pdu.ddgst_ok
-        if pending.received == len(pending.buf):
+        whole = n == total
+        if not whole:
+            buf = pending.buf if pending.buf is not None else pending.new_buffer()
+            buf[pdu.datao:pdu.datao + n] = pdu.data
+        if pending.received == total:
             del self.pending[pdu.ttag]
             if not pending.digest_ok:
                 self.complete(pending.cmd.cid, Sc.TRANSIENT_TRANSPORT_ERROR)
             else:
-                self._execute(pending.cmd, pending.data)
+                self._execute(pending.cmd, pdu.data if whole else pending.data)
 
     # -- commands ----------------------------------------------------------------------
     def _execute(self, cmd: nvme.Sqe, data: bytes | memoryview | None) -> None:
