@@ -58,7 +58,8 @@ def test_reads_never_read_hold_at_most_the_cap(start_target: Callable[..., Targe
     for q in queues:
         q.close()
     # freed at close, and a new host reads normally
-    wait_until(lambda: rss(t) < before + 16 * MIB, what=f"memory back after close: grown {grown / MIB:.0f}, now {(rss(t) - before) / MIB:.0f} MiB")
+    wait_until(lambda: rss(t) < before + 16 * MIB,
+               what=f"memory back after close (had grown {grown / MIB:.0f} MiB)")
     again = Host(port, NQN)
     (q,) = again.open_io(1)
     _, data = q.ok(lambda c: nvme.encode_read(c, 1, 64, 32, 4096))
@@ -94,7 +95,8 @@ def test_writes_that_stall_get_r2ts_only_within_the_cap(
     host.io.clear()
     for q in queues:
         q.close()
-    wait_until(lambda: rss(t) < before + 16 * MIB, what=f"memory back after close: grown {grown / MIB:.0f}, now {(rss(t) - before) / MIB:.0f} MiB")
+    wait_until(lambda: rss(t) < before + 16 * MIB,
+               what=f"memory back after close (had grown {grown / MIB:.0f} MiB)")
     # the grants came back: a new host's large write gets its R2T and completes
     again = Host(port, NQN)
     (q,) = again.open_io(1)
