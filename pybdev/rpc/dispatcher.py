@@ -15,12 +15,13 @@ import inspect
 import json
 import logging
 import math
+import time
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from pybdev.errors import OperationError
-from pybdev.rpc import errors
+from pybdev.rpc import audit, errors
 from pybdev.rpc.errors import RpcError
 from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, Method, Registry, State
 
@@ -197,6 +198,8 @@ class Dispatcher:
         self.registry = registry
         self.allowed = allowed
         self._warned_aliases: set[str] = set()
+        #: Calls answered, by (method, 0 or the JSON-RPC error code); "" for unknown names.
+        self.calls: dict[tuple[str, int], int] = {}
 
     def is_allowed(self, name: str) -> bool:
         return self.allowed is None or name in self.allowed
@@ -272,10 +275,45 @@ class Dispatcher:
         return method_name
 
     async def call(self, method_name: str, params: Any) -> Any:
-        """Look up, state-check, decode and run a method; raises RpcError on failure."""
+        """Look up, state-check, decode and run a method; raises RpcError on failure.
+
+        Each call is counted by method and result (``calls``, for /metrics); a state-changing
+        one is timed and gets an audit line (:mod:`pybdev.rpc.audit`).
+        """
         method = self.lookup(method_name)
+        calls = self.calls
         if method is None:
+            key = ("", errors.METHOD_NOT_FOUND)  # unknown names are not kept: unbounded
+            calls[key] = calls.get(key, 0) + 1
             raise RpcError(errors.METHOD_NOT_FOUND, data=self._suggest(method_name))
+        if method.spec.mutating:
+            return await self._audited(method, method_name, params)
+        try:
+            result = await self._run(method, method_name, params)
+        except RpcError as e:
+            key = (method_name, e.code)
+            calls[key] = calls.get(key, 0) + 1
+            raise
+        key = (method_name, 0)
+        calls[key] = calls.get(key, 0) + 1
+        return result
+
+    async def _audited(self, method: Method, method_name: str, params: Any) -> Any:
+        start = time.perf_counter()
+        code = 0
+        token = audit.CURRENT_METHOD.set(method_name)
+        try:
+            return await self._run(method, method_name, params)
+        except RpcError as e:
+            code = e.code
+            raise
+        finally:
+            audit.CURRENT_METHOD.reset(token)
+            key = (method_name, code)
+            self.calls[key] = self.calls.get(key, 0) + 1
+            audit.record(method_name, params, code, time.perf_counter() - start)
+
+    async def _run(self, method: Method, method_name: str, params: Any) -> Any:
         if method.alias_of is not None and method_name not in self._warned_aliases:
             self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
             log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
