@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from pybdev.events import EventHub
-from pybdev.rpc.audit import CURRENT_METHOD
+from pybdev.rpc.audit import current_method
 from pybdev.rpc.errors import INVALID_PARAMS
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U64, Params
@@ -60,7 +60,7 @@ class Notifier:
         data: dict[str, Any] = {"name": ctx}
         if type_ == "bdev_unregister":
             # Deleted by a call (and whatever that cascades to) or gone by itself.
-            method = CURRENT_METHOD.get()
+            method = current_method()
             if method is None:
                 data["hot_remove"] = True
             else:

@@ -18,6 +18,7 @@ lines.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -31,8 +32,24 @@ log = logging.getLogger("pybdev.rpc.audit")
 
 #: Who sent the request being answered; set by the transport for each request.
 CALLER: ContextVar[str] = ContextVar("pybdev_rpc_caller", default="internal")
-#: The state-changing method being answered, for events it causes (a bdev it unregisters).
-CURRENT_METHOD: ContextVar[str | None] = ContextVar("pybdev_rpc_method", default=None)
+#: The state-changing method being answered and the task answering it, for events it causes
+#: (a bdev it deletes). Callbacks and tasks started during the call inherit the variable
+#: (asyncio copies contexts), so only the answering task itself counts as the call: a vbdev
+#: removed because its base went, or an NBD bdev whose server went, is a hot-remove.
+CURRENT_METHOD: ContextVar[tuple[str, object] | None] = ContextVar("pybdev_rpc_method",
+                                                                  default=None)
+
+
+def current_method() -> str | None:
+    """The method whose own task runs now, or None (a callback, another task)."""
+    current = CURRENT_METHOD.get()
+    if current is None:
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return None
+    return current[0] if current[1] is task else None
 
 # Keys whose values are never logged, whatever the method (nvmf's psk and dhchap keys,
 # rbd's key and key_file, HTTP-style password/token/secret names).
@@ -93,5 +110,5 @@ def unix_peer(sock: socket.socket | None) -> str:
     return f"uid={uid} pid={pid}"
 
 
-__all__ = ["CALLER", "CURRENT_METHOD", "is_read_only_name", "quote", "record", "shown_params",
-           "unix_peer"]
+__all__ = ["CALLER", "CURRENT_METHOD", "current_method", "is_read_only_name", "quote", "record",
+           "shown_params", "unix_peer"]

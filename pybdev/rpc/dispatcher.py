@@ -10,6 +10,7 @@ notifications (success suppressed, errors still sent with ``"id": null``), batch
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import inspect
 import json
@@ -301,7 +302,7 @@ class Dispatcher:
     async def _audited(self, method: Method, method_name: str, params: Any) -> Any:
         start = time.perf_counter()
         code = 0
-        token = audit.CURRENT_METHOD.set(method_name)
+        token = audit.CURRENT_METHOD.set((method_name, asyncio.current_task()))
         try:
             return await self._run(method, method_name, params)
         except RpcError as e:
