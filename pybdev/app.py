@@ -26,6 +26,7 @@ from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
 from pybdev.cpus import CoreLocks, app_cores
 from pybdev.errors import OperationError
+from pybdev.peerwarn import WARNINGS
 from pybdev.rpc import audit
 from pybdev.rpc.dispatcher import Dispatcher
 from pybdev.rpc.http import (
@@ -224,6 +225,7 @@ class App:
             except Exception:
                 self.log.exception("subsystem %s failed to finish", sub.name)
         self.core_locks.release()
+        WARNINGS.flush()  # the summaries of warnings still held back
 
     def render_metrics(self) -> bytes:
         """``GET /metrics``: the target's counters in Prometheus' text format."""

@@ -120,7 +120,7 @@ class TargetCollector:
     @staticmethod
     def _exports(app: App, counter: Any, gauge: Any) -> Iterator[Any]:
         labels = ["export", "protocol", "bdev"]
-        current = gauge("pybdev_export_connections", "Clients connected to an export now "
+        current = gauge("pybdev_export_clients", "Clients connected to an export now "
                         "(network NBD; a kernel NBD or ublk device counts as 1)", labels=labels)
         total = counter("pybdev_export_connections", "Clients an export has served",
                         labels=labels)
@@ -146,7 +146,7 @@ class TargetCollector:
         tcp = nvmf.target.transports.get("TCP")
         if tcp is None:
             return
-        qpairs = gauge("pybdev_nvmf_qpairs", "NVMe/TCP queue pairs connected now",
+        qpairs = gauge("pybdev_nvmf_qpairs_connected", "NVMe/TCP queue pairs connected now",
                        labels=["type"])
         conns = list(getattr(tcp, "connections", ()))
         qpairs.add_metric(["admin"], sum(1 for c in conns if c.qid == 0))

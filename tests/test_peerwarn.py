@@ -81,7 +81,7 @@ async def test_failed_http_authentication(tmp_path: Path) -> None:
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(12):
-                async with s.post(t.url + "/x%0Ay", data=b"{}",
+                async with s.post(t.url + "/x%22y", data=b"{}",
                                   headers={"Content-Type": "application/json",
                                            **basic("alice", "WRONG-pw")}) as r:
                     assert r.status == 401
@@ -91,7 +91,7 @@ async def test_failed_http_authentication(tmp_path: Path) -> None:
         t.stop()
     log = t.log()
     failed = re.findall(r"WARNING: HTTP: authentication failed \(wrong credentials\) from "
-                        r"127\.0\.0\.1:\d+: POST \"/x\\x0ay\"", log)
+                        r"127\.0\.0\.1:\d+: POST \"/x\\x22y\"", log)
     assert len(failed) == 5  # the burst; the rest is summed up
     assert "suppressed 7 more warnings about 127.0.0.1" in log
     assert "WRONG-pw" not in log and "right-pw" not in log
