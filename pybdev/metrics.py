@@ -21,6 +21,7 @@ from pybdev.bdev.subsystem import BdevSubsystem
 from pybdev.nbd.subsystem import NbdSubsystem
 from pybdev.nvmf.subsystem import NvmfSubsystem
 from pybdev.peerwarn import LIMITS, WARNINGS
+from pybdev.ublk.subsystem import UblkSubsystem
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -137,6 +138,9 @@ class TargetCollector:
             total.add_metric(lab, export.connections_total)  # type: ignore[attr-defined]
             nbytes.add_metric([*lab, "read"], export.bytes_read)  # type: ignore[attr-defined]
             nbytes.add_metric([*lab, "write"], export.bytes_written)  # type: ignore[attr-defined]
+        ublk = app.subsystem(UblkSubsystem).target
+        for dev in list(ublk.devices.values()) if ublk is not None else ():
+            current.add_metric([dev.path, "ublk", dev.bdev_name], 0 if dev.stopping else 1)
         yield from (current, total, nbytes)
 
         try:

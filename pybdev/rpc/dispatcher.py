@@ -279,7 +279,8 @@ class Dispatcher:
         """Look up, state-check, decode and run a method; raises RpcError on failure.
 
         Each call is counted by method and result (``calls``, for /metrics); a state-changing
-        one is timed and gets an audit line (:mod:`pybdev.rpc.audit`).
+        one is timed and gets an audit line (:mod:`pybdev.rpc.audit`). One function, so a
+        read costs no extra frame.
         """
         method = self.lookup(method_name)
         calls = self.calls
@@ -287,58 +288,49 @@ class Dispatcher:
             key = ("", errors.METHOD_NOT_FOUND)  # unknown names are not kept: unbounded
             calls[key] = calls.get(key, 0) + 1
             raise RpcError(errors.METHOD_NOT_FOUND, data=self._suggest(method_name))
-        if method.spec.mutating:
-            return await self._audited(method, method_name, params)
-        try:
-            result = await self._run(method, method_name, params)
-        except RpcError as e:
-            key = (method_name, e.code)
-            calls[key] = calls.get(key, 0) + 1
-            raise
-        key = (method_name, 0)
-        calls[key] = calls.get(key, 0) + 1
-        return result
-
-    async def _audited(self, method: Method, method_name: str, params: Any) -> Any:
-        start = time.perf_counter()
+        mutating = method.spec.mutating
+        if mutating:
+            start = time.perf_counter()
+            token = audit.CURRENT_METHOD.set((method_name, asyncio.current_task()))
         code = 0
-        token = audit.CURRENT_METHOD.set((method_name, asyncio.current_task()))
         try:
-            return await self._run(method, method_name, params)
+            if method.alias_of is not None and method_name not in self._warned_aliases:
+                self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
+                log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
+                            method.alias_of)
+            state = self.ctx.state
+            if not method.states & state:
+                message = (RUNTIME_ONLY_MESSAGE if state == State.STARTUP
+                           else STARTUP_ONLY_MESSAGE)
+                raise RpcError(errors.INVALID_STATE, message)
+            if method.params == NO_PARAMS and params is not None:
+                raise RpcError(method.decode_error_code, method.decode_error_message)
+            args = () if method.params in (NO_PARAMS, IGNORE_PARAMS) else (
+                self._decode(method, params),)
+            try:
+                result = method.handler(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except RpcError:
+                raise
+            except OperationError as e:
+                raise RpcError(-e.errno, e.message) from None
+            except Exception:
+                log.exception("RPC %s failed", method_name)
+                raise RpcError(errors.INTERNAL_ERROR) from None
+            return result
         except RpcError as e:
             code = e.code
             raise
-        finally:
-            audit.CURRENT_METHOD.reset(token)
-            key = (method_name, code)
-            self.calls[key] = self.calls.get(key, 0) + 1
-            audit.record(method_name, params, code, time.perf_counter() - start)
-
-    async def _run(self, method: Method, method_name: str, params: Any) -> Any:
-        if method.alias_of is not None and method_name not in self._warned_aliases:
-            self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
-            log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
-                        method.alias_of)
-        state = self.ctx.state
-        if not method.states & state:
-            message = RUNTIME_ONLY_MESSAGE if state == State.STARTUP else STARTUP_ONLY_MESSAGE
-            raise RpcError(errors.INVALID_STATE, message)
-        if method.params == NO_PARAMS and params is not None:
-            raise RpcError(method.decode_error_code, method.decode_error_message)
-        args = () if method.params in (NO_PARAMS, IGNORE_PARAMS) else (
-            self._decode(method, params),)
-        try:
-            result = method.handler(*args)
-            if inspect.isawaitable(result):
-                result = await result
-        except RpcError:
+        except BaseException:  # cancelled (the target stops): not a success
+            code = errors.INTERNAL_ERROR
             raise
-        except OperationError as e:
-            raise RpcError(-e.errno, e.message) from None
-        except Exception:
-            log.exception("RPC %s failed", method_name)
-            raise RpcError(errors.INTERNAL_ERROR) from None
-        return result
+        finally:
+            key = (method_name, code)
+            calls[key] = calls.get(key, 0) + 1
+            if mutating:
+                audit.CURRENT_METHOD.reset(token)
+                audit.record(method_name, params, code, time.perf_counter() - start)
 
     @staticmethod
     def _decode(method: Method, params: Any) -> Any:
