@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -110,3 +112,17 @@ def test_unknown_nbd_export_name(start_target: Callable[..., Target]) -> None:
     warning = re.search(r"WARNING: NBD client \('127\.0\.0\.1', \d+\) on 127\.0\.0\.1:\d+ asked "
                         r"for export (.*), which is not served there", t.log())
     assert warning and warning[1] == '"no\\x22such\\x0aname"'
+
+
+def test_rpc_request_over_the_limit(start_target: Callable[..., Target]) -> None:
+    t = start_target()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(t.sock))
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":"' + b"x" * 300_000)
+        s.settimeout(30)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    assert b'"code":-32700' in answer
+    assert re.search(rf"WARNING: RPC client uid={os.getuid()} pid={os.getpid()}: request "
+                     r"exceeds 262144 bytes; closing the connection", t.log())

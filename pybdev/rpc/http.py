@@ -412,8 +412,10 @@ async def configure_metrics(
             f"--metrics-addr {endpoint} is not a loopback address; the metrics name bdevs "
             "and exports and are served without authentication: add --metrics-allow-remote "
             "to serve them there")
+    # The Host check guards it as any listener without authentication (DNS rebinding); a
+    # scraper that addresses it by a name needs --http-allowed-host NAME.
     return HttpRpcServer(dispatcher, [endpoint], Credentials(), metrics=metrics, rpc=False,
-                         allowed_hosts=[endpoint.host])
+                         allowed_hosts=[endpoint.host, *options.http_allowed_host])
 
 
 # --- schema --------------------------------------------------------------------------------
