@@ -82,6 +82,8 @@ def shown_params(params: Any) -> dict[str, Any]:
 
 def record(method: str, params: Any, code: int, duration: float) -> None:
     """Write the audit line of one call; ``code`` 0 for success, else the JSON-RPC code."""
+    if not log.isEnabledFor(logging.INFO):  # --log-level NOTICE and above: nothing to build
+        return
     shown = shown_params(params)
     args = " ".join(
         f"{quote(k, 32)[1:-1]}={quote(v) if isinstance(v, str) else v}" for k, v in shown.items()
