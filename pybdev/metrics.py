@@ -13,7 +13,7 @@ prometheus_client is imported only when metrics are served.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pybdev.bdev.core import IoStat
@@ -117,6 +117,7 @@ class TargetCollector:
                 errors.add_metric([name, err], stat.errors.get(err, 0))
         yield gauge("pybdev_bdevs", "Registered bdevs", value=count)
         yield from (ops, nbytes, latency, latency_max, errors, size)
+        yield from _histograms(layer)
 
     @staticmethod
     def _exports(app: App, counter: Any, gauge: Any) -> Iterator[Any]:
@@ -166,6 +167,57 @@ class TargetCollector:
                       value=stats.get("completed_nvme_io", 0))
 
 
+#: Upper bounds (seconds) of the Prometheus buckets a bdev latency histogram is folded into.
+HISTOGRAM_BOUNDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+                    5e-2, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def fold_histogram(buckets: Iterable[tuple[int, int, int, int]]
+                   ) -> tuple[list[tuple[str, float]], float]:
+    """SPDK-style buckets ``(start_ns, end_ns, count, so_far)`` (``Histogram.iterate``) as
+    Prometheus' cumulative ``le`` buckets, and an estimated sum (bucket midpoints).
+
+    A bucket counts under the first bound its end does not exceed, so a bound's count never
+    includes a request slower than the bound.
+    """
+    bounds_ns = [b * NS_PER_S for b in HISTOGRAM_BOUNDS]
+    cumulative = [0] * len(bounds_ns)
+    total = 0
+    estimate = 0.0
+    for start, end, count, _so_far in buckets:
+        if not count:
+            continue
+        total += count
+        estimate += (start + end) / 2 * count
+        for i, bound in enumerate(bounds_ns):
+            if end <= bound:
+                cumulative[i] += count
+                break
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, n in zip(HISTOGRAM_BOUNDS, cumulative, strict=True):
+        running += n
+        out.append((repr(bound), running))
+    out.append(("+Inf", total))
+    return out, estimate / NS_PER_S
+
+
+def _histograms(layer: Any) -> Iterator[Any]:
+    """The latency histograms of bdevs that have one on (``bdev_enable_histogram``)."""
+    from prometheus_client.core import HistogramMetricFamily
+
+    family = HistogramMetricFamily(
+        "pybdev_bdev_latency_histogram_seconds", "Latency of bdev operations while "
+        "bdev_enable_histogram is on (sum estimated from bucket midpoints)", labels=["bdev"])
+    for bdev in layer:
+        histogram = getattr(bdev, "histogram", None)
+        if histogram is None or not hasattr(histogram, "iterate"):
+            continue
+        buckets, estimate = fold_histogram(histogram.iterate())
+        family.add_metric([bdev.name], buckets, estimate)
+    yield family
+
+
 def build_registry(app: App) -> CollectorRegistry:
     from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -181,4 +233,5 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-__all__ = ["CONTENT_TYPE", "TargetCollector", "add_metrics_options", "build_registry", "render"]
+__all__ = ["CONTENT_TYPE", "TargetCollector", "add_metrics_options", "build_registry",
+           "fold_histogram", "render"]

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pybdev.metrics import fold_histogram
 from pybdev.rpc.client import JsonRpcException, RpcClient
 from tests.conftest import ROOT
 from tests.rpc.test_http import HttpTarget, basic
@@ -129,3 +130,35 @@ async def test_metrics_on_the_http_listener_need_its_credentials(tmp_path: Path)
         assert value(samples, "pybdev_warnings_total", event="http_auth_failed") == 1
     finally:
         t.stop()
+
+
+def test_an_spdk_histogram_folds_into_prometheus_buckets() -> None:
+    # Buckets as pybdev.bdev.histogram's iterate() gives them: (start, end, count, so_far), ns.
+    spdk_buckets = [(0, 1_000, 0, 0), (1_000, 8_000, 3, 3), (8_000, 30_000, 2, 5),
+                    (30_000, 2_000_000, 1, 6), (2_000_000, 10**10, 4, 10)]
+    buckets, estimate = fold_histogram(spdk_buckets)
+    le = dict(buckets)
+    assert le["1e-05"] == 3  # ends at 8 us
+    assert le["2.5e-05"] == 3 and le["5e-05"] == 5  # the 8-30 us bucket is only under 50 us
+    assert le["0.0025"] == 6 and le["2.5"] == 6  # the last bucket ends past every bound
+    assert le["+Inf"] == 10
+    assert list(le.values()) == sorted(le.values())  # cumulative
+    assert estimate == pytest.approx((3 * 4_500 + 2 * 19_000 + 1_015_000
+                                      + 4 * 5_001_000_000) / 1e9)
+    # Prometheus' parser accepts what prometheus_client renders from it.
+    from prometheus_client.core import HistogramMetricFamily
+    from prometheus_client.exposition import generate_latest
+
+    class One:
+        def collect(self) -> Iterator[HistogramMetricFamily]:
+            family = HistogramMetricFamily("h_seconds", "h", labels=["bdev"])
+            family.add_metric(["M0"], buckets, estimate)
+            yield family
+
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(One())  # type: ignore[arg-type]
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, "h_seconds_bucket", bdev="M0", le="5e-05") == 5
+    assert value(samples, "h_seconds_count", bdev="M0") == 10
