@@ -403,8 +403,10 @@ class MallocCreateParams(Params):
             decode_error=(INTERNAL_ERROR, DECODE_FAILED), result={"type": "string"},
             aliases=("construct_malloc_bdev",))
 async def bdev_malloc_create(module: MallocModule, p: MallocCreateParams) -> str:
-    """Create a RAM bdev of ``num_blocks`` x ``block_size`` (data bytes; interleaved
-    metadata adds ``md_size`` to each block); answers its name."""
+    """Create a RAM bdev of ``num_blocks`` x ``block_size``; answers its name.
+
+    ``block_size`` counts data bytes: interleaved metadata adds ``md_size`` to each block.
+    """
     bdev = await module.create_async(**p.model_dump())
     return bdev.name
 
