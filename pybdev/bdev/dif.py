@@ -17,7 +17,8 @@ format    guard          app tag    reference tag
 64 (2)    CRC-64 NVMe @0 @8, 2 B    @10, 6 B
 ========  =============  =========  =========================
 
-The guard covers the data up to the PI field (for DIX, the data block and then the
+The guard CRCs come from ``pybdev.bdev.guard_crc`` (16- and 64-bit) and
+``pybdev.proto.nvme.crc32c`` (32-bit). The guard covers the data up to the PI field (for DIX, the data block and then the
 metadata before the PI). An application tag of 0xFFFF turns every check off for types 1
 and 2; type 3 needs the reference tag all ones as well (SPDK's ``_dif_ignore``).
 """
@@ -29,6 +30,7 @@ import struct
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+from pybdev.bdev.guard_crc import crc16_t10dif, crc64_nvme
 from pybdev.errors import OperationError
 from pybdev.proto.nvme.crc32c import crc32c
 
@@ -87,53 +89,6 @@ def pi_size(pi_format: int) -> int:
 
 
 # ------------------------------------------------------------------------------- CRCs
-def _table16() -> list[int]:
-    out = []
-    for b in range(256):
-        c = b << 8
-        for _ in range(8):
-            c = ((c << 1) ^ 0x8BB7) & 0xFFFF if c & 0x8000 else (c << 1) & 0xFFFF
-        out.append(c)
-    return out
-
-
-def _table64() -> list[int]:
-    out = []
-    for b in range(256):
-        c = b
-        for _ in range(8):
-            c = (c >> 1) ^ 0x9A6C9329AC4BC9B5 if c & 1 else c >> 1
-        out.append(c)
-    return out
-
-
-_T16: Final = _table16()
-_T64: Final = _table64()
-
-
-def crc16_t10dif(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
-    """CRC-16/T10-DIF (poly 0x8BB7, no reflection, no final XOR), as ``spdk_crc16_t10dif``.
-
-    ``crc`` is the seed or a previous result. ``crc16_t10dif(b"123456789") == 0xD0DB``.
-    """
-    t = _T16
-    for b in memoryview(data).cast("B"):
-        crc = t[(crc >> 8) ^ b] ^ ((crc << 8) & 0xFFFF)
-    return crc
-
-
-def crc64_nvme(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
-    """CRC-64/NVME (reflected poly 0x9A6C9329AC4BC9B5, inverted in and out), as SPDK's.
-
-    ``crc`` is 0 or a previous result. ``crc64_nvme(b"123456789") == 0xAE8B14860A799888``.
-    """
-    t = _T64
-    c = crc ^ _MASK_32
-    for b in memoryview(data).cast("B"):
-        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ _MASK_32
-
-
 _GUARD: Final[dict[int, Callable[[bytes | bytearray | memoryview, int], int]]] = {
     PI_FORMAT_16: crc16_t10dif, PI_FORMAT_32: crc32c, PI_FORMAT_64: crc64_nvme,
 }
