@@ -21,6 +21,7 @@ from pybdev.bdev import dif
 from pybdev.bdev.core import BdevLayer, Descriptor
 from pybdev.bdev.malloc import MallocBdev, MallocDifBdev, MallocModule
 from pybdev.bdev.null import NullBdev, NullDifBdev, NullModule
+from pybdev.bdev.passthru import PassthruModule
 from pybdev.errors import OperationError
 from pybdev.export.base import refuse_interleaved_md
 from pybdev.ublk.target import device_params
@@ -280,6 +281,22 @@ async def test_plain_bdevs_keep_their_classes(layer: BdevLayer) -> None:
     assert type(module(layer, MallocModule).create(block_size=512, num_blocks=8)) is MallocBdev
     assert type(module(layer, NullModule).create(name="N", block_size=512, num_blocks=8,
                                                  md_size=8)) is NullBdev
+
+
+async def test_passthru_carries_the_format_and_the_metadata(layer: BdevLayer) -> None:
+    base = module(layer, MallocModule).create(name="M", block_size=512, num_blocks=8,
+                                              md_size=16, dif_type=1, dif_is_head_of_md=True)
+    module(layer, PassthruModule).create(base_bdev_name="M", name="PT")
+    pt = layer.get("PT")
+    assert pt is not None and pt.md_info() == base.md_info()
+    desc = layer.open("PT", write=True)
+    data, md = pi_blocks(512, 16, False, True, dif.PI_FORMAT_16, lba=2, n=2)
+    assert md is not None
+    await desc.write_md_async(1024, data, md)
+    assert await desc.read_md_async(1024, 1024) == (data, md)
+    with pytest.raises(OperationError):  # the base checks: PI for LBA 2 at LBA 3
+        await desc.write_md_async(1536, data, md)
+    desc.close()
 
 
 # ------------------------------------------------------------------------------ exports
