@@ -18,9 +18,10 @@ format    guard          app tag    reference tag
 ========  =============  =========  =========================
 
 The guard CRCs come from ``pybdev.bdev.guard_crc`` (16- and 64-bit) and
-``pybdev.proto.nvme.crc32c`` (32-bit). The guard covers the data up to the PI field (for DIX, the data block and then the
-metadata before the PI). An application tag of 0xFFFF turns every check off for types 1
-and 2; type 3 needs the reference tag all ones as well (SPDK's ``_dif_ignore``).
+``pybdev.proto.nvme.crc32c`` (32-bit). The guard covers the data up to the PI field (for
+DIX, the data block and then the metadata before the PI). An application tag of 0xFFFF
+turns every check off for types 1 and 2; type 3 needs the reference tag all ones as well
+(SPDK's ``_dif_ignore``).
 """
 
 from __future__ import annotations
