@@ -296,14 +296,13 @@ class MallocDifBdev(MallocBdev):
                 md[base + gi:base + gi + size] = setup.pack(guard, 0, dif.REFTAG_IGNORE)
 
     def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
-        self._zero(offset, length)
+        if not self.md_interleave:  # interleaved: the formatted pattern covers every byte
+            self._zero(offset, length)
         self._reformat(offset, length)
         cb(0, None)
 
     def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
-        self._zero(offset, length)
-        self._reformat(offset, length)
-        cb(0, None)
+        self.submit_unmap(offset, length, cb)
 
 
 def numa_node_exists(numa_id: int) -> bool:

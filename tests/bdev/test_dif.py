@@ -166,6 +166,18 @@ def test_context_refusals_use_spdk_texts(args: tuple[Any, ...], text: str) -> No
     assert e.value.detail == "No valid DIF PI format provided."
 
 
+def test_formatted_block_pi_is_spdks() -> None:
+    # malloc_disk_setup_pi: app tag 0xFFFF; the reftag "ignore" value where reftags are
+    # checked (types 1, 2), none (0) for type 3.
+    t1 = dif.DifContext(520, 8, True, False, 1, dif.check_flags(1))
+    assert dif.zero_block_pi(t1) == b"\x00\x00\xff\xff\xff\xff\xff\xff"
+    t3 = dif.DifContext(520, 8, True, False, 3, dif.check_flags(3))
+    assert dif.zero_block_pi(t3) == b"\x00\x00\xff\xff\x00\x00\x00\x00"
+    t64 = dif.DifContext(4096, 16, False, True, 1, dif.check_flags(1), pi_format=2)
+    assert struct.unpack(">QHHI", dif.zero_block_pi(t64)) == (
+        dif.crc64_nvme(bytes(4096)), 0xFFFF, 0xFFFF, 0xFFFFFFFF)
+
+
 # ------------------------------------------------------------------- malloc and null
 
 
