@@ -56,6 +56,7 @@ class SplitBdev(VirtualBdev):
     product_name = "Split Disk"
     module_name = "split"
     follows_resize = False  # a part keeps its range
+    copies_pi_format = False  # a bdev_part, as SPDK's
 
     def driver_specific(self) -> dict[str, Any]:
         return {"split": {"base_bdev": self.base_name, "offset_blocks": self.offset_blocks}}

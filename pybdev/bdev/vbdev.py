@@ -136,6 +136,9 @@ class VirtualBdev(StackedBdev):
     follows_resize = True
     # The flag goes to the base's descriptor, which honours it or emulates it there.
     fua_native = True
+    # SPDK's bdev_part (split, error) copies the base's metadata format but not its
+    # dif_pi_format; passthru and delay copy it too.
+    copies_pi_format: ClassVar[bool] = True
 
     def __init__(self, name: str, uuid: str | None, base_desc: Descriptor, *,
                  offset_blocks: int = 0, num_blocks: int | None = None,
@@ -161,7 +164,8 @@ class VirtualBdev(StackedBdev):
             self.md_interleave = base.md_interleave
             self.dif_type = base.dif_type
             self.dif_is_head_of_md = base.dif_is_head_of_md
-            self.dif_pi_format = base.dif_pi_format
+            if self.copies_pi_format:
+                self.dif_pi_format = base.dif_pi_format
             self.dif_check_flags = base.dif_check_flags
 
     def on_base_resize(self, base: Bdev) -> None:
