@@ -58,6 +58,7 @@ __all__ = [
     "crc64_nvme",
     "generate",
     "pi_size",
+    "remap_ref_tags",
     "verify",
     "zero_block_pi",
 ]
@@ -182,12 +183,36 @@ class DifContext:
                 ref = init_ref_tag + offset_blocks
             else:
                 ref = init_ref_tag
+        return self.encode(guard, app, ref)
+
+    def encode(self, guard: int, app: int, ref: int) -> bytes:
+        """A PI field of these values (the reference tag cut to the format's width)."""
+        fmt = self.pi_format
         if fmt == PI_FORMAT_16:
             return self.pi_struct.pack(guard, app, ref & _MASK_16)
         if fmt == PI_FORMAT_32:
             return self.pi_struct.pack(guard, app, 0, ref & _MASK_32)
         ref &= _MASK_64
         return self.pi_struct.pack(guard, app, ref >> 32, ref & 0xFFFFFFFF)
+
+    def ignored(self, app: int, ref: int) -> bool:
+        """SPDK's ``_dif_ignore``: the escape values that turn a block's checks off."""
+        if app != APPTAG_IGNORE:
+            return False
+        if self.dif_type in (DIF_TYPE1, DIF_TYPE2):
+            return True
+        fmt = self.pi_format
+        return self.dif_type == DIF_TYPE3 and ref == (
+            _MASK_16 if fmt == PI_FORMAT_16 else _MASK_32 if fmt == PI_FORMAT_32 else _MASK_64)
+
+    def reftag_error(self, ref: int, expected: int, offset_blocks: int) -> DifError | None:
+        """SPDK's ``_dif_reftag_check``: types 1 and 2 compare, type 3 has none to check."""
+        if not self.flags & FLAGS_REFTAG_CHECK or self.dif_type not in (DIF_TYPE1, DIF_TYPE2):
+            return None
+        fmt = self.pi_format
+        want = expected & _MASK_16 if fmt == PI_FORMAT_16 else (
+            expected & _MASK_64 if fmt == PI_FORMAT_64 else expected)
+        return None if ref == want else DifError(ERR_REFTAG, expected, ref, offset_blocks)
 
     def unpack(self, pi: bytes | memoryview) -> tuple[int, int, int]:
         """(guard, app tag, reference tag) of a PI field."""
@@ -203,11 +228,7 @@ class DifContext:
               init_ref_tag: int) -> DifError | None:
         """SPDK's ``_dif_verify`` of one block's PI against the guard computed over it."""
         got_guard, app, ref = self.unpack(pi)
-        fmt = self.pi_format
-        ref_all_ones = _MASK_16 if fmt == PI_FORMAT_16 else (
-            _MASK_32 if fmt == PI_FORMAT_32 else _MASK_64)
-        if app == APPTAG_IGNORE and (self.dif_type in (DIF_TYPE1, DIF_TYPE2) or (
-                self.dif_type == DIF_TYPE3 and ref == ref_all_ones)):
+        if self.ignored(app, ref):
             return None
         flags = self.flags
         if flags & FLAGS_GUARD_CHECK and got_guard != guard:
@@ -215,15 +236,7 @@ class DifContext:
         if flags & FLAGS_APPTAG_CHECK and (app & self.apptag_mask) != (
                 self.app_tag & self.apptag_mask):
             return DifError(ERR_APPTAG, self.app_tag, app & self.apptag_mask, offset_blocks)
-        if flags & FLAGS_REFTAG_CHECK and self.dif_type in (DIF_TYPE1, DIF_TYPE2):
-            expected = init_ref_tag + offset_blocks
-            if fmt == PI_FORMAT_16:
-                expected &= _MASK_16
-            elif fmt == PI_FORMAT_64:
-                expected &= _MASK_64
-            if ref != expected:
-                return DifError(ERR_REFTAG, expected, ref, offset_blocks)
-        return None
+        return self.reftag_error(ref, init_ref_tag + offset_blocks, offset_blocks)
 
 
 def check_flags(dif_type: int) -> int:
@@ -304,4 +317,32 @@ def verify(ctx: DifContext, data: memoryview, num_blocks: int,
             err = ctx.check(md[at:at + n], guard, i, ref)
         if err is not None:
             return err
+    return None
+
+
+def remap_ref_tags(ctx: DifContext, data: memoryview, num_blocks: int, md: memoryview | None,
+                   init_ref_tag: int, remapped_init_ref_tag: int) -> DifError | None:
+    """Check each block's reference tag against ``init_ref_tag`` + i and rewrite it as
+    ``remapped_init_ref_tag`` + i (SPDK's ``spdk_dif_remap_ref_tag`` /
+    ``spdk_dix_remap_ref_tag`` with the check on): how a part of a bdev moves its LBAs to
+    the base's and back. Blocks with the escape tags are left alone. The first failure, or
+    None; blocks before it are already rewritten, as in SPDK."""
+    if ctx.dif_type == DIF_DISABLE:
+        return None
+    bs, ms, gi, n = ctx.block_size, ctx.md_size, ctx.guard_interval, ctx.pi_size
+    buf = data if md is None else md
+    unit = bs if md is None else ms
+    for i in range(num_blocks):
+        at = i * unit + gi
+        guard, app, ref = ctx.unpack(buf[at:at + n])
+        if ctx.ignored(app, ref):
+            continue
+        if ctx.dif_type != DIF_TYPE3:
+            err = ctx.reftag_error(ref, init_ref_tag + i, i)
+            if err is not None:
+                return err
+            new = remapped_init_ref_tag + i
+        else:
+            new = remapped_init_ref_tag
+        buf[at:at + n] = ctx.encode(guard, app, new)
     return None

@@ -158,8 +158,8 @@ class VirtualBdev(StackedBdev):
         self.offset_blocks = offset_blocks
         self.offset = offset_blocks * base.block_size  # bytes, added to every request
         if base.md_size:
-            # The base's metadata format, as SPDK's passthru and bdev_part copy it. (SPDK
-            # also remaps type 1/2 reference tags for a part at an offset; pybdev does not.)
+            # The base's metadata format, as SPDK's passthru and bdev_part copy it (a split
+            # part past the base's start remaps reference tags: split.SplitRemapBdev).
             self.md_size = base.md_size
             self.md_interleave = base.md_interleave
             self.dif_type = base.dif_type

@@ -24,6 +24,7 @@ from pybdev.bdev.core import BdevLayer, Descriptor
 from pybdev.bdev.malloc import MallocBdev, MallocDifBdev, MallocModule
 from pybdev.bdev.null import NullBdev, NullDifBdev, NullModule
 from pybdev.bdev.passthru import PassthruModule
+from pybdev.bdev.split import SplitModule
 from pybdev.errors import OperationError
 from pybdev.export.base import refuse_interleaved_md
 from pybdev.ublk.target import device_params
@@ -311,6 +312,35 @@ async def test_passthru_carries_the_format_and_the_metadata(layer: BdevLayer) ->
     with pytest.raises(OperationError):  # the base checks: PI for LBA 2 at LBA 3
         await desc.write_md_async(1536, data, md)
     desc.close()
+
+
+@pytest.mark.parametrize("inter", [True, False])
+async def test_split_parts_remap_reference_tags(layer: BdevLayer, inter: bool) -> None:
+    base = module(layer, MallocModule).create(name="M", block_size=512, num_blocks=8,
+                                              md_size=8, md_interleave=inter, dif_type=1)
+    assert module(layer, SplitModule).create("M", 2) == ["Mp0", "Mp1"]
+    unit = base.block_size
+    part = layer.open("Mp1", write=True)
+    whole = layer.open("M", write=False)  # claimed by the split
+    data, md = pi_blocks(512, 8, inter, False, dif.PI_FORMAT_16, lba=1, n=2)  # part LBAs
+    if inter:
+        await part.write_async(unit, data)
+        assert await part.read_async(unit, 2 * unit) == data  # back with the part's LBAs
+        stored = await whole.read_async(5 * unit, 2 * unit)  # the base's check passed too
+        assert [struct.unpack(">I", stored[i * unit + 516:i * unit + 520])[0]
+                for i in range(2)] == [5, 6]
+        with pytest.raises(OperationError):  # tags for another part LBA
+            await part.write_async(2 * unit, data)
+    else:
+        assert md is not None
+        await part.write_md_async(unit, data, md)
+        assert await part.read_md_async(unit, 2 * unit) == (data, md)
+        _, stored_md = await whole.read_md_async(5 * unit, 2 * unit)
+        assert [struct.unpack(">I", stored_md[i * 8 + 4:i * 8 + 8])[0] for i in range(2)] == [5, 6]
+        with pytest.raises(OperationError):
+            await part.write_md_async(2 * unit, data, md)
+    part.close()
+    whole.close()
 
 
 # ------------------------------------------------------------------------------ exports
