@@ -70,6 +70,13 @@ class Namespace(Export):
             self.close_bdev()
             raise
 
+    def unclaim_and_close(self) -> None:
+        """Undo :meth:`open` for a namespace that never served (refused after opening)."""
+        desc = self.desc
+        if desc is not None and desc.claim is not None:
+            self.layer.release_claim(desc)
+        self.close_bdev()
+
     @property
     def bdev(self) -> Bdev:
         desc = self.desc

@@ -288,6 +288,15 @@ class Target:
         except OperationError:
             raise invalid_params() from None
         bdev = ns.bdev
+        if bdev.md_size:
+            # SPDK refuses separate metadata ("Can't attach bdev with separate metadata.")
+            # and exposes interleaved metadata as an extended LBA format, which pybdev's
+            # target does not have yet: it refuses both.
+            log.error("Can't attach bdev %s with %s metadata: pybdev's NVMe/TCP namespaces "
+                      "carry no metadata", bdev.name,
+                      "interleaved" if bdev.md_interleave else "separate")
+            ns.unclaim_and_close()
+            raise invalid_params()
         ns.uuid = uuid if uuid is not None else bdev.uuid
         ns.nguid = nguid_b if nguid_b is not None else uuidlib.UUID(ns.uuid).bytes
         ns.eui64 = eui_b
