@@ -57,7 +57,7 @@ def qemu_io(uri: str, *cmds: str) -> str:
     argv = ["qemu-io", "-f", "raw"]
     for c in cmds:
         argv += ["-c", c]
-    out = subprocess.run(argv + [uri], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*argv, uri], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "fail" not in out.stdout.lower() \
         and "error" not in out.stdout.lower(), out.stdout + out.stderr
     return out.stdout
@@ -153,7 +153,7 @@ def test_unmap_write_zeroes_and_namespace_events(pair: tuple[Target, Target, int
 
 
 def test_spdk_client_for_every_method(pair: tuple[Target, Target, int]) -> None:
-    remote, local, port = pair
+    _remote, local, port = pair
     local.spdk("bdev_nvme_set_options", "-k", "5000", "-r", "2", "-l", "30", "-o", "2",
                "-u", "10")
     local.spdk("bdev_nvme_set_hotplug", "--no-hotplug", "-r", "200000")
@@ -168,8 +168,8 @@ def test_spdk_client_for_every_method(pair: tuple[Target, Target, int]) -> None:
     (info,) = json.loads(local.spdk("bdev_nvme_get_controllers").stdout)
     assert info["ctrlrs"][0]["state"] == "enabled"
     assert info["ctrlrs"][0]["cntlid"] != cntlid  # a new association
-    cfg = [s for s in json.loads(local.spdk("save_config").stdout)["subsystems"]
-           if s["subsystem"] == "bdev"][0]["config"]
+    cfg = next(s for s in json.loads(local.spdk("save_config").stdout)["subsystems"]
+           if s["subsystem"] == "bdev")["config"]
     opts = next(e["params"] for e in cfg if e["method"] == "bdev_nvme_set_options")
     assert (opts["keep_alive_timeout_ms"], opts["bdev_retry_count"],
             opts["ctrlr_loss_timeout_sec"], opts["reconnect_delay_sec"],
@@ -203,7 +203,7 @@ def test_spdk_client_for_every_method(pair: tuple[Target, Target, int]) -> None:
 
 
 def test_errors_are_spdks(pair: tuple[Target, Target, int]) -> None:
-    remote, local, port = pair
+    _remote, local, port = pair
     assert local.rpc("bdev_nvme_attach_controller", attach_params(port)) == ["Nvme0n1"]
     assert err(local, "bdev_nvme_attach_controller", attach_params(port)) == (
         -114, "A controller named Nvme0 already exists with the specified network path")
@@ -259,7 +259,7 @@ def test_set_options_validation(target: Target) -> None:
 @need("qemu-io")
 def test_save_config_reattaches(pair: tuple[Target, Target, int],
                                 start_target: Callable[..., Target], short_dir: Path) -> None:
-    remote, local, port = pair
+    _remote, local, port = pair
     local.rpc("bdev_nvme_set_options", {"keep_alive_timeout_ms": 4000})
     local.rpc("bdev_nvme_attach_controller", attach_params(port, ctrlr_loss_timeout_sec=-1,
                                                            reconnect_delay_sec=1))
@@ -331,7 +331,7 @@ def test_fast_io_fail_then_controller_loss(start_target: Callable[..., Target],
 
 def test_clear_config_flow(pair: tuple[Target, Target, int]) -> None:
     """SPDK's test/json_config/clear_config.py on the bdev subsystem."""
-    remote, local, port = pair
+    _remote, local, port = pair
     local.rpc("bdev_malloc_create", {"name": "M", "num_blocks": 64, "block_size": 512})
     local.rpc("bdev_nvme_attach_controller", attach_params(port))
     saved = json.loads(local.spdk("save_config").stdout)

@@ -103,7 +103,7 @@ def test_small_write_goes_in_the_capsule() -> None:
     payload = b"x" * 4096
     bufs = q.submit(lambda c: nvme.encode_write(c, 1, 0, 8, 512), 1, write=payload)
     wire = b"".join(bytes(b) for b in bufs)
-    typ, flags, hlen, pdo, plen = nvme.CH.unpack_from(wire)
+    typ, _flags, hlen, pdo, plen = nvme.CH.unpack_from(wire)
     assert (typ, hlen, pdo, plen) == (nvme.PDU_CAPSULE_CMD, 72, 72, 72 + 4096)
     sqe = nvme.decode_sqe(wire, 8)
     assert (sqe.sgl_type, sqe.sgl_len, sqe.sgl_addr) == (nvme.SGL_DATA_BLOCK_OFFSET, 4096, 0)
