@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,10 @@ def need(tool: str) -> Any:
 
 
 def export_remote(t: Target, port: int, *, blocks: int = 32768, nsid: int | None = None,
-                  bdev: str = "Malloc0", create: bool = True) -> None:
+                  bdev: str = "Malloc0", create: bool = True,
+                  transport: dict[str, Any] | None = None) -> None:
     if create:
-        t.rpc("nvmf_create_transport", {"trtype": "TCP"})
+        t.rpc("nvmf_create_transport", {"trtype": "TCP", **(transport or {})})
         t.rpc("nvmf_create_subsystem", {"nqn": NQN, "allow_any_host": True,
                                         "serial_number": "PYBDEV0001",
                                         "model_number": "pybdev remote"})
@@ -347,3 +349,25 @@ def test_clear_config_flow(pair: tuple[Target, Target, int]) -> None:
         "subsystems"] if s["subsystem"] == "bdev")
     assert [e["method"] for e in config] == ["bdev_set_options", "bdev_nvme_set_options",
                                              "bdev_nvme_set_hotplug", "bdev_wait_for_examine"]
+
+
+@need("qemu-io")
+def test_digests_and_keep_alive(start_target: Callable[..., Target], short_dir: Path) -> None:
+    port = free_port()
+    remote = start_target(sock=short_dir / "r.sock")
+    # the target drops a controller that sends nothing for 1 s
+    export_remote(remote, port, transport={"min_kato": 1000, "kas": 10})
+    local = start_target(sock=short_dir / "l.sock")
+    local.rpc("bdev_nvme_set_options", {"keep_alive_timeout_ms": 1000})
+    local.rpc("bdev_nvme_attach_controller", attach_params(port, hdgst=True, ddgst=True))
+    (before,) = local.rpc("bdev_nvme_get_controllers")
+    nbd = free_port()
+    uri = f"nbd://127.0.0.1:{nbd}/Nvme0n1"
+    local.rpc("nbd_start_disk", {"bdev_name": "Nvme0n1", "nbd_device": uri})
+    qemu_io(uri, "write -P 0x3c 0 1M", "write -P 0xc3 1M 4k")
+    qemu_io(uri, "read -P 0x3c 0 1M", "read -P 0xc3 1M 4k")
+    time.sleep(4)  # idle: only keep-alives keep the controller
+    (after,) = local.rpc("bdev_nvme_get_controllers")
+    assert after == before and after["ctrlrs"][0]["state"] == "enabled"
+    assert "keep-alive timeout" not in remote.log()
+    qemu_io(uri, "read -P 0x3c 0 64k")
