@@ -106,7 +106,7 @@ class NvmeBdev(Bdev):
         bs = ns.block_size
         nguid = ns.ident.nguid
         uuid = str(uuidlib.UUID(bytes=bytes(nguid))) if any(nguid) else None
-        limit = min(ctrl.max_io_bytes, 0x10000 * bs)
+        limit = max(min(ctrl.max_io_bytes, 0x10000 * bs), bs)
         super().__init__(f"{entry.name}n{ns.nsid}", bs, ns.num_blocks, uuid,
                          io_types=frozenset(io_types), write_cache=bool(cdata.vwc & 1),
                          max_io_bytes=limit - limit % bs)

@@ -252,7 +252,6 @@ class Controller:
         admin_timeout = max(kato / 1000, 1.0) if kato else ADMIN_TIMEOUT
         admin = await self._open(f"{self.name} admin queue", ADMIN_QUEUE_SIZE, admin_timeout)
         self.admin = admin
-        admin.on_lost = self._lost
         self.cntlid = await self._fabric_connect(admin, 0, ADMIN_QUEUE_SIZE - 1, 0xFFFF, kato)
         ok = admin.ok
         dw0, dw1, _ = await ok(lambda c: nvme.encode_property_get(c, nvme.PROP_CAP, 8),
@@ -304,7 +303,6 @@ class Controller:
                 io.append(qp)
                 await self._fabric_connect(qp, qid, depth - 1, self.cntlid, 0)
                 qp.q.in_capsule = in_capsule
-                qp.on_lost = self._lost
         except BaseException:
             for qp in io:
                 qp.close()
@@ -315,6 +313,12 @@ class Controller:
                 c, nvme.Fid.ASYNC_EVENT_CONFIGURATION, AEN_NS_ATTR), "Set Features AEC")
             self._submit_aer()
         self.namespaces = await self._scan()
+        # Losses are reported only from here on: during the bring-up a lost connection
+        # fails the command that waits, and the attach (or reconnect attempt) with it.
+        for qp in (admin, *io):
+            if qp.dead:
+                raise OperationError(errno.ECONNRESET, f"{qp.label}: connection lost")
+            qp.on_lost = self._lost
         self.connected = True
         self._schedule_keep_alive()
 
