@@ -222,7 +222,10 @@ class Controller:
         return await open_qpair(
             label, self.trid.traddr, int(self.trid.trsvcid or 4420), self._family(),
             hdgst=self.opts.hdgst, ddgst=self.opts.ddgst, depth=depth,
-            max_data=max(MAX_TRANSFER, 8192), io_timeout=io_timeout, timeout=CONNECT_TIMEOUT)
+            max_data=max(MAX_TRANSFER, 8192), io_timeout=io_timeout, timeout=CONNECT_TIMEOUT,
+            # hostaddr picks the source address; hostsvcid is not applied (one port
+            # cannot serve the several connections of a controller)
+            local_addr=(self.opts.hostaddr, 0) if self.opts.hostaddr else None)
 
     async def _fabric_connect(self, qp: Qpair, qid: int, sqsize: int, cntlid: int,
                               kato: int) -> int:

@@ -213,14 +213,15 @@ class Qpair(asyncio.Protocol):
 
 async def open_qpair(label: str, host: str, port: int, family: int, *, hdgst: bool,
                      ddgst: bool, depth: int, max_data: int, io_timeout: float,
-                     timeout: float) -> Qpair:
+                     timeout: float, local_addr: tuple[str, int] | None = None) -> Qpair:
     """Connect and do the IC exchange; OperationError with the reason on failure."""
     loop = asyncio.get_running_loop()
     qp = Qpair(label, hdgst=hdgst, ddgst=ddgst, depth=depth, max_data=max_data,
                io_timeout=io_timeout)
     try:
         async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: qp, host, port, family=family)
+            await loop.create_connection(lambda: qp, host, port, family=family,
+                                         local_addr=local_addr)
             await qp.ic_done
     except TimeoutError:
         connected = qp.transport is not None

@@ -196,8 +196,10 @@ def test_spdk_client_for_every_method(pair: tuple[Target, Target, int]) -> None:
     assert json.loads(local.spdk("bdev_nvme_get_controllers").stdout) == []
     # and pybdev's own scripts/rpc.py
     assert local.cli("bdev_nvme_attach_controller", "-b", "N1", "-t", "TCP", "-a",
-                     "127.0.0.1", "-s", str(port), "-n", NQN, "-e", "-d").stdout.split() \
-        == ["N1n1"]
+                     "127.0.0.1", "-s", str(port), "-n", NQN, "-e", "-d", "-i",
+                     "127.0.0.1").stdout.split() == ["N1n1"]
+    (c,) = local.rpc("bdev_nvme_get_controllers")
+    assert c["ctrlrs"][0]["host"]["addr"] == "127.0.0.1"
     (b,) = local.rpc("bdev_get_bdevs", {"name": "N1n1"})
     assert b["driver_specific"]["nvme"][0]["trid"]["trtype"] == "TCP"
     local.cli("bdev_nvme_detach_controller", "N1")
