@@ -116,8 +116,8 @@ def test_initiator_bdev_against_kernel_target(targets: list[Target], tmp_path: P
     dev = "/dev/nbd0"
     fio = (f"fio --name=v --filename={dev} --direct=1 --ioengine=libaio --verify=crc32c "
            "--do_verify=1 --output-format=terse")
-    sh(f"{fio} --rw=randwrite --bs=4k --iodepth=32 --size=16M")
-    sh(f"{fio} --rw=write --bs=128k --iodepth=8 --size=32M --offset=64M")
+    sh(f"{fio} --rw=randwrite --bs=4k --iodepth=32 --size=4M")
+    sh(f"{fio} --rw=write --bs=128k --iodepth=8 --size=16M --offset=64M")
     sh(f"dd if=/dev/urandom of={tmp_path}/a bs=64k count=16 status=none && "
        f"dd if={tmp_path}/a of={dev} bs=64k seek=2048 oflag=direct status=none && "
        f"dd if=/dev/nullb0 of={tmp_path}/b bs=64k skip=2048 count=16 iflag=direct "
