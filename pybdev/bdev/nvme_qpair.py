@@ -100,12 +100,15 @@ class Qpair(asyncio.Protocol):
         was_dead = self.dead
         self.dead = True
         self._pending.clear()
-        for cb in self.q.fail_all():
-            cb(LOST, 0, 0, None)
+        waiting = self.q.fail_all()
         if not self.closed.done():
             self.closed.set_result(None)
+        # The owner hears of the loss before the commands do, so that what they resubmit
+        # waits for a reconnect instead of coming back to this queue.
         if not was_dead and self.on_lost is not None:
             self.on_lost(reason)
+        for cb in waiting:
+            cb(LOST, 0, 0, None)
 
     # -- commands -----------------------------------------------------------------------
     def submit(self, make_sqe: Callable[[int], bytes], cb: Cb, read: int = 0,

@@ -289,10 +289,17 @@ def test_reconnect_after_target_restart(start_target: Callable[..., Target],
     export_remote(remote, port)
     local = start_target(sock=short_dir / "l.sock")
     local.rpc("bdev_nvme_attach_controller", attach_params(
-        port, ctrlr_loss_timeout_sec=-1, reconnect_delay_sec=1))
+        port, ctrlr_loss_timeout_sec=-1, reconnect_delay_sec=1, num_io_queues=1))
     nbd = free_port()
     uri = f"nbd://127.0.0.1:{nbd}/Nvme0n1"
     local.rpc("nbd_start_disk", {"bdev_name": "Nvme0n1", "nbd_device": uri})
+    # reads in flight while the target goes away wait for the reconnect, then succeed
+    argv = ["qemu-io", "-f", "raw"]
+    for i in range(2000):
+        argv += ["-c", f"read {(i % 64) * 65536} 64k"]
+    reader = subprocess.Popen([*argv, uri], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.3)
     assert remote.stop() == 0
 
     def state() -> str:
@@ -303,6 +310,9 @@ def test_reconnect_after_target_restart(start_target: Callable[..., Target],
     remote = start_target(sock=short_dir / "r2.sock")
     export_remote(remote, port)
     wait_until(lambda: state() == "enabled", timeout=30, what="reconnected")
+    out, _ = reader.communicate(timeout=120)
+    assert reader.returncode == 0 and "error" not in out.lower(), out[-2000:]
+    assert out.count("read 65536/65536 bytes") == 2000
     qemu_io(uri, "write -P 0x42 0 64k", "read -P 0x42 0 64k")
     assert remote_read(port, 0, 4096) == b"\x42" * 4096
     # the export survived the reconnect
