@@ -82,6 +82,7 @@ DEFAULT_MAX_CONNECTIONS = 256  # per listener
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds from accept to the end of the handshake
 DEFAULT_MAX_BUFFERED = 256 * MIB  # big-write pieces buffered across all connections
 DRAIN_TIMEOUT = 5.0
+MAX_SPARE_PIECES = 8  # BIG_CHUNK buffers kept for reuse, per server
 
 _READ = proto.NBD_CMD_READ
 _WRITE = proto.NBD_CMD_WRITE
@@ -294,6 +295,19 @@ class PayloadBudget:
         self.cap = cap
         self.used = 0
         self._waiting: deque[Callable[[], None]] = deque()
+        # Pieces whose write completed, kept for the next big write: a fresh 1 MiB
+        # bytearray costs its zeroing and page faults, about as much as receiving into it.
+        self.spares: list[bytearray] = []
+
+    def piece(self, n: int) -> bytearray:
+        """A buffer for a piece of ``n`` bytes (taken from the budget already)."""
+        if n == BIG_CHUNK and self.spares:
+            return self.spares.pop()
+        return bytearray(n)
+
+    def recycle(self, chunk: bytearray) -> None:
+        if len(chunk) == BIG_CHUNK and len(self.spares) < MAX_SPARE_PIECES:
+            self.spares.append(chunk)
 
     def take(self, n: int) -> bool:
         if self.used + n > self.cap and self.used:  # one piece always fits an empty budget
@@ -797,7 +811,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.budget.wait(self._big_resume)
             self._update_reading()
             return False
-        big.chunk = bytearray(n)
+        big.chunk = self.budget.piece(n)
         big.filled = 0
         return True
 
@@ -863,6 +877,7 @@ class NbdConnection(asyncio.BufferedProtocol):
 
         def piece_done(status: int, _data: Any) -> None:
             big.pending -= 1
+            self.budget.recycle(chunk)  # the bdev is done with it
             self.budget.give(size)
             if status and not big.status:
                 big.status = status
