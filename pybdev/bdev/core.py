@@ -205,6 +205,11 @@ class Bdev:
     #: ``get_block_status`` knows holes; False means every range is allocated data, and
     #: the layer answers that without calling it.
     reports_holes: ClassVar[bool] = False
+    #: ``submit_read``/``submit_write`` may be called from any thread (holding the GIL),
+    #: complete inside the call, never with -ENOMEM, and keep nothing of a write's data
+    #: after the callback. An export may then serve them where its requests arrive (ublk's
+    #: queue threads, docs/decisions/ublk-queue-serving.md) instead of on the event loop.
+    thread_safe_submit: ClassVar[bool] = False
     # -ENOMEM'd requests waiting for their retry timer (see _nomem_park); usually None.
     _nomem_queue: list[tuple[str, str, int, int, Any, bool, Callback, int]] | None = None
 
