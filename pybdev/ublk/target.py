@@ -298,6 +298,9 @@ class UblkDevice(Export):
         # What the kernel created (ADD_DEV / GET_DEV_INFO answer); the pollers serve these.
         self.hw_queues = num_queues
         self.hw_depth = queue_depth
+        # Requests of the queues that ended, and how many of them the queue threads served.
+        self.requests = 0
+        self.served_here = 0
 
     @property
     def path(self) -> str:
@@ -448,8 +451,7 @@ class UblkDevice(Export):
         if self.target.devices.get(self.id) is self:
             del self.target.devices[self.id]
         log.info("ublk device %s stopped: %d requests, %d served on the queue threads",
-                 self.path, sum(q.requests for q in self.queues),
-                 sum(q.served_here for q in self.queues))
+                 self.path, self.requests, self.served_here)
 
     async def _teardown(self) -> None:
         """A failed start or recovery: undo what was done (the caller closes the bdev)."""
@@ -497,6 +499,8 @@ class UblkDevice(Export):
             if queue.alive:
                 log.error("ublk%d q%d poller did not exit", self.id, queue.q_id)
                 continue
+            self.requests += queue.requests
+            self.served_here += queue.served_here
             queue.close()
         self.queues = [q for q in self.queues if q.alive]
 
