@@ -185,9 +185,25 @@ def render_nbd() -> list[str]:
         return ["Not measured in this run."]
     lines: list[str] = []
     names = list(next(iter(data.values())))
+    goals = {"rr4k_qd32": "≥ 1.3", "rw4k_qd32": "≥ 1.3", "rr4k_qd1": "≥ 1.0",
+             "rw4k_qd1": "≥ 1.0", "sr128k_qd8": "≥ 1.0, and ≥ 0.9 x ceiling",
+             "sw1m_qd4": "≥ 1.0"}
+    if "nbdkit" in names:
+        cols = [n for n in ("pybdev", "pybdev-asyncio") if n in names]
+        head = ["workload", *[f"{n} / nbdkit" for n in cols],
+                *([f"{n} / ceiling" for n in cols] if "ceiling" in names else []),
+                "goal (issue 19)"]
+        lines += ["Summary (medians of per-round IOPS ratios):", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for w, by in data.items():
+            row = [w, *[f"{_ratio(by[n], by['nbdkit']):.2f}" for n in cols]]
+            if "ceiling" in names:
+                row += [f"{_ratio(by[n], by['ceiling']):.2f}" for n in cols]
+            lines.append("| " + " | ".join([*row, goals.get(w, "")]) + " |")
+        lines += ["", "All figures:", ""]
     peers = [p for p in ("nbdkit", "qemu-nbd", "ceiling") if p in names]
     head = ["workload", "server", "IOPS", "MiB/s", "mean lat µs", "server µs CPU/IO",
-            *[f"× {p}" for p in peers]]
+            *[f"x {p}" for p in peers]]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for w, by in data.items():
         for n in names:
@@ -203,13 +219,13 @@ def render_nbd() -> list[str]:
     series = {n: [_ratio(data[w][n], data[w]["nbdkit"]) for w in workloads]
               for n in names if "nbdkit" in names}
     lines += _bars("perf_nbd", "fio nbd engine, Unix socket, RAM disks: IOPS / nbdkit "
-                   "(median of per-round ratios)", workloads, series, "× nbdkit")
+                   "(median of per-round ratios)", workloads, series, "x nbdkit")
     if "ceiling" in names:
         lines.append("")
         series = {n: [_ratio(data[w][n], data[w]["ceiling"]) for w in workloads]
                   for n in names if n != "ceiling"}
         lines += _bars("perf_nbd_ceiling", "IOPS / the Unix-socket ceiling "
-                       "(bench/nbd_ceiling.py), same run", workloads, series, "× ceiling")
+                       "(bench/nbd_ceiling.py), same run", workloads, series, "x ceiling")
     micro = _text("nbd-micro")
     if micro:
         lines += ["", "Server CPU per request in process (`bench/nbd_fio.py --micro`, no "

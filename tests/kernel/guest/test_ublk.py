@@ -30,7 +30,9 @@ from tests.kernel.guest.blockdev import BLKDISCARD, BLKZEROOUT, MiB, dev_size, w
 
 
 def start(targets: list[Target], tmp_path: Path, *args: str) -> Target:
-    return blockdev.start(targets, tmp_path, "-m", "0x3", "-L", "ublk", *args, timeout=60)
+    # 120 s: the first start imports everything over 9p under emulation; 60 s ran out
+    # on a loaded host.
+    return blockdev.start(targets, tmp_path, "-m", "0x3", "-L", "ublk", *args, timeout=120)
 
 
 @pytest.fixture
