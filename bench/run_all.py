@@ -105,7 +105,7 @@ def collect(args: argparse.Namespace) -> None:
         status["nbd-micro"] = run("nbd-micro", [PY, "bench/nbd_fio.py", "--micro"], 600)[0]
     if "vm" in wanted:
         status["vm"] = run("vm", [PY, "bench/ublk_vs_nbd.py", "--runtime",
-                                  "3" if quick else "5", "--repeat", "1" if quick else "3",
+                                  "3", "--repeat", "1" if quick else "3",
                                   "--json", str(OUT / "vm.json")], 7200)[0]
     if "lvol" in wanted:
         status["lvol"] = run("lvol", [PY, "bench/lvol_nbd.py", "--rounds",

@@ -77,14 +77,17 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
     from tests.conftest import Target
 
     tmp = Path(tempfile.mkdtemp())
-    t = Target(tmp / "b.sock", ["-m", "0x3"], tmp / "target.log").wait_ready(60)
+    t = Target(tmp / "b.sock", ["-m", "0x3"], tmp / "target.log")
     # A second target serving ublk on the event loop only (the path before queue-thread
     # serving, and the path of bdevs without thread_safe_submit).
     os.environ["PYBDEV_UBLK_QUEUE_SERVING"] = "0"
     try:
-        t2 = Target(tmp / "c.sock", ["-m", "0x3"], tmp / "target2.log").wait_ready(60)
+        t2 = Target(tmp / "c.sock", ["-m", "0x3"], tmp / "target2.log")
     finally:
         del os.environ["PYBDEV_UBLK_QUEUE_SERVING"]
+    # Generous: starting Python over 9p under emulation on a loaded host is slow.
+    t.wait_ready(300)
+    t2.wait_ready(300)
     devices: dict[str, str] = {}
     parallel: dict[str, str] = {}
     notes = []
