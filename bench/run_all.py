@@ -288,6 +288,12 @@ def render(meta: dict[str, Any]) -> str:
                                             "load", "fio", "nbdkit", "qemu-nbd") if k in meta],
         f"| exit status of each part | {', '.join(f'{k}: {v}' for k, v in status.items())} |",
         "",
+        "**Load.** The load average above is the machine's, shared with other engineers' "
+        "VMs and test runs. Under CPU contention single-threaded servers (pybdev, the "
+        "ceiling) lose more than multi-threaded ones (nbdkit serves each connection with "
+        "a pool of threads, and the scheduler shares CPU per thread), most of all at QD1 "
+        "where every request waits for a wake-up: compare runs at similar load only.",
+        "",
         "## NBD network export vs nbdkit, qemu-nbd and the Unix-socket ceiling",
         "",
         "`bench/nbd_fio.py`: fio's nbd engine over a Unix socket; pybdev exports a malloc "
