@@ -315,12 +315,21 @@ class Target:
             desc = self.layer.open(bdev_name, True, on_event)
         except OperationError:
             raise invalid_params() from None
+        bdev = desc.bdev
+        if bdev.md_size:
+            # SPDK refuses separate metadata ("Can't attach bdev with separate metadata.")
+            # and exposes interleaved metadata as an extended LBA format, which pybdev's
+            # target does not have yet: it refuses both.
+            log.error("Can't attach bdev %s with %s metadata: pybdev's NVMe/TCP namespaces "
+                      "carry no metadata", bdev.name,
+                      "interleaved" if bdev.md_interleave else "separate")
+            desc.close()
+            raise invalid_params()
         try:
             self.layer.claim(desc, CLAIM_MODULE)
         except OperationError:
             desc.close()
             raise invalid_params() from None
-        bdev = desc.bdev
         if uuid is None:
             uuid = bdev.uuid
         if nguid_b is None:

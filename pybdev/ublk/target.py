@@ -27,7 +27,7 @@ from pybdev.bdev.core import Bdev, BdevLayer
 from pybdev.cpus import format_cpumask
 from pybdev.errors import OperationError
 from pybdev.export import io
-from pybdev.export.base import Export
+from pybdev.export.base import Export, refuse_interleaved_md
 from pybdev.export.status import UBLK_STATUS
 from pybdev.ublk import uapi
 from pybdev.ublk.control import CONTROL_PATH, Control, ControlError, open_control
@@ -88,6 +88,7 @@ def _log2(n: int) -> int:
 
 def device_params(bdev: Bdev, max_io_bytes: int = MAX_IO_BYTES) -> uapi.Params:
     """The kernel parameters of a device that exports ``bdev``."""
+    refuse_interleaved_md(bdev, "ublk")
     bs = bdev.block_size
     if bs < 512 or bs > uapi.PAGE_SIZE:
         raise OperationError(errno.EINVAL,
