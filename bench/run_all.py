@@ -249,6 +249,8 @@ def render_vm() -> list[str]:
     lines += ["", "| ratio | " + " | ".join(results) + " |",
               "|---|" + "---|" * len(results)]
     for what, per_job in data["ratios"].items():
+        if all(v is None for v in per_job.values()):
+            continue  # a device that was not measured (the notes below say why)
         lines.append(f"| {what} | " + " | ".join(
             f"{per_job[j]:.2f}" if per_job.get(j) is not None else "" for j in results) + " |")
     lines.append("")
