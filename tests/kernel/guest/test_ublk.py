@@ -211,7 +211,7 @@ def _served_on_queue_threads(t: Target, path: str) -> tuple[int, int]:
     return int(words[0]), int(words[2])
 
 
-def test_data_event_loop_path(tgt: Target) -> None:
+def test_event_loop_path(tgt: Target) -> None:
     """A bdev without thread_safe_submit (passthru) is served on the event loop; counts
     in iostat match what the device did on both paths."""
     malloc(tgt, "Malloc0", 32, 512)
@@ -228,6 +228,8 @@ def test_data_event_loop_path(tgt: Target) -> None:
     assert tgt.rpc("ublk_stop_disk", {"ublk_id": 4}) is True
     requests, served = _served_on_queue_threads(tgt, "/dev/ublkb4")
     assert requests > 0 and served == 0, (requests, served)
+    # passthru claims its base: release it before exporting the base itself.
+    assert tgt.rpc("bdev_passthru_delete", {"name": "Pt0"}) is True
     # The same malloc bdev exported directly: served on the queue threads, and the
     # statistics count exactly the requests made (no update lost between threads).
     assert tgt.rpc("ublk_start_disk", {"bdev_name": "Malloc0", "ublk_id": 6,
