@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -141,6 +142,8 @@ class UblkTarget:
         self.user_copy = bool(features & uapi.UBLK_F_USER_COPY) and not disable_user_copy
         self.recovery = bool(features & uapi.UBLK_F_USER_RECOVERY)
         self.devices: dict[int, UblkDevice] = {}
+        #: Told of ``export_add`` / ``export_remove`` (the target's event hub).
+        self.events: Callable[[str, dict[str, Any]], object] | None = None
         self.max_devs = ublks_max()
         self.destroying = False
         self._next_cpu = 0
@@ -217,6 +220,7 @@ class UblkTarget:
         except BaseException:
             self.devices.pop(ublk_id, None)
             raise
+        dev.announce("export_add")
         return dev
 
     async def recover_disk(self, bdev_name: str, ublk_id: int) -> UblkDevice:
@@ -236,6 +240,7 @@ class UblkTarget:
     async def _recover(self, dev: UblkDevice) -> None:
         try:
             await dev.recover()
+            dev.announce("export_add")
         except Exception as e:
             log.error("recovery of ublk device %d failed: %s", dev.id, e)
             self.devices.pop(dev.id, None)
@@ -302,6 +307,7 @@ class UblkDevice(Export):
         # Requests of the queues that ended, and how many of them the queue threads served.
         self.requests = 0
         self.served_here = 0
+        self.state_announced = False  # export_add was sent, so export_remove will be
 
     @property
     def path(self) -> str:
@@ -451,8 +457,16 @@ class UblkDevice(Export):
         self.state = DeviceState.STOPPED
         if self.target.devices.get(self.id) is self:
             del self.target.devices[self.id]
+            if self.state_announced:
+                self.announce("export_remove")
         log.info("ublk device %s stopped: %d requests, %d served on the queue threads",
                  self.path, self.requests, self.served_here)
+
+    def announce(self, event: str) -> None:
+        events = self.target.events
+        self.state_announced = event == "export_add"
+        if events is not None:
+            events(event, {"export": self.path, "protocol": "ublk", "bdev": self.bdev_name})
 
     async def _teardown(self) -> None:
         """A failed start or recovery: undo what was done (the caller closes the bdev)."""
