@@ -325,8 +325,11 @@ def render(meta: dict[str, Any]) -> str:
         "## NVMe/TCP vs the kernel's target",
         "",
         *(["`bench/nvmf_vs_kernel.py` (output as printed):", "", "```", nvmf, "```"] if nvmf
-          else ["`bench/nvmf_vs_kernel.py` is not in this tree yet; `run_all.py` runs it when "
-                "it is."]),
+          else ["`bench/nvmf_vs_kernel.py` (in the kernel VM) was not run for this page: "
+                "`python bench/run_all.py --only nvmf` adds it."
+                if (ROOT / "bench" / "nvmf_vs_kernel.py").exists()
+                else "`bench/nvmf_vs_kernel.py` is not in this tree yet; `run_all.py` runs it "
+                     "when it is."]),
         "",
         "## Control plane",
         "",
