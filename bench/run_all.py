@@ -256,7 +256,8 @@ def render_vm() -> list[str]:
     lines.append("")
     jobs = [j for j in results if j in data["ratios"]["ublk/nbd"]]
     series = {w: [data["ratios"][w].get(j) for j in jobs]
-              for w in ("ublk/nbd", "ublk-loop/nbd", "nbd/qemu-nbd")}
+              for w in ("ublk/nbd", "ublk-loop/nbd", "nbd/qemu-nbd")
+              if any(data["ratios"][w].get(j) is not None for j in jobs)}
     lines += _bars("perf_ublk", "In the VM (software emulation): IOPS ratios", jobs, series,
                    "ratio")
     if data.get("notes"):
