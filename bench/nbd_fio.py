@@ -58,12 +58,13 @@ class Server:
     """An NBD server process on a Unix socket, with its CPU time readable from /proc."""
 
     def __init__(self, name: str, argv: list[str], sock: Path, uri: str,
-                 log: Path, ready: Path | None = None) -> None:
+                 log: Path, ready: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.uri = uri
         self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
+                                     cwd=ROOT, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while not (ready or sock).exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -91,7 +92,7 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
     started: list[Server] = []
     try:
         for name in names:
-            if name in ("pybdev", "pybdev-tcp"):
+            if name in ("pybdev", "pybdev-tcp", "pybdev-asyncio"):
                 sock = tmp / f"{name}.sock"
                 uri = f"nbd+unix:///Malloc0?socket={sock}"
                 if name == "pybdev-tcp":
@@ -103,11 +104,13 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
                     {"subsystem": "nbd", "config": [{"method": "nbd_start_disk", "params": {
                         "bdev_name": "Malloc0", "nbd_device": uri}}]}]}))
                 py = [sys.executable]
-                if profile and name == "pybdev":
+                if profile and name in ("pybdev", "pybdev-asyncio"):
                     py += ["-m", "cProfile", "-o", profile]
                 rpc = tmp / f"{name}-rpc.sock"
+                # pybdev-asyncio: asyncio's own loop, what a plain `pip install` runs.
+                env = {"PYBDEV_EVENT_LOOP": "asyncio"} if name == "pybdev-asyncio" else {}
                 s = Server(name, [*py, "-m", "pybdev", "-r", str(rpc), "--json", str(cfg)],
-                           sock, uri, tmp / f"{name}.log", ready=rpc)
+                           sock, uri, tmp / f"{name}.log", ready=rpc, env=env)
                 if name == "pybdev-tcp":
                     s.uri = _wait_tcp_uri(rpc)
                 else:
@@ -116,6 +119,11 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
                 sock = tmp / "nbdkit.sock"
                 s = Server(name, ["nbdkit", "-f", "-U", str(sock), "memory", str(size)], sock,
                            f"nbd+unix:///?socket={sock}", tmp / "nbdkit.log")
+            elif name == "ceiling":
+                sock = tmp / "ceiling.sock"
+                s = Server(name, [sys.executable, str(ROOT / "bench" / "nbd_ceiling.py"),
+                                  str(sock), str(size)], sock,
+                           f"nbd+unix:///?socket={sock}", tmp / "ceiling.log")
             elif name == "qemu-nbd":
                 sock = tmp / "qemu.sock"
                 image = Path(tempfile.mkdtemp(dir="/dev/shm")) / "disk.raw"
@@ -225,7 +233,7 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     lines = []
     for w, by_server in results.items():
         names = list(by_server)
-        peers = [p for p in ("nbdkit", "qemu-nbd") if p in names]
+        peers = [p for p in ("nbdkit", "qemu-nbd", "ceiling") if p in names]
         head = ["server", "IOPS", "MiB/s", "mean lat us", "p99 us", "server CPU %",
                 "server us/IO", *[f"x {p}" for p in peers]]
         lines += [f"\n### {w}\n", "| " + " | ".join(head) + " |",
@@ -308,7 +316,7 @@ def micro(batch: int, rounds: int = 3000) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from pybdev.bdev.core import BdevLayer
     from pybdev.bdev.malloc import MallocModule
-    from pybdev.nbd.server import NbdConnection, describe_export
+    from pybdev.nbd.server import NbdConnection, PayloadBudget, describe_export
     from pybdev.proto import nbd as proto
 
     class Sink:
@@ -339,7 +347,10 @@ def micro(batch: int, rounds: int = 3000) -> dict[str, float]:
         export.desc = desc
         export.name = "M0"
         export.connections = set()
-        conn = NbdConnection(Stub())  # type: ignore[arg-type]
+        listener = Stub()
+        listener.network = Stub()  # type: ignore[attr-defined]
+        listener.network.budget = PayloadBudget(1 << 30)  # type: ignore[attr-defined]
+        conn = NbdConnection(listener)  # type: ignore[arg-type]
         conn.transport = Sink()  # type: ignore[assignment]
         conn._handshake = None
         info = describe_export("M0", desc.bdev)
@@ -382,7 +393,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--size", default="1G", help="disk size (K, M, G suffixes)")
     p.add_argument("--servers", default="pybdev,nbdkit,qemu-nbd",
-                   help="comma list of pybdev, pybdev-tcp, nbdkit, qemu-nbd")
+                   help="comma list of pybdev, pybdev-asyncio (asyncio's own loop), "
+                        "pybdev-tcp, nbdkit, qemu-nbd, ceiling (bench/nbd_ceiling.py: a "
+                        "minimal blocking Python server, the Unix-socket ceiling)")
     p.add_argument("--workloads", default="", help=f"comma list of {', '.join(WORKLOADS)}")
     p.add_argument("--json", help="write the raw results here")
     p.add_argument("--svg", default=str(ROOT / "docs" / "img" / "nbd_fio.svg"),

@@ -1,14 +1,24 @@
-"""ublk vs the kernel NBD export: the same malloc bdev through /dev/ublkb0 and /dev/nbd0.
+"""ublk vs the kernel NBD export vs qemu-nbd: one malloc bdev through several block devices.
 
 Runs inside the kernel VM (``tests/kernel/vm.py``): started on the host, it boots the VM
-and runs itself there with ``--in-vm``. Inside, one pybdev target exports one malloc bdev
-twice: ``ublk_start_disk Malloc0 0`` and ``nbd_start_disk Malloc0 /dev/nbd0``. fio (libaio,
-O_DIRECT) then runs the same jobs on each device, interleaved, ``--repeat`` times; the best
-round of each counts. Software emulation makes absolute numbers meaningless, so the
-result is the **ratio** ublk/NBD per job. Where the NBD kernel export is missing, ublk is
-measured alone and the report says so. Usage::
+and runs itself there with ``--in-vm``. Inside:
 
-    python bench/ublk_vs_nbd.py [--runtime 8] [--repeat 2] [--json bench/results/ublk_vs_nbd.json]
+* ``ublk``: ``/dev/ublkb0`` on Malloc0, one queue, served on the queue thread (malloc
+  declares ``thread_safe_submit``);
+* ``ublk-loop``: ``/dev/ublkb1`` on a second target started with
+  ``PYBDEV_UBLK_QUEUE_SERVING=0``: every request hops to the event loop and back (the path
+  of bdevs that do not declare ``thread_safe_submit``);
+* ``nbd``: pybdev's kernel NBD export of Malloc0 on ``/dev/nbd0``;
+* ``qemu-nbd``: ``qemu-nbd -c /dev/nbd1`` on a 64 MiB file in /dev/shm (the same kind of
+  backing: RAM);
+* ``ublk-2q``: ``/dev/ublkb2`` on Malloc0 with two queues, against ``ublk`` with two fio
+  processes: whether two queue threads contend on the GIL.
+
+fio (libaio, O_DIRECT) runs the same jobs on each device, interleaved, ``--repeat``
+rounds; figures are medians, ratios the median of per-round ratios. Software emulation
+makes absolute numbers meaningless: only ratios count. Usage::
+
+    python bench/ublk_vs_nbd.py [--runtime 8] [--repeat 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
 sys.path.insert(0, str(ROOT))
 
 JOBS: dict[str, list[str]] = {
@@ -37,68 +48,142 @@ JOBS: dict[str, list[str]] = {
 }
 
 
+# Jobs for the GIL question: two fio processes (one per vCPU), so that blk-mq spreads the
+# requests over both queues of a two-queue device.
+PARALLEL_JOBS: dict[str, list[str]] = {
+    "randread-4k-2x16": ["--rw=randread", "--bs=4k", "--iodepth=16", "--numjobs=2",
+                         "--group_reporting"],
+}
+
+
 def fio(device: str, args: list[str], runtime: int) -> dict[str, float]:
     out = subprocess.run(
         ["fio", "--name=j", f"--filename={device}", "--ioengine=libaio", "--direct=1",
          "--time_based", f"--runtime={runtime}", "--size=48M", "--output-format=json",
          *args], capture_output=True, text=True, check=True, timeout=runtime + 120)
-    job = json.loads(out.stdout)["jobs"][0]
+    job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
     rw = "write" if job["write"]["io_bytes"] else "read"
     return {"iops": job[rw]["iops"], "mib_s": job[rw]["bw_bytes"] / (1 << 20),
             "lat_us": job[rw]["lat_ns"]["mean"] / 1000}
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
     from tests.conftest import Target
 
     tmp = Path(tempfile.mkdtemp())
-    t = Target(tmp / "b.sock", ["-m", "0x3"], tmp / "target.log").wait_ready(60)
-    devices = {}
-    notes = []
+    t = Target(tmp / "b.sock", ["-m", "0x3"], tmp / "target.log")
+    # A second target serving ublk on the event loop only (the path before queue-thread
+    # serving, and the path of bdevs without thread_safe_submit).
+    os.environ["PYBDEV_UBLK_QUEUE_SERVING"] = "0"
     try:
-        t.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 64 * 256,
-                                     "block_size": 4096})
-        t.rpc("ublk_create_target")
+        t2 = Target(tmp / "c.sock", ["-m", "0x3"], tmp / "target2.log")
+    finally:
+        del os.environ["PYBDEV_UBLK_QUEUE_SERVING"]
+    # Generous: starting Python over 9p under emulation on a loaded host is slow.
+    t.wait_ready(300)
+    t2.wait_ready(300)
+    devices: dict[str, str] = {}
+    parallel: dict[str, str] = {}
+    notes = []
+    qemu_nbd: subprocess.Popen[bytes] | None = None
+    image = Path("/dev/shm/qemu-nbd-bench.raw")
+    try:
+        for tgt, bdev in ((t, "Malloc0"), (t2, "Malloc1")):
+            tgt.rpc("bdev_malloc_create", {"name": bdev, "num_blocks": 64 * 256,
+                                           "block_size": 4096})
+            tgt.rpc("ublk_create_target")
         t.rpc("ublk_start_disk", {"bdev_name": "Malloc0", "ublk_id": 0,
                                   "num_queues": 1, "queue_depth": 128})
         devices["ublk"] = "/dev/ublkb0"
+        t2.rpc("ublk_start_disk", {"bdev_name": "Malloc1", "ublk_id": 1,
+                                   "num_queues": 1, "queue_depth": 128})
+        devices["ublk-loop"] = "/dev/ublkb1"
+        t.rpc("ublk_start_disk", {"bdev_name": "Malloc0", "ublk_id": 2,
+                                  "num_queues": 2, "queue_depth": 64})
+        parallel["ublk"] = "/dev/ublkb0"
+        parallel["ublk-2q"] = "/dev/ublkb2"
         try:
             t.rpc("nbd_start_disk", {"bdev_name": "Malloc0", "nbd_device": "/dev/nbd0"})
             devices["nbd"] = "/dev/nbd0"
-        except Exception as e:  # the kernel NBD export is another engineer's work
+        except Exception as e:
             notes.append(f"NBD kernel export unavailable ({e}); ublk measured alone")
-        results: dict[str, dict[str, dict[str, float]]] = {d: {} for d in devices}
-        for job, args in JOBS.items():
-            for _ in range(opts.repeat):
-                for name, path in devices.items():
-                    r = fio(path, args, opts.runtime)
-                    best = results[name].get(job)
-                    if best is None or r["iops"] > best["iops"]:
-                        results[name][job] = r
-        ratios = {}
-        if "nbd" in results:
-            ratios = {job: results["ublk"][job]["iops"] / results["nbd"][job]["iops"]
-                      for job in JOBS}
-        return {"results": results, "ratio_ublk_over_nbd": ratios, "notes": notes,
+        if shutil.which("qemu-nbd"):
+            # The same kind of backing for qemu-nbd: a RAM file of the same size.
+            with open(image, "wb") as f:
+                f.truncate(64 * MiB)
+            qemu_nbd = subprocess.Popen(
+                ["qemu-nbd", "-f", "raw", "--cache=writeback", "--persistent", "-c",
+                 "/dev/nbd1", str(image)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                size = Path("/sys/block/nbd1/size")
+                if size.exists() and int(size.read_text() or 0) > 0:
+                    devices["qemu-nbd"] = "/dev/nbd1"
+                    break
+                time.sleep(0.2)
+            else:
+                notes.append("qemu-nbd -c /dev/nbd1 did not connect")
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+        for rnd in range(opts.repeat):
+            for jobs, devs in ((JOBS, devices), (PARALLEL_JOBS, parallel)):
+                for job, args in jobs.items():
+                    for name, path in devs.items():
+                        r = fio(path, args, opts.runtime)
+                        runs.setdefault(job, {}).setdefault(name, []).append(r)
+                        print(f"round {rnd + 1} {job:20} {name:10} {r['iops']:9.0f} IOPS",
+                              file=sys.stderr, flush=True)
+        results = {job: {name: {k: _median([r[k] for r in rs]) for k in rs[0]}
+                         for name, rs in by.items()} for job, by in runs.items()}
+
+        def ratio(job: str, a: str, b: str) -> float | None:
+            ra, rb = runs[job].get(a), runs[job].get(b)
+            if not ra or not rb:
+                return None
+            return _median([x["iops"] / y["iops"] for x, y in zip(ra, rb, strict=True)])
+
+        ratios = {
+            "ublk/nbd": {j: ratio(j, "ublk", "nbd") for j in JOBS},
+            "ublk-loop/nbd": {j: ratio(j, "ublk-loop", "nbd") for j in JOBS},
+            "ublk/ublk-loop": {j: ratio(j, "ublk", "ublk-loop") for j in JOBS},
+            "nbd/qemu-nbd": {j: ratio(j, "nbd", "qemu-nbd") for j in JOBS},
+            "ublk-2q/ublk": {j: ratio(j, "ublk-2q", "ublk") for j in PARALLEL_JOBS},
+        }
+        return {"results": results, "runs": runs, "ratios": ratios,
+                "ratio_ublk_over_nbd": ratios["ublk/nbd"], "notes": notes,
                 "runtime_s": opts.runtime, "repeat": opts.repeat,
-                "environment": "QEMU TCG guest, 2 vCPUs, kernel 6.12 (emulation: only "
-                               "ratios are meaningful)"}
+                "environment": "QEMU TCG guest, 2 vCPUs, kernel " + os.uname().release
+                               + " (emulation: only ratios are meaningful)"}
     finally:
+        if qemu_nbd is not None:
+            subprocess.run(["qemu-nbd", "-d", "/dev/nbd1"], capture_output=True, check=False)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                qemu_nbd.wait(10)
+            if qemu_nbd.poll() is None:
+                qemu_nbd.kill()
+            image.unlink(missing_ok=True)
         for cmd, params in (("nbd_stop_disk", {"nbd_device": "/dev/nbd0"}),
                             ("ublk_destroy_target", None)):
             with contextlib.suppress(Exception):
                 t.rpc(cmd, params, timeout=60)
+        with contextlib.suppress(Exception):
+            t2.rpc("ublk_destroy_target", None, timeout=60)
         t.stop(timeout=60)
+        t2.stop(timeout=60)
 
 
 def report(data: dict[str, Any]) -> str:
-    lines = [f"{'job':<20} {'ublk IOPS':>10} {'nbd IOPS':>10} {'ublk/nbd':>9}"]
-    res = data["results"]
-    for job in JOBS:
-        u = res["ublk"][job]["iops"]
-        n = res.get("nbd", {}).get(job, {}).get("iops")
-        ratio = f"{u / n:9.2f}" if n else "        -"
-        lines.append(f"{job:<20} {u:10.0f} {n if n else 0:10.0f} {ratio}")
+    lines = []
+    for job, by in data["results"].items():
+        lines.append(f"{job:<20} " + "  ".join(f"{n} {r['iops']:.0f}" for n, r in by.items()))
+    for what, per_job in data["ratios"].items():
+        lines.append(f"{what:<16} " + "  ".join(
+            f"{j} {v:.2f}" for j, v in per_job.items() if v is not None))
     lines += data["notes"]
     return "\n".join(lines)
 
@@ -106,7 +191,8 @@ def report(data: dict[str, Any]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runtime", type=int, default=8, help="seconds per fio run")
-    p.add_argument("--repeat", type=int, default=2, help="rounds per job and device")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="interleaved rounds; figures are medians")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
     opts = p.parse_args()
@@ -126,7 +212,7 @@ def main() -> int:
         print("cannot run: fio is not installed", file=sys.stderr)
         return 1
     share = Path(tempfile.mkdtemp(prefix="ublk-bench-"))
-    budget = len(JOBS) * opts.repeat * 2 * (opts.runtime + 15) + 120
+    budget = (len(JOBS) * 4 + len(PARALLEL_JOBS) * 2) * opts.repeat * (opts.runtime + 20) + 240
     start = time.monotonic()
     r = vm.run_in_vm(f"{sys.executable} bench/ublk_vs_nbd.py --in-vm --runtime {opts.runtime} "
                      f"--repeat {opts.repeat}", timeout=budget, share_dir=share)

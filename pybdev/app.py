@@ -294,7 +294,13 @@ def remove_pidfile(path: str) -> None:
 
 
 def run_loop(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run on uvloop when it is installed (measurably faster sockets), else asyncio's loop."""
+    """Run on uvloop when it is installed (measurably faster sockets), else asyncio's loop.
+
+    ``PYBDEV_EVENT_LOOP=asyncio`` forces asyncio's own loop (benchmarks and tests of the
+    paths a plain ``pip install`` takes).
+    """
+    if os.environ.get("PYBDEV_EVENT_LOOP") == "asyncio":
+        return asyncio.run(coro_factory())
     try:
         import uvloop
     except ImportError:

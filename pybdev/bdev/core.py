@@ -209,6 +209,11 @@ class Bdev:
     #: ``get_block_status`` knows holes; False means every range is allocated data, and
     #: the layer answers that without calling it.
     reports_holes: ClassVar[bool] = False
+    #: ``submit_read``/``submit_write`` may be called from any thread (holding the GIL),
+    #: complete inside the call, never with -ENOMEM, and keep nothing of a write's data
+    #: after the callback. An export may then serve them where its requests arrive (ublk's
+    #: queue threads, docs/decisions/ublk-queue-serving.md) instead of on the event loop.
+    thread_safe_submit: ClassVar[bool] = False
     # Metadata and protection information, SPDK's md_len, md_interleave, dif_type,
     # dif_is_head_of_md, dif_pi_format and dif_check_flags (values of pybdev.bdev.dif). With
     # interleaved metadata ``block_size`` counts data and metadata, as SPDK's blocklen

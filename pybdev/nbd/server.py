@@ -53,6 +53,7 @@ from pybdev.listener import (
     unix_identity,
     unlink_unix,
 )
+from pybdev.nbd import sendq
 from pybdev.nbd.export import NBD_OPS, NbdExport
 from pybdev.netaddr import bind_address, is_loopback_ip
 from pybdev.peerwarn import WARNINGS, peer_host, quote
@@ -82,6 +83,7 @@ DEFAULT_MAX_CONNECTIONS = 256  # per listener
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds from accept to the end of the handshake
 DEFAULT_MAX_BUFFERED = 256 * MIB  # big-write pieces buffered across all connections
 DRAIN_TIMEOUT = 5.0
+MAX_SPARE_PIECES = 8  # BIG_CHUNK buffers kept for reuse, per server
 
 _READ = proto.NBD_CMD_READ
 _WRITE = proto.NBD_CMD_WRITE
@@ -301,6 +303,19 @@ class PayloadBudget:
         self.cap = cap
         self.used = 0
         self._waiting: deque[Callable[[], None]] = deque()
+        # Pieces whose write completed, kept for the next big write: a fresh 1 MiB
+        # bytearray costs its zeroing and page faults, about as much as receiving into it.
+        self.spares: list[bytearray] = []
+
+    def piece(self, n: int) -> bytearray:
+        """A buffer for a piece of ``n`` bytes (taken from the budget already)."""
+        if n == BIG_CHUNK and self.spares:
+            return self.spares.pop()
+        return bytearray(n)
+
+    def recycle(self, chunk: bytearray) -> None:
+        if len(chunk) == BIG_CHUNK and len(self.spares) < MAX_SPARE_PIECES:
+            self.spares.append(chunk)
 
     def take(self, n: int) -> bool:
         if self.used + n > self.cap and self.used:  # one piece always fits an empty budget
@@ -451,6 +466,10 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._size = 0
         self._out: list[Any] = []
         self._hot: tuple[Any, ...] = ()
+        # Replies leave through the transport's writelines, or through a SendQueue where
+        # the transport would join them (asyncio's own loop on Python 3.11).
+        self._sendq: sendq.SendQueue | None = None
+        self._writelines: Callable[[list[Any]], None] = _drop
         self._batching = False
         self._inflight = 0
         self._inflight_bytes = 0  # read data and pinned receive buffers in flight
@@ -538,6 +557,10 @@ class NbdConnection(asyncio.BufferedProtocol):
                 events("connection_close", {"export": self.export.nbd_device,
                                             "protocol": "nbd", "peer": self.peer})
         self._cancel_big()
+        if self._sendq is not None:
+            self._sendq.detach()
+            self._sendq = None
+        self._writelines = _drop
         # Let go of buffers and of the bound methods that point back here, so a closed
         # connection's memory is freed now, not when the cycle collector runs.
         self._big = None
@@ -593,6 +616,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._close()
 
     def abort(self) -> None:
+        if self._sendq is not None:
+            self._sendq.detach()
         if self.transport is not None:
             self.transport.abort()
 
@@ -603,7 +628,10 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()  # flushes queued replies first
+            if self._sendq is not None:
+                self._sendq.close()  # flushes queued replies first
+            else:
+                self.transport.close()  # flushes queued replies first
 
     def _blocked(self) -> bool:
         """Whether a limit stops new requests now (they wait in the buffer)."""
@@ -699,6 +727,14 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._zcopy = bdev.read_buffer is ReadBuffer.HELD
         self._block_status = desc.block_status if bdev.reports_holes else None
         # What the per-batch loop needs, fetched in one tuple unpack.
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        if sendq.usable(self.transport, loop):
+            self._sendq = sendq.SendQueue(self.transport, loop, self.pause_writing,
+                                          self.resume_writing, self._send_failed)
+            self._writelines = self._sendq.writelines
+        else:
+            self._writelines = self.transport.writelines
         self._hot = (self._validator.check, desc.read, desc.write, self._read_done,
                      self._simple_done, self._structured, self._zcopy, self._out)
         log.debug("NBD client %s: export %r (structured %s, contexts %s)", self.peer,
@@ -814,7 +850,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.budget.wait(self._big_resume)
             self._update_reading()
             return False
-        big.chunk = bytearray(n)
+        big.chunk = self.budget.piece(n)
         big.filled = 0
         return True
 
@@ -880,6 +916,7 @@ class NbdConnection(asyncio.BufferedProtocol):
 
         def piece_done(status: int, _data: Any) -> None:
             big.pending -= 1
+            self.budget.recycle(chunk)  # the bdev is done with it
             self.budget.give(size)
             if status and not big.status:
                 big.status = status
@@ -1048,15 +1085,18 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._send_now([chunk])
 
     def _send_now(self, chunks: list[Any]) -> None:
-        if self.transport is not None:
-            self.transport.writelines(chunks)
+        self._writelines(chunks)
 
     def _flush_out(self) -> None:
         out = self._out
         if out:
-            if self.transport is not None:
-                self.transport.writelines(out)
+            self._writelines(out)
             out.clear()
+
+    def _send_failed(self, exc: OSError) -> None:
+        log.debug("NBD client %s: send failed: %s", self.peer, exc)
+        if self.transport is not None:
+            self.transport.abort()
 
     def _unpin(self, gen: int) -> None:
         """A write that used an earlier buffer completed; the last one releases it."""
@@ -1074,6 +1114,10 @@ class NbdConnection(asyncio.BufferedProtocol):
                 self._close()
         elif self._read_paused:
             self._update_reading()
+
+
+def _drop(_chunks: list[Any]) -> None:
+    """Replies of a connection that is gone (or not in transmission yet) go nowhere."""
 
 
 def _clip_extents(extents: Any, length: int, req_one: bool) -> list[tuple[int, int]]:

@@ -6,9 +6,12 @@ that issued its FETCH, so each queue has one thread that issues both. The thread
 1. pins itself to its CPU (from the target's cpumask) and sets PR_SET_IO_FLUSHER;
 2. creates a ring with the cdev as fixed file 0 and posts FETCH_REQ for every tag;
 3. loops on ``submit_and_reap``: every completion is a request (or NEED_GET_DATA /
-   ABORT); requests of one pass go to the event loop in one ``call_soon_threadsafe``;
-   for USER_COPY writes the thread first preads the data from the cdev;
-4. the event loop runs the bdev I/O and calls :meth:`UblkQueue.complete`, which queues the
+   ABORT); for USER_COPY writes the thread first preads the data from the cdev;
+4. offers the pass's requests to ``serve_here`` (set by the device when its bdev declares
+   ``thread_safe_submit``): what it serves completes on this thread, with no hop to the
+   event loop (docs/decisions/ublk-queue-serving.md); the rest go to the event loop in
+   one ``call_soon_threadsafe``;
+5. the event loop runs the bdev I/O and calls :meth:`UblkQueue.complete`, which queues the
    result and wakes the thread (eventfd, only when the queue of results was empty); the
    thread issues COMMIT_AND_FETCH for every queued result in its next pass, in the same
    ``io_uring_enter`` that waits for new completions.
@@ -40,6 +43,8 @@ _TAG_MASK: Final = 0xFFFF
 # A request handed to the event loop: (tag, op_flags, nr_sectors, start_sector, data).
 Request = tuple[int, int, int, int, Any]
 BatchHandler = Callable[["UblkQueue", list[Request]], None]
+# Serves what it can of a pass's requests on the queue thread; returns the rest (or None).
+ThreadServer = Callable[["UblkQueue", list[Request]], "list[Request] | None"]
 
 _FETCH = uapi.UBLK_U_IO_FETCH_REQ
 _COMMIT = uapi.UBLK_U_IO_COMMIT_AND_FETCH_REQ
@@ -55,7 +60,7 @@ class UblkQueue:
 
     def __init__(self, *, dev_id: int, q_id: int, depth: int, cdev_fd: int, user_copy: bool,
                  max_io: int, cpu: int | None, loop: asyncio.AbstractEventLoop,
-                 handler: BatchHandler) -> None:
+                 handler: BatchHandler, serve_here: ThreadServer | None = None) -> None:
         self.dev_id = dev_id
         self.q_id = q_id
         self.depth = depth
@@ -65,6 +70,8 @@ class UblkQueue:
         self.cpu = cpu
         self.loop = loop
         self.handler = handler
+        self.serve_here = serve_here
+        self.served_here = 0  # requests served on the queue thread (the rest: the loop)
         self.done: collections.deque[tuple[int, int]] = collections.deque()
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -182,6 +189,9 @@ class UblkQueue:
         handler = self.handler
         done = self.done
         waker_ud = waker.user_data
+        serve_here = self.serve_here
+        max_io = self.max_io
+        bufs_view = memoryview(self.bufs) if self.bufs is not None else memoryview(b"")
         while live > 0 and not self._force_stop:
             batch: list[Request] = []
             for user_data, res, _flags in ring.submit_and_reap(1):
@@ -191,7 +201,7 @@ class UblkQueue:
                 tag = user_data & _TAG_MASK
                 if res == uapi.UBLK_IO_RES_OK:
                     op_flags, nr_sectors, start, _addr = _IO_DESC.unpack_from(iod, tag * 24)
-                    data = None
+                    data: Any = None
                     if (op_flags & 0xFF) == _OP_WRITE:
                         length = nr_sectors << 9
                         if user_copy:
@@ -205,10 +215,10 @@ class UblkQueue:
                                 done.append((tag, -errno.EIO))
                                 continue
                         else:
-                            bufs = self.bufs
-                            assert bufs is not None
-                            at = tag * self.max_io
-                            data = bufs[at:at + length]
+                            # A view: the tag's buffer is not reused before its COMMIT. The
+                            # event loop path copies it (an asynchronous bdev may keep it).
+                            at = tag * max_io
+                            data = bufs_view[at:at + length]
                     batch.append((tag, op_flags, nr_sectors, start, data))
                 elif res == uapi.UBLK_IO_RES_NEED_GET_DATA:
                     ring.prep_uring_cmd(0, _GET_DATA, _IO_CMD.pack(q_id, tag, 0,
@@ -222,6 +232,13 @@ class UblkQueue:
                     live -= 1
             if batch:
                 self.requests += len(batch)
+                if serve_here is not None:
+                    n = len(batch)
+                    batch = serve_here(self, batch) or []
+                    self.served_here += n - len(batch)
+                if batch and not user_copy:
+                    batch = [r if r[4] is None else (*r[:4], bytes(r[4])) for r in batch]
+            if batch:
                 try:
                     loop.call_soon_threadsafe(handler, self, batch)
                 except RuntimeError:  # the loop is closed: nobody will complete these

@@ -18,6 +18,7 @@ import errno
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
@@ -59,6 +60,16 @@ UBLK_OPS: Final = io.op_table({
     uapi.UBLK_IO_OP_DISCARD: io.UNMAP,
     uapi.UBLK_IO_OP_WRITE_ZEROES: io.WRITE_ZEROES,
 })
+
+
+_OP_READ: Final = uapi.UBLK_IO_OP_READ
+_OP_WRITE: Final = uapi.UBLK_IO_OP_WRITE
+_F_FUA: Final = uapi.UBLK_IO_F_FUA
+# Serve thread-safe bdevs on the queue threads (docs/decisions/ublk-queue-serving.md).
+# Relies on the GIL: the layer's statistics are updated without a lock. Off on a
+# free-threaded Python, and with PYBDEV_UBLK_QUEUE_SERVING=0 (for measurements).
+QUEUE_THREAD_SERVING: Final = (getattr(sys, "_is_gil_enabled", lambda: True)()
+                               and os.environ.get("PYBDEV_UBLK_QUEUE_SERVING", "1") != "0")
 
 
 class DeviceState(enum.Enum):
@@ -293,6 +304,9 @@ class UblkDevice(Export):
         # What the kernel created (ADD_DEV / GET_DEV_INFO answer); the pollers serve these.
         self.hw_queues = num_queues
         self.hw_depth = queue_depth
+        # Requests of the queues that ended, and how many of them the queue threads served.
+        self.requests = 0
+        self.served_here = 0
         self.state_announced = False  # export_add was sent, so export_remove will be
 
     @property
@@ -416,7 +430,8 @@ class UblkDevice(Export):
         for q in range(self.hw_queues):
             queue = UblkQueue(dev_id=self.id, q_id=q, depth=self.hw_depth,
                               cdev_fd=self.cdev_fd, user_copy=t.user_copy, max_io=self.max_io,
-                              cpu=t.next_cpu(), loop=loop, handler=self._handle_batch)
+                              cpu=t.next_cpu(), loop=loop, handler=self._handle_batch,
+                              serve_here=self._serve_here if QUEUE_THREAD_SERVING else None)
             self.queues.append(queue)
             queue.start()
         for queue in self.queues:
@@ -444,7 +459,8 @@ class UblkDevice(Export):
             del self.target.devices[self.id]
             if self.state_announced:
                 self.announce("export_remove")
-        log.info("ublk device %s stopped", self.path)
+        log.info("ublk device %s stopped: %d requests, %d served on the queue threads",
+                 self.path, self.requests, self.served_here)
 
     def announce(self, event: str) -> None:
         events = self.target.events
@@ -498,8 +514,71 @@ class UblkDevice(Export):
             if queue.alive:
                 log.error("ublk%d q%d poller did not exit", self.id, queue.q_id)
                 continue
+            self.requests += queue.requests
+            self.served_here += queue.served_here
             queue.close()
         self.queues = [q for q in self.queues if q.alive]
+
+    # -- the data path on the queue thread ----------------------------------------------
+    def _serve_here(self, queue: UblkQueue, batch: list[Request]) -> list[Request] | None:
+        """Serve READs and WRITEs on the queue thread when the bdev allows it; the rest.
+
+        Only for bdevs declaring ``thread_safe_submit`` (they complete inside the call)
+        and with no QoS, histogram or queue-depth sampling on (``_hooked``: those keep
+        state on the event loop), checked for every pass since they change at run time.
+        The descriptor still validates, counts the statistics and refuses I/O once the
+        bdev is going (hot-remove). docs/decisions/ublk-queue-serving.md.
+        """
+        desc = self.desc
+        if desc is None:
+            return batch
+        bdev = desc.bdev
+        # _hooked: QoS, histograms, queue-depth sampling (pybdev/bdev/core.py).
+        if not bdev.thread_safe_submit or getattr(bdev, "_hooked", False):
+            return batch
+        rest: list[Request] | None = None
+        complete = queue.done.append  # drained by this thread right after: no wake-up
+        read = desc.read
+        write = desc.write
+        user_copy = queue.user_copy
+        cdev = queue.cdev_fd
+        q_id = queue.q_id
+        bufs = queue.bufs
+        max_io = queue.max_io
+        for req in batch:
+            tag, op_flags, nr_sectors, start, data = req
+            op = op_flags & 0xFF
+            length = nr_sectors << 9
+            if op == _OP_READ:
+
+                def read_done(status: int, rdata: Any, tag: int = tag,
+                              length: int = length) -> None:
+                    if status:
+                        complete((tag, UBLK_STATUS(status)))
+                    elif user_copy:
+                        try:
+                            n = os.pwrite(cdev, rdata, uapi.user_copy_offset(q_id, tag))
+                        except OSError:
+                            n = -1
+                        complete((tag, length if n == length else -errno.EIO))
+                    else:
+                        at = tag * max_io
+                        bufs[at:at + length] = rdata  # type: ignore[index]
+                        complete((tag, length))
+
+                read(start << 9, length, read_done)
+            elif op == _OP_WRITE:
+
+                def write_done(status: int, _data: Any, tag: int = tag,
+                               length: int = length) -> None:
+                    complete((tag, UBLK_STATUS(status) if status else length))
+
+                write(start << 9, data, write_done, bool(op_flags & _F_FUA))
+            else:
+                if rest is None:
+                    rest = []
+                rest.append(req)
+        return rest
 
     # -- the data path (event loop thread) ----------------------------------------------
     def _handle_batch(self, queue: UblkQueue, batch: list[Request]) -> None:

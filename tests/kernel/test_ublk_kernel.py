@@ -13,7 +13,8 @@ GUEST_TIMEOUT = 560.0
 GUEST_FILE = "tests/kernel/guest/test_ublk.py"
 GROUPS = {
     "devices-and-data": "create_ublk or create_multi_ublk or data_ or mkfs or hot_remove",
-    "recovery-config-errors": "kill_and_recover or config_round_trip or bad_input",
+    "recovery-config-errors": "kill_and_recover or config_round_trip or bad_input "
+                              "or event_loop_path",
 }
 
 

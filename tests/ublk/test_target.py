@@ -248,6 +248,10 @@ class _FakeQueue:
         self.max_io = max_io
         self.bufs = bytearray(4 * max_io)
         self.results: dict[int, int] = {}
+        self.requests = 0  # counted by the device when the queue ends
+        self.served_here = 0
+        self.done: list[tuple[int, int]] = []  # what the poller thread commits next
+        self.cdev_fd = -1
 
     def close(self) -> None:
         self.closed = True
@@ -312,3 +316,36 @@ async def test_device_data_path_answers_through_the_status_table(layer: BdevLaye
     assert bytes(queue.bufs[queue.max_io:queue.max_io + 8192]) == payload
     await dev.stop()
     assert target.control.calls == ["STOP_DEV", "DEL_DEV"]
+
+
+async def test_queue_thread_serves_thread_safe_bdevs_and_leaves_the_rest(
+        layer: BdevLayer) -> None:
+    """malloc declares thread_safe_submit: READ and WRITE complete inside _serve_here into
+    the queue's list of results (no event loop); the rest is handed back for the loop, and
+    so is everything once the bdev has QoS or another hook (``_hooked``)."""
+    import threading
+
+    _target, dev, queue = _running_device(layer)
+    assert dev.desc is not None and dev.desc.bdev.thread_safe_submit
+    payload = bytes(range(256)) * 32
+    batch = [
+        (0, uapi.UBLK_IO_OP_WRITE, 16, 8, memoryview(payload)),
+        (1, uapi.UBLK_IO_OP_FLUSH, 0, 0, None),
+        (2, uapi.UBLK_IO_OP_READ, 16, 8, None),
+        (3, uapi.UBLK_IO_OP_READ, 16, 256 * 8, None),  # beyond the end: refused, counted not
+    ]
+    stats0 = dict(dev.desc.bdev.stat.ops)
+    rest: list[Any] = []
+    # Called from another thread, as the poller does.
+    th = threading.Thread(target=lambda: rest.append(dev._serve_here(queue, batch)))
+    th.start()
+    th.join()
+    assert rest == [[batch[1]]]
+    assert queue.done == [(0, 8192), (2, 8192), (3, -errno.EIO)]
+    assert bytes(queue.bufs[2 * queue.max_io:2 * queue.max_io + 8192]) == payload
+    stats = dev.desc.bdev.stat.ops
+    assert stats["write"] - stats0.get("write", 0) == 1
+    assert stats["read"] - stats0.get("read", 0) == 1
+    dev.desc.bdev._hooked = True  # what QoS, histograms and queue-depth sampling set
+    assert dev._serve_here(queue, batch) is batch
+    await dev.stop()
