@@ -1,10 +1,16 @@
 """The lvol bdev module: lvstores found by examine, lvol bdevs, the ``bdev_lvol_*`` RPCs.
 
-An lvstore owns its whole base: the module opens the base for write and claims it
-``read_many_write_one`` (SPDK's ``spdk_bs_bdev_claim``). Each lvol is a bdev named by its
-UUID with the one alias ``lvs/lvol`` (``module/bdev/lvol/vbdev_lvol.c: _create_lvol_disk``).
-Nothing is written to ``save_config``: the stores are on disk, and examine brings them back
-whenever a base with one appears, before ``bdev_wait_for_examine`` answers.
+Built on the vbdev framework (docs/vbdev-framework.md) as SPDK's part model: an lvstore is
+the :class:`~pybdev.bdev.vbdev.Attachment` of its base, which the module opens and claims
+``read_many_write_one`` (SPDK's ``spdk_bs_bdev_claim``), and each lvol is a stacked bdev
+over it, registered through the attachment. Hot-remove of the base unregisters every lvol
+and then releases the base, as the framework does for every vbdev. Two things are the
+lvol module's own: the attachment is made by examine after the base was read (a store is on
+disk, not in a saved config), and it holds the base while the store has no lvol
+(``holds_bases``). Each lvol is a bdev named by its UUID with the one alias ``lvs/lvol``
+(``module/bdev/lvol/vbdev_lvol.c: _create_lvol_disk``). Nothing is written to
+``save_config``: the stores are on disk, and examine brings them back whenever a base with
+one appears, before ``bdev_wait_for_examine`` answers.
 
 Errors follow ``module/bdev/lvol/vbdev_lvol_rpc.c``: checks made before the operation
 answer ``-errno``; failures of the operation itself answer ``-32602`` with strerror's text
@@ -24,8 +30,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pybdev.bdev.core import (
     Bdev,
-    BdevEvent,
-    BdevModule,
     BdevState,
     Callback,
     ClaimType,
@@ -33,7 +37,7 @@ from pybdev.bdev.core import (
 )
 from pybdev.bdev.lvol.check import check_store
 from pybdev.bdev.lvol.store import NAME_MAX, Lvol, LvolStore, read_slots
-from pybdev.bdev.vbdev import StackedBdev
+from pybdev.bdev.vbdev import Attachment, StackedBdev, VbdevConfig, VbdevModule
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from pybdev.rpc.registry import RpcTable
@@ -50,11 +54,7 @@ T = TypeVar("T")
 
 
 class LvolBdev(StackedBdev):
-    """An lvol as a bdev: requests go straight to the lvol's I/O path.
-
-    A stacked bdev without an attachment: the lvstore, not the vbdev framework's
-    :class:`~pybdev.bdev.vbdev.Attachment`, holds the base (docs/vbdev-framework.md).
-    """
+    """An lvol as a bdev: a part of its lvstore's base; requests go to the lvol's I/O path."""
 
     product_name = "Logical Volume"
     module_name = "lvol"
@@ -84,6 +84,11 @@ class LvolBdev(StackedBdev):
 
     def on_removed(self) -> None:
         self.lvol.fail_queued(-errno.ENODEV)
+
+    async def destruct(self) -> None:
+        if self.lvol.bdev is self:
+            self.lvol.bdev = None
+        await super().destruct()  # the attachment forgets it (the store keeps the base)
 
     reports_holes = True
 
@@ -125,16 +130,41 @@ class LvolBdev(StackedBdev):
         return {"lvol": out}
 
 
-class LvolModule(BdevModule):
+class LvstoreConfig(VbdevConfig):
+    """A loaded lvstore as the vbdev framework sees it: a config built over one base."""
+
+    def __init__(self, store: LvolStore) -> None:
+        self.store = store
+
+    @property
+    def base_names(self) -> tuple[str, ...]:
+        return (self.store.desc.bdev.name,)
+
+
+class LvolModule(VbdevModule[LvstoreConfig]):
     name = "lvol"
     rpc = RPC
+    claim_type = ClaimType.READ_MANY_WRITE_ONE
+    open_for_write = False  # the claim makes the descriptor writable
+    keep_unbuilt = False  # a store whose base went is found again by examine
+    holds_bases = True  # a store owns its base with or without lvols
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
-        self.stores: list[LvolStore] = []
         self.copies: dict[int, dict[str, Any]] = {}  # shallow copies by operation id
         self._next_copy = 1
         self._copy_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def stores(self) -> list[LvolStore]:
+        """The loaded lvstores, in the order they were created or found."""
+        return [c.store for c in self.configs]
+
+    def attachment_of(self, store: LvolStore) -> Attachment:
+        for c in self.configs:
+            if c.store is store and c.attachment is not None:
+                return c.attachment
+        raise OperationError(errno.ENODEV, f"lvstore {store.name} is not loaded")
 
     # -- finding stores ---------------------------------------------------------------
     def examine(self, bdev: Bdev) -> Awaitable[None] | None:
@@ -169,51 +199,37 @@ class LvolModule(BdevModule):
             log.info("lvstore %s on %s not loaded: %s", store.name, bdev.name, e)
             desc.close()
             return
-        self._attach(store)
+        attachment = self.attach(LvstoreConfig(store), [desc], [])
         report = check_store(store)
         if not report.ok:
             log.error("lvstore %s on %s: %s", store.name, bdev.name, "; ".join(report.problems))
         for lvol in list(store.lvols.values()):
             try:
-                self._register(lvol)
+                self._register(lvol, attachment)
             except OperationError as e:
                 log.error("lvol %s of %s not registered: %s", lvol.name, store.name, e)
         log.info("lvstore %s loaded from %s with %d lvols", store.name, bdev.name,
                  len(store.lvols))
 
-    def _attach(self, store: LvolStore) -> None:
-        """Take a store whose descriptor holds the claim on its base."""
-        desc = store.desc
-        desc.event_cb = lambda event, _bdev: self._base_event(store, event)
-        self.stores.append(store)
-
-    def _base_event(self, store: LvolStore, event: BdevEvent) -> None:
-        if event is BdevEvent.REMOVE and store in self.stores:
-            store.spawn(self._unload(store))
-
-    async def _unload(self, store: LvolStore) -> None:
-        """The base went away: every lvol bdev goes, then the store lets go of the base."""
-        await self._unregister_all(store)
-        if store in self.stores:
-            self.stores.remove(store)
-        store.desc.close()  # releases the claim
+    def construct(self, config: LvstoreConfig, descs: list[Descriptor]) -> list[StackedBdev]:
+        raise NotImplementedError("lvstores are attached by examine and create_lvstore")
 
     async def _unregister_all(self, store: LvolStore) -> None:
-        for lvol in reversed(list(store.lvols.values())):
-            bdev = lvol.bdev
-            if bdev is not None and bdev.state is BdevState.REGISTERED:
-                await self.layer.unregister(bdev)
-            lvol.bdev = None
+        tasks = self.attachment_of(store).unregister_all()
+        if tasks:
+            await asyncio.gather(*tasks)
 
-    def _register(self, lvol: Lvol) -> LvolBdev:
+    def _register(self, lvol: Lvol, attachment: Attachment | None = None) -> LvolBdev:
         if self.layer.get(lvol.alias) is not None:
             raise OperationError(errno.EEXIST, f"bdev name or alias {lvol.alias} already exists")
+        if attachment is None:
+            attachment = self.attachment_of(lvol.store)
         bdev = LvolBdev(lvol)
         lvol.bdev = bdev
         # The alias before register: examine of the new bdev (a nested lvstore) may see it.
         bdev.aliases.append(lvol.alias)
         try:
-            self.layer.register(bdev)
+            attachment.add(bdev)
         except OperationError:
             lvol.bdev = None
             raise
@@ -261,15 +277,14 @@ class LvolModule(BdevModule):
         except BaseException:
             desc.close()  # releases the claim
             raise
-        self._attach(store)
+        self.attach(LvstoreConfig(store), [desc], [])
         return store.uuid
 
     async def delete_lvstore(self, store: LvolStore) -> None:
+        attachment = self.attachment_of(store)
         await self._unregister_all(store)
         await _completion(store.destroy())
-        if store in self.stores:
-            self.stores.remove(store)
-        store.desc.close()  # releases the claim
+        attachment.release()  # closes the base descriptor, which releases the claim
 
     async def rename_lvstore(self, old_name: str, new_name: str) -> None:
         store = next((s for s in self.stores if s.name == old_name), None)
@@ -433,13 +448,17 @@ class LvolModule(BdevModule):
             "lvs": {"name": store.name, "uuid": store.uuid},
         }
 
+    def config_entry(self, config: LvstoreConfig) -> dict[str, Any]:
+        raise NotImplementedError("lvstores are not in save_config")
+
     def write_config(self) -> list[Any]:
         return []  # "configuration is saved on physical device" (vbdev_lvol.c)
 
     async def fini(self) -> None:
-        for store in list(self.stores):
-            store.desc.close()
-        self.stores.clear()
+        for config in list(self.configs):
+            if config.attachment is not None:
+                config.attachment.release()
+        await super().fini()
 
 
 def _async_error(err: int) -> RpcError:
