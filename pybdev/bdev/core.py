@@ -205,6 +205,9 @@ class Bdev:
     #: ``get_block_status`` knows holes; False means every range is allocated data, and
     #: the layer answers that without calling it.
     reports_holes: ClassVar[bool] = False
+    #: ``submit_read`` and ``submit_write`` call their callback before they return, always
+    #: (RAM-backed modules): a stacked bdev need not track such requests in flight.
+    completes_inline: bool = False
     # -ENOMEM'd requests waiting for their retry timer (see _nomem_park); usually None.
     _nomem_queue: list[tuple[str, str, int, int, Any, bool, Callback, int]] | None = None
 

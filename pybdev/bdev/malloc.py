@@ -41,6 +41,7 @@ class MallocBdev(Bdev):
     module_name = "malloc"
     fua_native = True  # a write is in the bdev's memory when it completes
     read_buffer = ReadBuffer.HELD  # views of the bdev's memory (it outlives them)
+    completes_inline = True
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None,
                  physical_block_size: int, optimal_io_boundary: int, numa_id: int) -> None:

@@ -34,6 +34,7 @@ class NullBdev(Bdev):
     product_name = "Null disk"
     module_name = "null"
     read_buffer = ReadBuffer.HELD  # a shared zero buffer that never changes
+    completes_inline = True
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None, *,
                  physical_block_size: int = 0, md_size: int = 0, dif_type: int = 0,

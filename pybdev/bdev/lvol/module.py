@@ -25,7 +25,7 @@ import asyncio
 import errno
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pybdev.bdev.core import (
@@ -76,11 +76,36 @@ class LvolBdev(StackedBdev):
         # Reads complete with the base's buffers, or with buffers of the lvol's own that
         # nobody writes again (zeros, joined pieces): the base's promise holds.
         self.read_buffer = base.read_buffer
-        # The hot path: no frame of our own between the descriptor and the lvol.
-        self.submit_read = lvol.read  # type: ignore[method-assign]
-        self.submit_write = lvol.write  # type: ignore[method-assign]
-        self.submit_unmap = lvol.unmap  # type: ignore[method-assign]
-        self.submit_write_zeroes = lvol.write_zeroes  # type: ignore[method-assign]
+        self.completes_inline = lvol.io.inline
+        self.submit_unmap = lvol.unmap  # type: ignore[method-assign,assignment]
+        self.submit_write_zeroes = lvol.write_zeroes  # type: ignore[method-assign,assignment]
+        self.offset: int | None = None  # where the lvol starts on the base, on the offset path
+        lvol.bdev = self
+        self.choose_path()
+
+    def choose_path(self) -> None:
+        """Point ``submit_read``/``submit_write`` at the cheapest correct path.
+
+        The hot path, so no frame of our own between the descriptor and the base: a thick
+        lvol laid out as one run (:meth:`Lvol.run_offset`) forwards reads with an offset add,
+        as a part does (``VirtualBdev``), and writes too where the base completes inside the
+        call (nothing to count in flight for a freeze) and the lvol is writable. Everything
+        else goes through the lvol's cluster map (:meth:`Lvol.read`, :meth:`Lvol.write`).
+        Called again whenever the lvol's layout, flags or freeze change.
+        """
+        lvol = self.lvol
+        at = lvol.run_offset()
+        self.offset = at
+        if at is None:
+            self.submit_read = lvol.read  # type: ignore[method-assign,assignment]
+            self.submit_write = lvol.write  # type: ignore[method-assign,assignment]
+            return
+        io = lvol.io
+        self.submit_read = _offset_read(io.read, at)  # type: ignore[method-assign,assignment]
+        if io.inline and not lvol.read_only:
+            self.submit_write = _offset_write(io.write, at)  # type: ignore[method-assign,assignment]
+        else:
+            self.submit_write = lvol.write  # type: ignore[method-assign,assignment]
 
     def on_removed(self) -> None:
         self.lvol.fail_queued(-errno.ENODEV)
@@ -128,6 +153,20 @@ class LvolBdev(StackedBdev):
             out["clones"] = sorted(c.name for c in lvol.children)
         out["esnap_clone"] = False
         return {"lvol": out}
+
+
+def _offset_read(read: Callable[[int, int, Callback], None],
+                 at: int) -> Callable[[int, int, Callback], None]:
+    def submit_read(offset: int, length: int, cb: Callback) -> None:
+        read(offset + at, length, cb)
+    return submit_read
+
+
+def _offset_write(write: Callable[[int, Any, Callback, bool], None],
+                  at: int) -> Callable[[int, Any, Callback, bool], None]:
+    def submit_write(offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        write(offset + at, data, cb, fua)
+    return submit_write
 
 
 class LvstoreConfig(VbdevConfig):
@@ -224,8 +263,7 @@ class LvolModule(VbdevModule[LvstoreConfig]):
             raise OperationError(errno.EEXIST, f"bdev name or alias {lvol.alias} already exists")
         if attachment is None:
             attachment = self.attachment_of(lvol.store)
-        bdev = LvolBdev(lvol)
-        lvol.bdev = bdev
+        bdev = LvolBdev(lvol)  # sets lvol.bdev
         # The alias before register: examine of the new bdev (a nested lvstore) may see it.
         bdev.aliases.append(lvol.alias)
         try:

@@ -74,6 +74,8 @@ class BaseIo:
         self.unmap = bdev.submit_unmap
         self.write_zeroes = bdev.submit_write_zeroes
         self.can_unmap = bdev.supports("unmap")
+        # Requests complete inside the call, FUA included: nothing is ever in flight.
+        self.inline = bdev.completes_inline and bdev.fua_native
 
     def _write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
         if fua:
@@ -99,7 +101,7 @@ class Lvol:
         self.children: list[Lvol] = []
         # SPDK keeps a blob a snapshot until reload once it had a clone (bs_blob_list_remove).
         self.was_parent = False
-        self.bdev: Any = None  # the lvol bdev, set by the module
+        self.bdev: Any = None  # the lvol bdev, set by the module (has choose_path())
         self.deleted = False
         # I/O state
         self.frozen = 0
@@ -139,24 +141,55 @@ class Lvol:
         return f"<Lvol {self.alias} {self.uuid}>"
 
     def set_io(self, io: BaseIo) -> None:
+        self.io = io
         self._read, self._write = io.read, io.write
         self._unmap, self._write_zeroes = io.unmap, io.write_zeroes
         self._can_unmap = io.can_unmap
+        self.layout_changed()
+
+    def run_offset(self) -> int | None:
+        """Where this lvol starts on the base if it is one run there that nothing moves.
+
+        A thick, unfrozen lvol whose clusters are consecutive: its bdev may then forward
+        requests with an offset add, as a part does, instead of a cluster-map lookup. Maps
+        of thick lvols change only under a freeze (snapshot, shrink) or by growing, and
+        both call :meth:`layout_changed`.
+        """
+        c = self.clusters
+        n = len(c)
+        if self.thin or self.frozen or not n or not c[0] or c[n - 1] - c[0] != n - 1:
+            return None
+        first = c[0]
+        if any(c[i] != first + i for i in range(n)):
+            return None
+        return first * self._cs
+
+    def layout_changed(self) -> None:
+        """The map, the flags or the freeze changed: the bdev picks its submit path again."""
+        bdev = self.bdev
+        if bdev is not None:
+            bdev.choose_path()
 
     # -- freezing ---------------------------------------------------------------------
     async def freeze(self) -> None:
         """Queue new requests; return once no write or allocation is in flight."""
         self.frozen += 1
+        if self.frozen == 1:
+            # Off the offset path, whose writes are not counted in flight: it is only
+            # taken where they complete inside the call, so none is in flight now.
+            self.layout_changed()
         while self.inflight or self._allocating:
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
 
     def unfreeze(self) -> None:
         self.frozen -= 1
-        if self.frozen == 0 and self._queued:
-            queued, self._queued = self._queued, []
-            for fn, args in queued:
-                fn(*args)
+        if self.frozen == 0:
+            self.layout_changed()
+            if self._queued:
+                queued, self._queued = self._queued, []
+                for fn, args in queued:
+                    fn(*args)
 
     def _maybe_drained(self) -> None:
         if self._drained is not None and not self.inflight and not self._allocating:
@@ -746,6 +779,7 @@ class LvolStore:
             if lvol.read_only:
                 return
             lvol.read_only = True
+            lvol.layout_changed()
             await self.commit()
 
     async def resize(self, lvol: Lvol, size: int) -> None:
@@ -764,6 +798,8 @@ class LvolStore:
                 if not lvol.thin:
                     for i in range(old_n, n):
                         lvol.clusters[i] = self.take_cluster()
+                # Before the bdev grows (the module resizes it after this returns).
+                lvol.layout_changed()
                 await self.commit()
                 return
             await lvol.freeze()
