@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pybdev.bdev.aio import AioModule
-from pybdev.bdev.core import BdevLayer, BdevState, ClaimType
+from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, BdevState, ClaimType
 from pybdev.bdev.lvol.module import LvolBdev, LvolModule
 from pybdev.bdev.malloc import MallocModule
 from pybdev.errors import OperationError
@@ -72,8 +72,13 @@ async def test_hot_remove_takes_lvols_then_store_and_examine_brings_them_back(
     assert isinstance(origin, LvolBdev)
     await lv.snapshot(origin.lvol, "s1")
     consumer = layer.open("lvs/v1", write=True)  # an export's descriptor, say
-    seen = []
-    consumer.event_cb = lambda event, bdev: (seen.append(event), consumer.close())
+    seen: list[BdevEvent] = []
+
+    def on_event(event: BdevEvent, _bdev: Bdev) -> None:
+        seen.append(event)
+        consumer.close()
+
+    consumer.event_cb = on_event
     lvols = [b for b in layer if isinstance(b, LvolBdev)]
     assert len(lvols) == 2
 
