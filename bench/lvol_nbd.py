@@ -1,16 +1,18 @@
 """Logical volumes: what the lvol layer costs, measured with fio's nbd engine and RPC timings.
 
 1. A thick lvol against a malloc bdev of the same size, both exported over NBD (Unix socket)
-   by one target, interleaved in the same run: 4 KiB QD32 random read and write. Both disks
-   are filled first so neither pays anything on first touch.
+   by one target, interleaved in the same run (the order alternates from round to round):
+   4 KiB QD32 random read and write. Both disks are filled first so neither pays anything on
+   first touch.
 2. First-write allocation: 4 KiB QD32 random writes on a fresh thin lvol (most writes
-   allocate a cluster: a metadata commit each, grouped), against the same on the thick lvol.
+   allocate a cluster: a metadata commit each, grouped), against the same on the thick lvol
+   right after it.
 3. Snapshot and clone creation while fio writes to the origin: the RPC latency.
 4. Start-up: an aio base holding an lvstore with N lvols and N/10 snapshots; the time
    ``bdev_aio_create`` takes (it answers after examine loaded the store and registered
    every lvol bdev), for a few N.
 
-    python bench/lvol_nbd.py [--runtime 5] [--rounds 3] [--size 256M] [--load 100,500,1000]
+    python bench/lvol_nbd.py [--runtime 5] [--rounds 3] [--size 256M] [--load 250,500,1000]
     python bench/lvol_nbd.py --micro
 
 ``--micro`` measures in process the CPU per 4 KiB request through a descriptor of a malloc
@@ -42,12 +44,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Target:
-    def __init__(self, tmp: Path, name: str) -> None:
+    def __init__(self, tmp: Path, name: str, *args: str) -> None:
         self.sock = tmp / f"{name}.sock"
         self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "pybdev", "-r", str(self.sock)],
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "pybdev", "-r", str(self.sock),
+                                      *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while True:
             try:
                 self.rpc("spdk_get_version")
@@ -55,7 +59,9 @@ class Target:
             except (OSError, JsonRpcException):
                 if time.monotonic() > deadline:
                     raise SystemExit("target did not start") from None
-                time.sleep(0.05)
+                time.sleep(0.02)
+        # The socket answers once the --json replay (and its examine) is done.
+        self.ready_after = time.perf_counter() - self.started
 
     def rpc(self, method: str, params: dict[str, Any] | None = None) -> Any:
         with RpcClient(str(self.sock), timeout=600) as c:
@@ -112,9 +118,9 @@ def thick_vs_base(t: Target, tmp: Path, size: int, runtime: float, rounds: int) 
         got: dict[str, list[float]] = {k: [] for k in uris}
         cpu: dict[str, list[float]] = {k: [] for k in uris}
         ratios = []
-        for _ in range(rounds):
+        for i in range(rounds):
             r = {}
-            for k, u in uris.items():
+            for k, u in (list(uris.items()) if i % 2 == 0 else list(uris.items())[::-1]):
                 c0 = t.cpu_seconds()
                 res = fio(u, size, runtime, f"--rw={rw}", "--bs=4k", "--iodepth=32")
                 # fio's ramp time is not in total_ios: only a bound, the same for both.
@@ -132,8 +138,11 @@ def thick_vs_base(t: Target, tmp: Path, size: int, runtime: float, rounds: int) 
     thin = export(t, tmp, "lvs/thin", "thin")
     r = fio(thin, size, runtime, "--rw=randwrite", "--bs=4k", "--iodepth=32")
     n = t.rpc("bdev_lvol_get_lvols")[1]["num_allocated_clusters"]
+    thick = fio(uris["lvol"], size, runtime, "--rw=randwrite", "--bs=4k", "--iodepth=32")
     print(f"4k QD32 randwrite on a fresh thin lvol: {r['iops']:.0f} IOPS, mean latency "
-          f"{r['lat_us']:.0f} us, {n} clusters allocated during the run")
+          f"{r['lat_us']:.0f} us, {n} clusters allocated during the run; the thick lvol "
+          f"right after: {thick['iops']:.0f} IOPS, {thick['lat_us']:.0f} us "
+          f"(thin/thick {r['iops'] / thick['iops']:.2f})")
     # Snapshot and clone under I/O (the thin lvol goes: the origin needs room for copies).
     t.rpc("nbd_stop_disk", {"nbd_device": thin})
     t.rpc("bdev_lvol_delete", {"name": "lvs/thin"})
@@ -187,8 +196,22 @@ def load_time(tmp: Path, n: int) -> None:
         t.rpc("bdev_aio_create", {"name": "aio0", "filename": str(image), "block_size": 4096})
         dt = time.perf_counter() - t0
         count = len(t.rpc("bdev_lvol_get_lvols"))
-        print(f"start-up with {n} lvols + {n // 10} snapshots: bdev_aio_create answered in "
-              f"{dt:.2f} s with {count} lvols loaded")
+    finally:
+        t.stop()
+    # A real start-up: --json creates the aio bdev; the socket answers after examine.
+    config = tmp / f"load{n}.json"
+    config.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_aio_create",
+         "params": {"name": "aio0", "filename": str(image), "block_size": 4096}},
+        {"method": "bdev_wait_for_examine"}]}]}))
+    empty = Target(tmp, f"empty{n}")
+    empty.stop()
+    t = Target(tmp, f"load{n}c", "--json", str(config))
+    try:
+        count2 = len(t.rpc("bdev_lvol_get_lvols"))
+        print(f"{n} lvols + {n // 10} snapshots: bdev_aio_create answered in {dt:.2f} s "
+              f"({count} loaded); start-up with --json {t.ready_after:.2f} s ({count2} "
+              f"loaded), an empty target's {empty.ready_after:.2f} s")
     finally:
         t.stop()
         image.unlink()
@@ -253,7 +276,7 @@ def main() -> None:
     ap.add_argument("--runtime", type=float, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", default="256M")
-    ap.add_argument("--load", default="100,500,1000")
+    ap.add_argument("--load", default="250,500,1000")
     ap.add_argument("--micro", action="store_true")
     a = ap.parse_args()
     if a.micro:

@@ -1,6 +1,6 @@
 """Host half of the kernel NBD export tests: two VM boots run
 ``tests/kernel/guest/test_nbd_kernel.py`` (the first: start/stop, data, ext4, busy devices,
-spdk-rpc; the second: hot-remove, SIGKILL, config round trip), and each guest console is
+spdk-rpc, lvols; the second: hot-remove, SIGKILL, config round trip), and each guest console is
 checked for hung tasks, which a broken teardown leaves behind."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from .conftest import KernelVM
 
 GUEST_FILE = "tests/kernel/guest/test_nbd_kernel.py"
 GROUPS = {
-    "basics": "start_data_stop_busy or auto_pick or ext4",
+    "basics": "start_data_stop_busy or auto_pick or ext4 or lvol",
     "failures": "hot_remove or sigkill or config_round_trip",
 }
 
