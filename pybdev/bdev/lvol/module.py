@@ -14,9 +14,12 @@ one appears, before ``bdev_wait_for_examine`` answers.
 
 Errors follow ``module/bdev/lvol/vbdev_lvol_rpc.c``: checks made before the operation
 answer ``-errno``; failures of the operation itself answer ``-32602`` with strerror's text
-(``-32603`` for ``bdev_lvol_delete``). Not served (``-32601``): the external
-snapshot methods ``bdev_lvol_clone_bdev`` and ``bdev_lvol_set_parent_bdev``
-(docs/lvol-format.md).
+(``-32603`` for ``bdev_lvol_delete``).
+
+External snapshots (``bdev_lvol_clone_bdev``, ``bdev_lvol_set_parent_bdev``): any bdev, opened
+read-only and claimed ``read_many_write_none`` while an lvol's chain ends in it, found by
+UUID. An lvol whose external snapshot is missing is *degraded*: listed, deletable, without a
+bdev until the snapshot's bdev appears (examine, as SPDK's ``vbdev_lvs_examine_config``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pybdev.bdev.core import (
     Bdev,
+    BdevEvent,
     BdevState,
     Callback,
     ClaimType,
@@ -128,7 +132,7 @@ class LvolBdev(StackedBdev):
             idx = pos // cs
             n = min(end, (idx + 1) * cs) - pos
             owned = idx < len(lvol.clusters) and lvol.clusters[idx]
-            flags = 0 if owned or store.back_cluster(lvol, idx) else 3
+            flags = 0 if owned or store.back_cluster(lvol, idx) or lvol.root_esnap else 3
             if extents and extents[-1][1] == flags:
                 extents[-1] = (extents[-1][0] + n, flags)
             else:
@@ -151,7 +155,9 @@ class LvolBdev(StackedBdev):
             out["base_snapshot"] = lvol.parent.name
         if lvol.children:
             out["clones"] = sorted(c.name for c in lvol.children)
-        out["esnap_clone"] = False
+        out["esnap_clone"] = lvol.esnap is not None
+        if lvol.esnap is not None:
+            out["external_snapshot_name"] = lvol.esnap
         return {"lvol": out}
 
 
@@ -190,6 +196,11 @@ class LvolModule(VbdevModule[LvstoreConfig]):
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
+        # External snapshots by bdev UUID, open while an lvol's chain ends in one.
+        self.esnaps: dict[str, Descriptor] = {}
+        # UUIDs of external snapshots degraded lvols wait for (checked by examine).
+        self.awaited_esnaps: set[str] = set()
+        self._esnap_tasks: set[asyncio.Task[None]] = set()
         self.copies: dict[int, dict[str, Any]] = {}  # shallow copies by operation id
         self._next_copy = 1
         self._copy_tasks: set[asyncio.Task[None]] = set()
@@ -207,6 +218,8 @@ class LvolModule(VbdevModule[LvstoreConfig]):
 
     # -- finding stores ---------------------------------------------------------------
     def examine(self, bdev: Bdev) -> Awaitable[None] | None:
+        if self.awaited_esnaps and bdev.uuid in self.awaited_esnaps:
+            self._esnap_arrived(bdev)
         if bdev.claim_type is not ClaimType.NONE or bdev.state is not BdevState.REGISTERED:
             return None
         return self._taste(bdev)
@@ -238,11 +251,22 @@ class LvolModule(VbdevModule[LvstoreConfig]):
             log.info("lvstore %s on %s not loaded: %s", store.name, bdev.name, e)
             desc.close()
             return
+        store.esnaps = self.esnaps
         attachment = self.attach(LvstoreConfig(store), [desc], [])
         report = check_store(store)
         if not report.ok:
             log.error("lvstore %s on %s: %s", store.name, bdev.name, "; ".join(report.problems))
         for lvol in list(store.lvols.values()):
+            if lvol.esnap is not None and lvol.esnap not in self.esnaps:
+                try:
+                    self.open_esnap(lvol.esnap)
+                except OperationError as e:
+                    log.warning("lvol %s of %s is degraded: external snapshot %s: %s",
+                                lvol.name, store.name, lvol.esnap, e)
+                    self.awaited_esnaps.add(lvol.esnap)
+        for lvol in list(store.lvols.values()):
+            if lvol.degraded:
+                continue
             try:
                 self._register(lvol, attachment)
             except OperationError as e:
@@ -289,6 +313,17 @@ class LvolModule(VbdevModule[LvstoreConfig]):
             raise OperationError(errno.ENODEV)
         return bdev.lvol
 
+    def lvol_or_degraded(self, name: str) -> Lvol:
+        """An lvol by UUID or alias, including degraded ones, which have no bdev."""
+        try:
+            return self.lvol_by(name)
+        except OperationError:
+            for store in self.stores:
+                for lvol in store.lvols.values():
+                    if lvol.bdev is None and name in (lvol.uuid, lvol.alias):
+                        return lvol
+            raise
+
     # -- lvstores ---------------------------------------------------------------------
     async def create_lvstore(self, bdev_name: str, lvs_name: str, *, cluster_sz: int = 0,
                              clear_method: str = "unmap", md_ratio: int = 0,
@@ -315,6 +350,7 @@ class LvolModule(VbdevModule[LvstoreConfig]):
         except BaseException:
             desc.close()  # releases the claim
             raise
+        store.esnaps = self.esnaps
         self.attach(LvstoreConfig(store), [desc], [])
         return store.uuid
 
@@ -323,6 +359,113 @@ class LvolModule(VbdevModule[LvstoreConfig]):
         await self._unregister_all(store)
         await _completion(store.destroy())
         attachment.release()  # closes the base descriptor, which releases the claim
+        self.release_unused_esnaps()
+
+    def unbuilt(self, config: LvstoreConfig) -> None:
+        super().unbuilt(config)
+        self.release_unused_esnaps()
+
+    # -- external snapshots -----------------------------------------------------------
+    def open_esnap(self, uuid: str) -> Bdev:
+        """Open and claim external snapshot ``uuid`` (a bdev UUID) unless it is open."""
+        desc = self.esnaps.get(uuid)
+        if desc is not None:
+            return desc.bdev
+        bdev = self.layer.get(uuid)
+        if bdev is None or bdev.state is not BdevState.REGISTERED:
+            raise OperationError(errno.ENODEV, f"bdev {uuid} not found")
+        desc = self.layer.open(bdev.name, write=False)
+        try:
+            self.layer.claim(desc, self.name, ClaimType.READ_MANY_WRITE_NONE)
+        except OperationError:
+            desc.close()
+            raise
+        desc.event_cb = lambda event, _b: self._esnap_event(uuid, event)
+        self.esnaps[uuid] = desc
+        return bdev
+
+    def _esnaps_in_use(self) -> set[str]:
+        return {v.esnap for s in self.stores for v in s.lvols.values() if v.esnap is not None}
+
+    def release_unused_esnaps(self) -> None:
+        used = self._esnaps_in_use()
+        for uuid in [u for u in self.esnaps if u not in used]:
+            self.esnaps.pop(uuid).close()  # releases the claim
+
+    def _esnap_arrived(self, bdev: Bdev) -> None:
+        """An external snapshot degraded lvols wait for registered: their bdevs come back."""
+        try:
+            self.open_esnap(bdev.uuid)
+        except OperationError as e:
+            log.warning("external snapshot %s not opened: %s", bdev.name, e)
+            return
+        self.awaited_esnaps.discard(bdev.uuid)
+        for config in self.configs:
+            if config.attachment is None:
+                continue
+            for lvol in list(config.store.lvols.values()):
+                if lvol.bdev is None and not lvol.deleted and not lvol.degraded:
+                    try:
+                        self._register(lvol, config.attachment)
+                    except OperationError as e:
+                        log.error("lvol %s not registered: %s", lvol.alias, e)
+        self.release_unused_esnaps()  # nobody waited any more (the store went meanwhile)
+
+    def _esnap_event(self, uuid: str, event: BdevEvent) -> None:
+        if event is BdevEvent.REMOVE:
+            task = asyncio.get_running_loop().create_task(self._esnap_gone(uuid))
+            self._esnap_tasks.add(task)
+            task.add_done_callback(self._esnap_tasks.discard)
+
+    async def _esnap_gone(self, uuid: str) -> None:
+        """Every lvol reading the removed snapshot loses its bdev (degraded), then the
+        snapshot's descriptor closes."""
+        desc = self.esnaps.get(uuid)
+        if desc is None:
+            return
+        lvols = [v for s in self.stores for v in s.lvols.values() if v.root_esnap == uuid]
+        self.esnaps.pop(uuid)
+        self.awaited_esnaps.add(uuid)
+        tasks = [self.layer.unregister(v.bdev) for v in lvols
+                 if v.bdev is not None and v.bdev.state is BdevState.REGISTERED]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            desc.close()
+
+    async def clone_bdev(self, bdev_name: str, lvs_name: str, clone_name: str) -> str:
+        """An lvol over external snapshot ``bdev_name`` (SPDK's ``bdev_lvol_clone_bdev``)."""
+        store = next((s for s in self.stores if s.name == lvs_name), None)
+        if store is None:
+            raise RpcError(INVALID_PARAMS, "lvs does not exist")
+        esnap = self.layer.get(bdev_name)
+        if esnap is None or esnap.state is not BdevState.REGISTERED:
+            raise RpcError(INVALID_PARAMS, "bdev does not exist")
+        if isinstance(esnap, LvolBdev) and esnap.lvol.store is store:
+            raise RpcError(INVALID_PARAMS,
+                           "bdev is an lvol in same lvs as clone; use bdev_lvol_clone instead")
+        if esnap.size % store.cluster_size or store.block_size % esnap.block_size:
+            raise _async_error(errno.EINVAL)
+        try:
+            self.open_esnap(esnap.uuid)
+            clone = await _completion(store.esnap_clone(esnap.uuid, esnap.size, clone_name))
+        finally:
+            self.release_unused_esnaps()
+        await self._register_or_delete(clone)
+        return clone.uuid
+
+    async def set_parent_bdev(self, lvol: Lvol, parent_name: str) -> None:
+        """Make bdev ``parent_name`` the external snapshot of thin ``lvol``."""
+        esnap = self.layer.get(parent_name)
+        if esnap is None or esnap.state is not BdevState.REGISTERED:
+            raise _async_error(errno.ENODEV)
+        try:
+            self.open_esnap(esnap.uuid)
+            await _completion(lvol.store.set_external_parent(lvol, esnap.uuid, esnap.size))
+        except OperationError as e:
+            raise _async_error(e.errno) from e
+        finally:
+            self.release_unused_esnaps()
 
     async def rename_lvstore(self, old_name: str, new_name: str) -> None:
         store = next((s for s in self.stores if s.name == old_name), None)
@@ -414,6 +557,8 @@ class LvolModule(VbdevModule[LvstoreConfig]):
             await lvol.store.delete_lvol(lvol)
         except OperationError as e:
             raise RpcError(INTERNAL_ERROR, os.strerror(e.errno)) from e
+        finally:
+            self.release_unused_esnaps()
 
     # -- shallow copy -----------------------------------------------------------------
     def start_shallow_copy(self, src: Lvol, dst_name: str) -> int:
@@ -480,8 +625,8 @@ class LvolModule(VbdevModule[LvstoreConfig]):
             "is_thin_provisioned": lvol.thin,
             "is_snapshot": lvol.is_snapshot,
             "is_clone": lvol.is_clone,
-            "is_esnap_clone": False,
-            "is_degraded": False,
+            "is_esnap_clone": lvol.esnap is not None,
+            "is_degraded": lvol.degraded,
             "num_allocated_clusters": lvol.num_allocated_clusters,
             "lvs": {"name": store.name, "uuid": store.uuid},
         }
@@ -496,6 +641,9 @@ class LvolModule(VbdevModule[LvstoreConfig]):
         for config in list(self.configs):
             if config.attachment is not None:
                 config.attachment.release()
+        for desc in self.esnaps.values():
+            desc.close()
+        self.esnaps.clear()
         await super().fini()
 
 
@@ -648,8 +796,8 @@ async def bdev_lvol_set_read_only(module: LvolModule, p: NameParams) -> bool:
 
 @RPC.method("bdev_lvol_delete", NameParams, decode_error=DECODE, result={"type": "boolean"})
 async def bdev_lvol_delete(module: LvolModule, p: NameParams) -> bool:
-    """Delete an lvol; a snapshot with one clone is merged into it."""
-    await module.delete_lvol(module.lvol_by(p.name))
+    """Delete an lvol (degraded ones too); a snapshot with one clone is merged into it."""
+    await module.delete_lvol(module.lvol_or_degraded(p.name))
     return True
 
 
@@ -657,7 +805,10 @@ async def bdev_lvol_delete(module: LvolModule, p: NameParams) -> bool:
 async def bdev_lvol_inflate(module: LvolModule, p: NameParams) -> bool:
     """Allocate every cluster of an lvol and drop its parent: it becomes thick."""
     lvol = module.lvol_by(p.name)
-    await _completion(lvol.store.inflate(lvol))
+    try:
+        await _completion(lvol.store.inflate(lvol))
+    finally:
+        module.release_unused_esnaps()
     return True
 
 
@@ -666,7 +817,10 @@ async def bdev_lvol_inflate(module: LvolModule, p: NameParams) -> bool:
 async def bdev_lvol_decouple_parent(module: LvolModule, p: NameParams) -> bool:
     """Copy the parent's own clusters into an lvol; its grandparent becomes its parent."""
     lvol = module.lvol_by(p.name)
-    await _completion(lvol.store.decouple_parent(lvol))
+    try:
+        await _completion(lvol.store.decouple_parent(lvol))
+    finally:
+        module.release_unused_esnaps()
     return True
 
 
@@ -681,7 +835,36 @@ async def bdev_lvol_set_parent(module: LvolModule, p: SetParentParams) -> bool:
     """Make a snapshot the parent of a thin lvol; the lvol keeps the clusters it owns."""
     lvol = module.lvol_by(p.lvol_name)
     parent = module.lvol_by(p.parent_name)
-    await _completion(lvol.store.set_parent(lvol, parent))
+    try:
+        await _completion(lvol.store.set_parent(lvol, parent))
+    finally:
+        module.release_unused_esnaps()
+    return True
+
+
+class CloneBdevParams(Params):
+    bdev: Str
+    lvs_name: Str
+    clone_name: Str
+
+
+@RPC.method("bdev_lvol_clone_bdev", CloneBdevParams, decode_error=DECODE,
+            result={"type": "string", "format": "uuid"})
+async def bdev_lvol_clone_bdev(module: LvolModule, p: CloneBdevParams) -> str:
+    """Clone any bdev as an external snapshot; answers the clone's UUID."""
+    return await module.clone_bdev(p.bdev, p.lvs_name, p.clone_name)
+
+
+class SetParentBdevParams(Params):
+    lvol_name: Str
+    parent_name: Str
+
+
+@RPC.method("bdev_lvol_set_parent_bdev", SetParentBdevParams, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_set_parent_bdev(module: LvolModule, p: SetParentBdevParams) -> bool:
+    """Make a bdev the external snapshot of a thin lvol; the lvol keeps its clusters."""
+    await module.set_parent_bdev(module.lvol_by(p.lvol_name), p.parent_name)
     return True
 
 
