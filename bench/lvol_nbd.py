@@ -16,8 +16,8 @@
     python bench/lvol_nbd.py --micro
 
 ``--micro`` measures in process the CPU per 4 KiB request through a descriptor of a malloc
-bdev and of a thick lvol on another malloc (best of 7 rounds, process time): the lvol
-layer's own cost, without the NBD server or other processes' noise.
+bdev, of a thick lvol and of a fully allocated thin lvol on another malloc (best of 7 rounds,
+process time): the lvol layer's own cost, without the NBD server or other processes' noise.
 """
 
 from __future__ import annotations
@@ -233,12 +233,16 @@ def micro() -> None:
             layer.add_module(cls(layer))
         m = layer.module(MallocModule)
         m.create(name="B", block_size=512, num_blocks=128 * 2048)
-        m.create(name="L", block_size=512, num_blocks=136 * 2048)
+        m.create(name="L", block_size=512, num_blocks=264 * 2048)
         lv = layer.module(LvolModule)
         await lv.create_lvstore("L", "lvs")
         await lv.create_lvol(lv.stores[0], "thick", 128 * MiB, thin=False,
                              clear_method="default")
-        descs = {n: layer.open(n, write=True) for n in ("B", "lvs/thick")}
+        await lv.create_lvol(lv.stores[0], "thin", 128 * MiB, thin=True,
+                             clear_method="default")
+        descs = {n: layer.open(n, write=True) for n in ("B", "lvs/thick", "lvs/thin")}
+        for at in range(0, 128 * MiB, 4 * MiB):  # allocate every cluster of the thin lvol
+            await descs["lvs/thin"].write_async(at, b"\0" * 4096)
         offs = [random.randrange(0, 32768) * 4096 for _ in range(100000)]
         buf = b"x" * 4096
         best: dict[str, list[float]] = {}
@@ -260,8 +264,9 @@ def micro() -> None:
                 b = best.setdefault(name, [1e9, 1e9])
                 b[0] = min(b[0], (t1 - t0) / len(offs) * 1e9)
                 b[1] = min(b[1], (t2 - t1) / len(offs) * 1e9)
+        labels = {"B": "malloc", "lvs/thick": "thick lvol", "lvs/thin": "thin lvol"}
         for name, (r, w) in best.items():
-            label = "malloc" if name == "B" else "thick lvol"
+            label = labels[name]
             print(f"{label:10s}: read {r:5.0f} ns, write {w:5.0f} ns per 4 KiB request")
         for d in descs.values():
             d.close()

@@ -198,3 +198,24 @@ async def test_thick_lvol_on_an_async_base_counts_its_writes(layer: BdevLayer,
         assert thick.lvol.inflight == 0
     finally:
         desc.close()
+
+
+async def test_nested_store_counts_writes_on_an_lvol(layer: BdevLayer) -> None:
+    """An lvol does not complete inside the call (a freeze queues): a store on it counts
+    its thick lvols' writes, so the inner store's freezes wait for them."""
+    layer.module(MallocModule).create(name="M0", block_size=512, num_blocks=64 * MiB // 512)
+    lv = layer.module(LvolModule)
+    await lv.create_lvstore("M0", "outer", cluster_sz=MiB)
+    await lv.create_lvol(lv.stores[0], "big", 32 * MiB, thin=False, clear_method="default")
+    await lv.create_lvstore("outer/big", "inner", cluster_sz=MiB)
+    inner_store = next(s for s in lv.stores if s.name == "inner")
+    inner = layer.get(await lv.create_lvol(inner_store, "v", 4 * MiB, thin=False,
+                                           clear_method="default"))
+    assert isinstance(inner, LvolBdev) and inner.offset is not None
+    assert inner.submit_write == inner.lvol.write  # counted, not the offset path
+    desc = layer.open("inner/v", write=True)
+    try:
+        await desc.write_async(4096, b"n" * 4096)
+        assert (await desc.read_async(4096, 4096)) == b"n" * 4096
+    finally:
+        desc.close()

@@ -80,7 +80,6 @@ class LvolBdev(StackedBdev):
         # Reads complete with the base's buffers, or with buffers of the lvol's own that
         # nobody writes again (zeros, joined pieces): the base's promise holds.
         self.read_buffer = base.read_buffer
-        self.completes_inline = lvol.io.inline
         self.submit_unmap = lvol.unmap  # type: ignore[method-assign,assignment]
         self.submit_write_zeroes = lvol.write_zeroes  # type: ignore[method-assign,assignment]
         self.offset: int | None = None  # where the lvol starts on the base, on the offset path
