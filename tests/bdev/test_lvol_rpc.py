@@ -829,6 +829,9 @@ def test_esnap_clone_data(t: Target, nbd: Callable[[str], str]) -> None:
     esnap = sp(t, "bdev_malloc_create", "-b", "esnap", "8", "512")
     uri = nbd(esnap)
     qemu_io(uri, "write -P 0x11 0 8M")
+    # Written by an export: it cannot be claimed read_many_write_none.
+    assert "Operation not permitted" in sp_fails(t, "bdev_lvol_clone_bdev", "esnap",
+                                                 "lvs_test", "c")
     t.rpc("nbd_stop_disk", {"nbd_device": uri})
     err = sp_fails(t, "bdev_lvol_clone_bdev", "nope", "lvs_test", "c")
     assert "bdev does not exist" in err

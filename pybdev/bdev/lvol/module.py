@@ -446,8 +446,10 @@ class LvolModule(VbdevModule[LvstoreConfig]):
         if esnap.size % store.cluster_size or store.block_size % esnap.block_size:
             raise _async_error(errno.EINVAL)
         try:
-            self.open_esnap(esnap.uuid)
+            self.open_esnap(esnap.uuid)  # claimed: refused while someone writes it
             clone = await _completion(store.esnap_clone(esnap.uuid, esnap.size, clone_name))
+        except OperationError as e:
+            raise _async_error(e.errno) from e
         finally:
             self.release_unused_esnaps()
         await self._register_or_delete(clone)
