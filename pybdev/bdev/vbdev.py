@@ -19,7 +19,10 @@ framework does the rest, the way SPDK's vbdev modules each do it by hand:
 Shapes: one vbdev over one base (passthru, error, delay); one vbdev over several bases
 (RAID-like: built only once every base is present, torn down when any goes); several vbdevs
 over one base, each on an offset range (SPDK's partition model, ``lib/bdev/part.c``: the
-base is opened and claimed once, and each part forwards with its offset; split).
+base is opened and claimed once, and each part forwards with its offset; split). A module
+may also attach bases it opened and claimed itself and add parts over the attachment's life
+(:meth:`VbdevModule.attach`, :meth:`Attachment.add`, :attr:`VbdevModule.holds_bases`: the
+lvol module, whose lvstore is found on the base and owns it with or without lvols).
 docs/vbdev-framework.md describes the life cycle and the claim rules.
 """
 
