@@ -21,13 +21,21 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pybdev import __version__, framework, logs, notify, spdk_tgt_options
+from pybdev import __version__, framework, logs, metrics, notify, spdk_tgt_options
 from pybdev.assembly import Assembly, PluginError, assemble
 from pybdev.config import ConfigError, SubsystemConfig, read_config_file, replay
 from pybdev.cpus import CoreLocks, app_cores
 from pybdev.errors import OperationError
+from pybdev.peerwarn import WARNINGS
+from pybdev.rpc import audit
 from pybdev.rpc.dispatcher import Dispatcher
-from pybdev.rpc.http import HttpConfigError, HttpRpcServer, add_http_options, configure_http
+from pybdev.rpc.http import (
+    HttpConfigError,
+    HttpRpcServer,
+    add_http_options,
+    configure_http,
+    configure_metrics,
+)
 from pybdev.rpc.registry import Registry, State
 from pybdev.rpc.server import SocketInUse, UnixRpcServer
 from pybdev.subsystem import Subsystem
@@ -80,6 +88,7 @@ def build_parser(assembly: Assembly | None = None) -> argparse.ArgumentParser:
                    help="refuse to start when an installed plugin fails to load "
                         "(default: log the error and start without it)")
     add_http_options(p)
+    metrics.add_metrics_options(p)
     for sub in assembly.subsystems:
         sub.add_options(p)
     spdk_tgt_options.add_options(p)
@@ -137,6 +146,8 @@ class App:
         self.dispatcher = Dispatcher(self, self.registry, allowed)
         self.rpc_server: UnixRpcServer | None = None
         self.http_server: HttpRpcServer | None = None
+        self.metrics_server: HttpRpcServer | None = None
+        self._metrics_registry: Any = None
         self._config: list[SubsystemConfig] = []
         self._init_lock = asyncio.Lock()
         self._started: list[Subsystem] = []
@@ -150,7 +161,11 @@ class App:
     async def start(self) -> None:
         """Everything up to serving RPC; raises ConfigError, SocketInUse or HttpConfigError."""
         # Checked first: a refused --http configuration must not even load the config.
-        self.http_server = await configure_http(self.options, self.dispatcher, self.serving)
+        self.http_server = await configure_http(self.options, self.dispatcher, self.serving,
+                                                metrics=self.render_metrics,
+                                                events=self.notifier.hub)
+        self.metrics_server = await configure_metrics(self.options, self.dispatcher,
+                                                      self.render_metrics)
         if self.options.json:
             self._config = read_config_file(self.options.json)
         await self._replay(State.STARTUP)
@@ -161,6 +176,8 @@ class App:
             await self.rpc_server.start()
         if self.http_server is not None:
             await self.http_server.start()
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         if self.options.wait_for_rpc:
             self.serving.set()
         else:
@@ -181,11 +198,20 @@ class App:
 
     async def _replay(self, phase: State) -> None:
         if self._config:
-            await replay(self.dispatcher, self._config, phase,
-                         {s.name for s in self.subsystems}, self.options.json_ignore_init_errors)
+            token = audit.CALLER.set(f"config {self.options.json}")
+            try:
+                await replay(self.dispatcher, self._config, phase,
+                             {s.name for s in self.subsystems},
+                             self.options.json_ignore_init_errors)
+            finally:
+                audit.CALLER.reset(token)
 
     async def stop(self) -> None:
         """Close listeners, then finish subsystems in reverse init order."""
+        self.notifier.hub.close()  # /events streams end, so the HTTP server stops promptly
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
         if self.http_server is not None:
             await self.http_server.stop()
             self.http_server = None
@@ -199,6 +225,13 @@ class App:
             except Exception:
                 self.log.exception("subsystem %s failed to finish", sub.name)
         self.core_locks.release()
+        WARNINGS.flush()  # the summaries of warnings still held back
+
+    def render_metrics(self) -> bytes:
+        """``GET /metrics``: the target's counters in Prometheus' text format."""
+        if self._metrics_registry is None:
+            self._metrics_registry = metrics.build_registry(self)
+        return metrics.render(self._metrics_registry)
 
     def request_shutdown(self, signame: str = "") -> None:
         if not self.shutdown_requested.is_set():

@@ -101,7 +101,7 @@ async def framework_start_init(app: App) -> bool:
 
 
 @RPC.method("framework_wait_init", IGNORE_PARAMS, states=BOTH, result={"type": "boolean"},
-            aliases=("wait_subsystem_init",))
+            aliases=("wait_subsystem_init",), mutating=False)
 async def framework_wait_init(app: App) -> bool:
     """Answer ``true`` once the framework is initialised (at once in RUNTIME)."""
     await app.initialized.wait()

@@ -40,6 +40,9 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname, "logger": record.name, "message": record.getMessage(),
         }
+        audit = getattr(record, "audit", None)
+        if audit is not None:  # an audit line's fields, for log processors (pybdev.rpc.audit)
+            out["audit"] = audit
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

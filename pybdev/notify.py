@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pybdev.events import EventHub
+from pybdev.rpc.audit import current_method
 from pybdev.rpc.errors import INVALID_PARAMS
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import U64, Params
@@ -26,9 +28,15 @@ MAX_CTX_SIZE = 128
 
 
 class Notifier:
-    """Registered types, and a ring of the last :data:`MAX_EVENTS` events with their ids."""
+    """Registered types, and a ring of the last :data:`MAX_EVENTS` events with their ids.
+
+    Every event also goes to :attr:`hub`, the live stream of ``GET /events``, which carries
+    pybdev's own types too (:meth:`publish`: exports and connections); those stay out of
+    the SPDK ring, so ``notify_get_types`` lists what SPDK's target lists.
+    """
 
     def __init__(self, capacity: int = MAX_EVENTS) -> None:
+        self.hub = EventHub()
         self.capacity = capacity
         self.types: list[str] = []
         self._ring: list[tuple[str, str]] = []
@@ -49,7 +57,20 @@ class Notifier:
         else:
             self._ring[head % self.capacity] = event
         self._head = head + 1
+        data: dict[str, Any] = {"name": ctx}
+        if type_ == "bdev_unregister":
+            # Deleted by a call (and whatever that cascades to) or gone by itself.
+            method = current_method()
+            if method is None:
+                data["hot_remove"] = True
+            else:
+                data["method"] = method
+        self.hub.publish(type_, data)
         return head
+
+    def publish(self, type_: str, data: dict[str, Any]) -> None:
+        """An event of pybdev's own (export_add, connection_open, ...): stream only."""
+        self.hub.publish(type_, data)
 
     def events(self, start: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Events from id ``start`` (or the oldest kept), at most ``limit`` of them."""

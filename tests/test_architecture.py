@@ -18,13 +18,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pybdev"
 LAYERS: list[set[str]] = [
     # leaves
     {"pybdev", "errors", "listener", "netaddr", "tasks", "proto", "uring", "ceph",
-     "spdk_tgt_options"},
+     "spdk_tgt_options", "peerwarn", "events"},
     {"rpc", "cpus"},  # JSON-RPC: registry, dispatcher, transports, client; core masks
     {"cli", "subsystem", "logs", "notify"},  # rpc.py commands; subsystem base; logging; notify
     {"bdev", "iobuf", "accel", "scheduler"},  # the bdev layer and its modules; iobuf, accel
     {"export"},  # the base of every export
     {"nbd", "ublk", "nvmf"},  # exports and their subsystems
-    {"framework", "config", "assembly"},  # framework RPCs, --json replay, what a target holds
+    {"framework", "config", "assembly", "metrics"},  # framework RPCs, --json replay, what a
+    # target holds, /metrics
     {"app"},  # the target process
     {"reference", "__main__"},  # entry points
 ]

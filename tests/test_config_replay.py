@@ -57,11 +57,14 @@ def calls(workdir: Path, peer: str) -> st.SearchStrategy[list[Call]]:
     name = st.sampled_from(NAMES)
     files = st.sampled_from(["f0", "f1"]).map(lambda f: str(workdir / f))
     one: st.SearchStrategy[Call] = st.one_of(
-        st.builds(lambda n, blocks, bs: ("bdev_malloc_create", {
-            "name": n, "num_blocks": blocks, "block_size": bs}),
-            name, st.sampled_from([8, 64]), st.sampled_from([512, 4096])),
-        st.builds(lambda n: ("bdev_null_create", {"name": n, "num_blocks": 64,
-                                                  "block_size": 512}), name),
+        st.builds(lambda n, blocks, bs, md: ("bdev_malloc_create", {
+            "name": n, "num_blocks": blocks, "block_size": bs, **md}),
+            name, st.sampled_from([8, 64]), st.sampled_from([512, 4096]), st.sampled_from([
+                {}, {"md_size": 8, "md_interleave": True, "dif_type": 1},
+                {"md_size": 16, "dif_type": 3, "dif_is_head_of_md": True}])),
+        st.builds(lambda n, md: ("bdev_null_create", {"name": n, "num_blocks": 64,
+                                                      "block_size": 512, **md}), name,
+                  st.sampled_from([{}, {"md_size": 16, "dif_type": 1}])),
         st.builds(lambda n, f: ("bdev_aio_create", {"name": n, "filename": f,
                                                     "block_size": 512}), name, files),
         st.builds(lambda n, base: ("bdev_passthru_create", {"name": f"PT{n}",

@@ -69,6 +69,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
+from pybdev.bdev.dif import FLAGS_APPTAG_CHECK, FLAGS_GUARD_CHECK, FLAGS_REFTAG_CHECK
 from pybdev.errors import OperationError
 from pybdev.rpc.registry import RpcTable
 
@@ -208,6 +209,17 @@ class Bdev:
     #: ``submit_read`` and ``submit_write`` call their callback before they return, always
     #: (RAM-backed modules): a stacked bdev need not track such requests in flight.
     completes_inline: bool = False
+    # Metadata and protection information, SPDK's md_len, md_interleave, dif_type,
+    # dif_is_head_of_md, dif_pi_format and dif_check_flags (values of pybdev.bdev.dif). With
+    # interleaved metadata ``block_size`` counts data and metadata, as SPDK's blocklen
+    # does; separate metadata travels beside the data (Descriptor.read_md/write_md).
+    # Class defaults: a bdev without metadata costs nothing per instance or per I/O.
+    md_size: int = 0
+    md_interleave: bool = False
+    dif_type: int = 0
+    dif_is_head_of_md: bool = False
+    dif_pi_format: int = 0
+    dif_check_flags: int = 0
     # -ENOMEM'd requests waiting for their retry timer (see _nomem_park); usually None.
     _nomem_queue: list[tuple[str, str, int, int, Any, bool, Callback, int]] | None = None
 
@@ -263,6 +275,11 @@ class Bdev:
     def size(self) -> int:
         return self.block_size * self.num_blocks
 
+    @property
+    def data_block_size(self) -> int:
+        """Data bytes per block (``spdk_bdev_get_data_block_size``)."""
+        return self.block_size - self.md_size if self.md_interleave else self.block_size
+
     def supports(self, io_type: str) -> bool:
         # write_zeroes is emulated with writes where the module lacks it, as SPDK's bdev layer does.
         if io_type == "write_zeroes":
@@ -277,6 +294,14 @@ class Bdev:
         cb(-errno.ENOTSUP, None)
 
     def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
+        cb(-errno.ENOTSUP, None)
+
+    def submit_read_md(self, offset: int, length: int, cb: Callback) -> None:
+        """Read with separate metadata: ``cb(status, (data, md))``."""
+        cb(-errno.ENOTSUP, None)
+
+    def submit_write_md(self, offset: int, data: Any, md: Any, cb: Callback, fua: bool) -> None:
+        """Write data and its separate metadata (``md``: ``md_size`` bytes a block)."""
         cb(-errno.ENOTSUP, None)
 
     def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
@@ -330,6 +355,8 @@ class Bdev:
         out.update(self.extra_geometry())
         if self.numa_id is not None:
             out["numa_id"] = self.numa_id
+        if self.md_size:
+            out.update(self.md_info())
         out["assigned_rate_limits"] = {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
                                        "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}
         claimed = self.claim_type is not ClaimType.NONE
@@ -344,6 +371,20 @@ class Bdev:
     def extra_geometry(self) -> dict[str, Any]:
         """Fields some modules override (null's preferred_* values)."""
         return {}
+
+    def md_info(self) -> dict[str, Any]:
+        """bdev_get_bdevs' metadata fields, as SPDK's lib/bdev/bdev_rpc.c writes them."""
+        out: dict[str, Any] = {"md_size": self.md_size, "md_interleave": self.md_interleave,
+                               "dif_type": self.dif_type}
+        if self.dif_type:
+            flags = self.dif_check_flags
+            out["dif_is_head_of_md"] = self.dif_is_head_of_md
+            out["enabled_dif_check_types"] = {
+                "reftag": bool(flags & FLAGS_REFTAG_CHECK),
+                "apptag": bool(flags & FLAGS_APPTAG_CHECK),
+                "guard": bool(flags & FLAGS_GUARD_CHECK)}
+            out["dif_pi_format"] = self.dif_pi_format
+        return out
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.num_blocks}x{self.block_size}>"
@@ -376,6 +417,10 @@ def _call_module(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: 
         bdev.submit_unmap(offset, length, cb)
     elif op == "write_zeroes":
         bdev.submit_write_zeroes(offset, length, cb)
+    elif op == "read_md":
+        bdev.submit_read_md(offset, length, cb)
+    elif op == "write_md":
+        bdev.submit_write_md(offset, data[0], data[1], cb, fua)
     else:
         bdev.submit_flush(offset, length, cb)
 
@@ -664,6 +709,42 @@ class Descriptor:
                           _completion(bdev, "write", "write", offset, length, data, fua, cb),
                           fua)
 
+    # -- separate metadata (SPDK's spdk_bdev_{read,write}_blocks_with_md) ------------------
+    # Off the hot path: a bdev with separate metadata (md_size, not md_interleave) takes
+    # its metadata here, ``md_size`` bytes per block; plain read/write move the data alone.
+    def _check_md(self, offset: int, length: int, md: Any, writes: bool) -> int:
+        rc = self._check(offset, length, "write" if writes else "read", writes)
+        if rc:
+            return rc
+        bdev = self.bdev
+        if not bdev.md_size or bdev.md_interleave:
+            return -errno.EINVAL  # SPDK: a metadata buffer needs separate metadata
+        if md is not None and len(md) != length // bdev.block_size * bdev.md_size:
+            return -errno.EINVAL
+        return 0
+
+    def read_md(self, offset: int, length: int, cb: Callback) -> None:
+        """Read data and metadata: ``cb(status, (data, md))``, both valid in the callback."""
+        rc = self._check_md(offset, length, None, False)
+        if rc:
+            cb(rc, None)
+            return
+        bdev = self.bdev
+        bdev.submit_read_md(offset, length,
+                            _completion(bdev, "read_md", "read", offset, length, None, False, cb))
+
+    def write_md(self, offset: int, data: Any, md: Any, cb: Callback, fua: bool = False) -> None:
+        """Write ``data`` and its metadata ``md`` (``md_size`` bytes per block)."""
+        length = len(data)
+        rc = self._check_md(offset, length, md, True)
+        if rc:
+            cb(rc, None)
+            return
+        bdev = self.bdev
+        bdev.submit_write_md(offset, data, md,
+                             _completion(bdev, "write_md", "write", offset, length, (data, md),
+                                         fua, cb), fua)
+
     def unmap(self, offset: int, length: int, cb: Callback, fua: bool = False) -> None:
         self._submit("unmap", offset, length, None, fua, cb)
 
@@ -718,6 +799,22 @@ class Descriptor:
 
     def write_async(self, offset: int, data: Any, fua: bool = False) -> Awaitable[None]:
         return self._awaitable(lambda cb: self.write(offset, data, cb, fua))
+
+    async def read_md_async(self, offset: int, length: int) -> tuple[bytes, bytes]:
+        fut: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
+
+        def done(status: int, data: Any) -> None:
+            if status:
+                fut.set_exception(OperationError(-status))
+            else:
+                fut.set_result((bytes(data[0]), bytes(data[1])))
+
+        self.read_md(offset, length, done)
+        return await fut
+
+    def write_md_async(self, offset: int, data: Any, md: Any,
+                       fua: bool = False) -> Awaitable[None]:
+        return self._awaitable(lambda cb: self.write_md(offset, data, md, cb, fua))
 
     def unmap_async(self, offset: int, length: int, fua: bool = False) -> Awaitable[None]:
         return self._awaitable(lambda cb: self.unmap(offset, length, cb, fua))

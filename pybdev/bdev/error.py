@@ -102,6 +102,7 @@ class ErrorBdev(VirtualBdev):
     product_name = "Error Injection Disk"
     module_name = "error"
     follows_resize = False  # a bdev_part keeps the geometry it was built with, as SPDK's
+    copies_pi_format = False  # nor does a bdev_part take the base's dif_pi_format
 
     def __init__(self, name: str, uuid: str, base_desc: Descriptor) -> None:
         super().__init__(name, uuid, base_desc)

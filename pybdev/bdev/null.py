@@ -5,15 +5,19 @@ our read API hands the consumer a buffer instead of filling one, so a read retur
 zeros (a view of a shared zero buffer, valid during the callback, per core's contract).
 
 Metadata (``md_size``) is always interleaved, so the bdev's ``block_size`` is the data
-block size plus ``md_size``, as in SPDK. DIF (``dif_type`` 1-3) is refused with
--EOPNOTSUPP: pybdev generates and checks no protection information (malloc does the same).
+block size plus ``md_size``, as in SPDK. With DIF (``dif_type`` 1-3) the bdev is a
+:class:`NullDifBdev`, which does what SPDK's null does: a read returns zero data with
+generated protection information (the reference tag is the LBA), a write's PI is verified
+and a mismatch fails it with -EIO (nothing is stored either way).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 from typing import Any
 
+from pybdev.bdev import dif
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
@@ -21,7 +25,7 @@ from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import I32, U32, U64, NameParams, Params, Str, Uuid
 
 RPC = RpcTable()
-
+log = logging.getLogger("pybdev.bdev.null")
 
 MD_SIZES = (0, 8, 16, 32, 64, 128)
 MIB = 1 << 20
@@ -49,11 +53,12 @@ class NullBdev(Bdev):
             physical_block_size=physical_block_size or block_size,
             write_cache=False,
         )
-        self.data_block_size = block_size
         self.md_size = md_size
+        self.md_interleave = True  # SPDK's null has no separate metadata
         self.dif_type = dif_type
         self.dif_is_head_of_md = dif_is_head_of_md
         self.dif_pi_format = dif_pi_format
+        self.dif_check_flags = dif.check_flags(dif_type)
         self.preferred = {
             "preferred_write_alignment": preferred_write_alignment,
             "preferred_write_granularity": preferred_write_granularity,
@@ -72,10 +77,7 @@ class NullBdev(Bdev):
         cb(0, None)
 
     def extra_geometry(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.preferred)
-        if self.md_size:
-            out.update(md_size=self.md_size, md_interleave=True, dif_type=self.dif_type)
-        return out
+        return dict(self.preferred)
 
     def config_params(self) -> dict[str, Any]:
         # SPDK writes the bdev blocklen (data + metadata) as block_size, which its own
@@ -93,6 +95,54 @@ class NullBdev(Bdev):
         }
 
 
+class NullDifBdev(NullBdev):
+    """A null bdev with protection information, as SPDK's bdev_null_submit_request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ctx = self.dif_ctx = dif.DifContext(
+            self.block_size, self.md_size, True, self.dif_is_head_of_md, self.dif_type,
+            self.dif_check_flags, 0, 0xFFFF, 0, self.dif_pi_format)
+        # Read data is zeros, so every block's guard is the same; only the reference tag
+        # (types 1 and 2) changes from block to block.
+        self.zero_guard = ctx.guard_fn(bytes(ctx.guard_interval), 0)
+        self.read_type3 = None
+        if not self.dif_check_flags & dif.FLAGS_REFTAG_CHECK:
+            block = bytearray(self.block_size)
+            at = ctx.guard_interval
+            block[at:at + ctx.pi_size] = ctx.pack(self.zero_guard, 0, 0)
+            self.read_type3 = bytes(block)
+
+    def submit_read(self, offset: int, length: int, cb: Callback) -> None:
+        bs = self.block_size
+        n = length // bs
+        if self.read_type3 is not None:
+            cb(0, self.read_type3 * n)
+            return
+        ctx = self.dif_ctx
+        buf = bytearray(length)
+        lba = (offset // bs) & 0xFFFFFFFF
+        at, size, guard, pack = ctx.guard_interval, ctx.pi_size, self.zero_guard, ctx.pack
+        for i in range(n):
+            pos = i * bs + at
+            buf[pos:pos + size] = pack(guard, i, lba)
+        cb(0, buf)
+
+    def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        bs = self.block_size
+        lba = offset // bs
+        err = dif.verify(self.dif_ctx, memoryview(data).cast("B"), len(data) // bs, None,
+                         lba & 0xFFFFFFFF)
+        if err is not None:
+            log.error("%s: IO DIF verification failed: lba %d, num_blocks %d, err_type %d, "
+                      "expected %d, actual %d, err_offset %d (%s)", self.name, lba,
+                      len(data) // bs, err.err_type, err.expected, err.actual,
+                      err.offset_blocks, err.describe())
+            cb(-errno.EIO, None)
+            return
+        cb(0, None)
+
+
 class NullModule(BdevModule):
     name = "null"
     rpc = RPC
@@ -105,7 +155,8 @@ class NullModule(BdevModule):
                preferred_unmap_alignment: int = 0) -> NullBdev:
         """Create and register a null bdev; raises OperationError as SPDK fails (-22, -17)."""
         if md_size not in MD_SIZES:
-            raise OperationError(errno.EINVAL, f"md_size must be one of {MD_SIZES}")
+            raise OperationError(errno.EINVAL, f"metadata size {md_size} is not supported "
+                                               f"(one of {', '.join(map(str, MD_SIZES))})")
         if block_size % 512:
             raise OperationError(errno.EINVAL, "block_size must be a multiple of 512")
         if physical_block_size % 512:
@@ -113,10 +164,15 @@ class NullModule(BdevModule):
         if num_blocks == 0:
             raise OperationError(errno.EINVAL, "num_blocks must be greater than 0")
         if dif_type:
-            if dif_type not in (1, 2, 3) or md_size < 8 or dif_pi_format not in (0, 1, 2):
-                raise OperationError(errno.EINVAL, "invalid DIF configuration")
-            raise OperationError(errno.EOPNOTSUPP, "pybdev has no DIF support")
-        bdev = NullBdev(
+            # SPDK's _bdev_validate_dif_config: spdk_dif_ctx_init on the interleaved format.
+            try:
+                dif.DifContext(block_size + md_size, md_size, True, dif_is_head_of_md, dif_type,
+                               0, pi_format=dif_pi_format)
+            except OperationError as e:
+                raise OperationError(errno.EINVAL,
+                                     f"DIF configuration was wrong: {e.detail}") from None
+        cls = NullDifBdev if dif_type else NullBdev
+        bdev = cls(
             name, block_size, num_blocks, uuid, physical_block_size=physical_block_size,
             md_size=md_size, dif_type=dif_type, dif_is_head_of_md=dif_is_head_of_md,
             dif_pi_format=dif_pi_format, preferred_write_granularity=preferred_write_granularity,

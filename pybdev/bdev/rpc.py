@@ -159,7 +159,7 @@ def bdev_examine(layer: BdevLayer, p: NameParams) -> bool:
     return True
 
 
-@RPC.method("bdev_wait_for_examine", states=State.RUNTIME,
+@RPC.method("bdev_wait_for_examine", states=State.RUNTIME, mutating=False,
             decode_error=(INVALID_PARAMS, "bdev_wait_for_examine requires no parameters"),
             result={"type": "boolean"})
 async def bdev_wait_for_examine(layer: BdevLayer) -> bool:

@@ -20,7 +20,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pybdev.bdev.core import Descriptor
+from pybdev.bdev import dif
+from pybdev.bdev.core import Callback, Descriptor
 from pybdev.bdev.vbdev import (
     PART_EXCLUDED_IO,
     StackedBdev,
@@ -56,9 +57,86 @@ class SplitBdev(VirtualBdev):
     product_name = "Split Disk"
     module_name = "split"
     follows_resize = False  # a part keeps its range
+    copies_pi_format = False  # a bdev_part, as SPDK's
 
     def driver_specific(self) -> dict[str, Any]:
         return {"split": {"base_bdev": self.base_name, "offset_blocks": self.offset_blocks}}
+
+
+class SplitRemapBdev(SplitBdev):
+    """A part past the start of a base that checks reference tags (DIF type 1 or 2).
+
+    A host writes PI with the part's LBAs, the base checks its own: SPDK's bdev_part
+    rewrites the reference tags on the way down (after checking them against the part's
+    LBAs) and back on the way up (``bdev_part_remap_dif``). A copy of the data carries the
+    rewritten tags; a mismatch fails the I/O with -EIO.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # As SPDK's part: its own format, whose PI format a part does not copy.
+        self.remap_ctx = dif.DifContext(
+            self.block_size, self.md_size, self.md_interleave, self.dif_is_head_of_md,
+            self.dif_type, self.dif_check_flags, pi_format=self.dif_pi_format)
+
+    def _remap(self, buf: bytearray, md: bytearray | None, lba: int, to: int) -> bool:
+        n = len(buf) // self.block_size if md is None else len(md) // self.md_size
+        err = dif.remap_ref_tags(self.remap_ctx, memoryview(buf), n,
+                                 None if md is None else memoryview(md), lba, to)
+        if err is None:
+            return True
+        log.error("%s: Remapping reference tag failed. type=%d, offset=%d", self.name,
+                  err.err_type, err.offset_blocks)
+        return False
+
+    def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        lba = offset // self.block_size
+        buf = bytearray(data)
+        if not self.md_interleave or self._remap(buf, None, lba, lba + self.offset_blocks):
+            super().submit_write(offset, buf, cb, fua)
+        else:
+            cb(-errno.EIO, None)
+
+    def submit_read(self, offset: int, length: int, cb: Callback) -> None:
+        if not self.md_interleave:  # separate metadata: no PI comes with a plain read
+            super().submit_read(offset, length, cb)
+            return
+        lba = offset // self.block_size
+
+        def done(status: int, data: Any) -> None:
+            if status:
+                cb(status, None)
+                return
+            buf = bytearray(data)
+            if self._remap(buf, None, lba + self.offset_blocks, lba):
+                cb(0, buf)
+            else:
+                cb(-errno.EIO, None)
+
+        super().submit_read(offset, length, done)
+
+    def submit_write_md(self, offset: int, data: Any, md: Any, cb: Callback, fua: bool) -> None:
+        lba = offset // self.block_size
+        meta = bytearray(md)
+        if self._remap(bytearray(), meta, lba, lba + self.offset_blocks):
+            super().submit_write_md(offset, data, meta, cb, fua)
+        else:
+            cb(-errno.EIO, None)
+
+    def submit_read_md(self, offset: int, length: int, cb: Callback) -> None:
+        lba = offset // self.block_size
+
+        def done(status: int, got: Any) -> None:
+            if status:
+                cb(status, None)
+                return
+            meta = bytearray(got[1])
+            if self._remap(bytearray(), meta, lba + self.offset_blocks, lba):
+                cb(0, (got[0], meta))
+            else:
+                cb(-errno.EIO, None)
+
+        super().submit_read_md(offset, length, done)
 
 
 class SplitModule(VbdevModule[SplitConfig]):
@@ -111,10 +189,11 @@ class SplitModule(VbdevModule[SplitConfig]):
                         "clamping", config.split_count, count)
         io_types = base.io_types - PART_EXCLUDED_IO
         parts: list[StackedBdev] = []
+        remaps = bool(base.md_size and base.dif_check_flags & dif.FLAGS_REFTAG_CHECK)
         for i in range(count):
-            part = SplitBdev(f"{base.name}p{i}", part_uuid(base.uuid, i * size, size),
-                             descs[0], offset_blocks=i * size, num_blocks=size,
-                             io_types=io_types)
+            cls = SplitRemapBdev if remaps and i else SplitBdev
+            part = cls(f"{base.name}p{i}", part_uuid(base.uuid, i * size, size),
+                       descs[0], offset_blocks=i * size, num_blocks=size, io_types=io_types)
             part.optimal_io_boundary = 0  # a bdev_part does not inherit it
             parts.append(part)
         return parts

@@ -140,6 +140,9 @@ class VirtualBdev(StackedBdev):
     follows_resize = True
     # The flag goes to the base's descriptor, which honours it or emulates it there.
     fua_native = True
+    # SPDK's bdev_part (split, error) copies the base's metadata format but not its
+    # dif_pi_format; passthru and delay copy it too.
+    copies_pi_format: ClassVar[bool] = True
 
     def __init__(self, name: str, uuid: str | None, base_desc: Descriptor, *,
                  offset_blocks: int = 0, num_blocks: int | None = None,
@@ -158,6 +161,16 @@ class VirtualBdev(StackedBdev):
         self.read_buffer = base.read_buffer
         self.offset_blocks = offset_blocks
         self.offset = offset_blocks * base.block_size  # bytes, added to every request
+        if base.md_size:
+            # The base's metadata format, as SPDK's passthru and bdev_part copy it (a split
+            # part past the base's start remaps reference tags: split.SplitRemapBdev).
+            self.md_size = base.md_size
+            self.md_interleave = base.md_interleave
+            self.dif_type = base.dif_type
+            self.dif_is_head_of_md = base.dif_is_head_of_md
+            if self.copies_pi_format:
+                self.dif_pi_format = base.dif_pi_format
+            self.dif_check_flags = base.dif_check_flags
 
     def on_base_resize(self, base: Bdev) -> None:
         if self.offset_blocks == 0:
@@ -173,6 +186,12 @@ class VirtualBdev(StackedBdev):
 
     def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
         self.base_desc.unmap(offset + self.offset, length, cb)
+
+    def submit_read_md(self, offset: int, length: int, cb: Callback) -> None:
+        self.base_desc.read_md(offset + self.offset, length, cb)
+
+    def submit_write_md(self, offset: int, data: Any, md: Any, cb: Callback, fua: bool) -> None:
+        self.base_desc.write_md(offset + self.offset, data, md, cb, fua)
 
     def submit_write_zeroes(self, offset: int, length: int, cb: Callback) -> None:
         self.base_desc.write_zeroes(offset + self.offset, length, cb)

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
+from pybdev.errors import OperationError
 
 log = logging.getLogger("pybdev.export")
 
@@ -153,3 +155,18 @@ class Export(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} bdev={self.bdev_name}>"
+
+
+def refuse_interleaved_md(bdev: Bdev, what: str) -> None:
+    """-EINVAL for a bdev whose blocks carry interleaved metadata (520, 4160 bytes ...).
+
+    The kernel's block layer takes power-of-two block sizes and no metadata: SPDK's nbd
+    fails ``NBD_SET_BLKSIZE`` with -EINVAL for such a bdev, and its ublk fails every I/O;
+    pybdev refuses both up front, saying why. Separate metadata is no obstacle: the
+    export moves the data alone, as SPDK's do.
+    """
+    if bdev.md_size and bdev.md_interleave:
+        raise OperationError(
+            errno.EINVAL,
+            f"bdev {bdev.name} has {bdev.md_size} bytes of interleaved metadata per block "
+            f"(block size {bdev.block_size}): {what} carries data in power-of-two blocks only")

@@ -10,8 +10,11 @@ Each export answers its client in its own terms:
 * ublk: the request's result, a negative errno that the ublk driver turns into a block
   status (``errno_to_blk_status`` in the kernel's ``block/blk-core.c``).  Only errnos
   that have a block status of their own pass; the rest become ``-EIO``.
-* NVMe (the NVMe/TCP target to come): ``SCT << 8 | SC`` of the NVMe base specification's
-  generic command status; a first cut for the target to refine.
+* NVMe (the NVMe/TCP target, ``pybdev/nvmf``): ``SCT << 8 | SC`` of the NVMe base
+  specification's generic command status, with the Do Not Retry bit (0x4000) where a
+  retry cannot succeed.  Anything else is Internal Device Error, as SPDK answers a failed
+  bdev I/O (``spdk_bdev_io_get_nvme_status``).  A removed bdev is Invalid Namespace: the
+  namespace is going (hot-remove) and the host fails the I/O at once.
 
 A lookup is one dict ``get``, done on the error path only: callers test ``status`` for 0
 first, so success costs nothing here.
@@ -38,6 +41,8 @@ NVME_SUCCESS: Final = 0x000
 NVME_INVALID_OPCODE: Final = 0x001
 NVME_INVALID_FIELD: Final = 0x002
 NVME_INTERNAL_DEVICE_ERROR: Final = 0x006
+NVME_INVALID_NAMESPACE: Final = 0x00B
+NVME_DNR: Final = 0x4000
 NVME_CAPACITY_EXCEEDED: Final = 0x081
 
 
@@ -92,8 +97,9 @@ UBLK_STATUS: Final = StatusTable("ublk", {
 }, -errno.EIO)
 
 NVME_STATUS: Final = StatusTable("nvme", {
-    -errno.EINVAL: NVME_INVALID_FIELD,
-    -errno.EOPNOTSUPP: NVME_INVALID_OPCODE,
+    -errno.EINVAL: NVME_INVALID_FIELD | NVME_DNR,
+    -errno.EOPNOTSUPP: NVME_INVALID_OPCODE | NVME_DNR,
+    -errno.ENODEV: NVME_INVALID_NAMESPACE | NVME_DNR,
     -errno.ENOSPC: NVME_CAPACITY_EXCEEDED,
 }, NVME_INTERNAL_DEVICE_ERROR)
 

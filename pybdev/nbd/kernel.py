@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pybdev.bdev.core import Bdev, Descriptor
 from pybdev.errors import OperationError
 from pybdev.export import io
+from pybdev.export.base import refuse_interleaved_md
 from pybdev.export.status import NBD_STATUS
 from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import NBD_OPS, NbdExport
@@ -281,6 +282,7 @@ class KernelExport(NbdExport):
     async def _start_on(self, index: int) -> None:
         assert self.desc is not None
         bdev = self.desc.bdev
+        refuse_interleaved_md(bdev, "the kernel's NBD")
         path = device_path(index)
         self.index = index
         self.nbd_device = f"/dev/nbd{index}"

@@ -55,6 +55,7 @@ from pybdev.listener import (
 )
 from pybdev.nbd.export import NBD_OPS, NbdExport
 from pybdev.netaddr import bind_address, is_loopback_ip
+from pybdev.peerwarn import WARNINGS, peer_host, quote
 from pybdev.proto import nbd as proto
 from pybdev.proto.nbd.uri import NbdAddress
 
@@ -106,6 +107,11 @@ class NetworkExport(NbdExport):
         self.listener: Listener | None = None
         self.connections: set[NbdConnection] = set()
         self._info: proto.ExportInfo | None = None
+        # For /metrics: clients served so far, and payload bytes asked for (counted per
+        # batch of requests as they are submitted, not per request).
+        self.connections_total = 0
+        self.bytes_read = 0
+        self.bytes_written = 0
 
     # -- NbdExport ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -328,6 +334,9 @@ class NetworkServer:
         self.budget = PayloadBudget(max_buffered)
         self.listeners: dict[tuple[Any, ...], Listener] = {}
         self._lock = asyncio.Lock()
+        #: Told of ``connection_open`` / ``connection_close`` with their details (the
+        #: subsystem points it at the target's event hub).
+        self.events: Callable[[str, dict[str, Any]], object] | None = None
 
     async def _key(self, a: NbdAddress) -> tuple[Any, ...]:
         if a.transport == "unix":
@@ -426,8 +435,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self.peer_host = ""
         self._handshake: proto.ServerHandshake | None = proto.ServerHandshake(
-            listener.lookup, exports=listener.list_exports)
+            self._lookup, exports=listener.list_exports)
         self._handshake_timer: asyncio.TimerHandle | None = None
         # Transmission state, set when the handshake ends.
         self.export: NetworkExport | None = None
@@ -461,11 +471,13 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer) if peer else "unix"
+        self.peer_host = peer_host(peer)
         listener = self.listener
         if len(listener.connections) >= listener.network.max_connections:
-            log.warning("NBD client %s refused on %s: %d connections, the limit "
-                        "(--nbd-max-connections)", self.peer, listener.describe(),
-                        len(listener.connections))
+            WARNINGS.warn(log, "nbd_connection_limit", self.peer_host,
+                          "NBD client %s refused on %s: %d connections, the limit "
+                          "(--nbd-max-connections)", self.peer, listener.describe(),
+                          len(listener.connections))
             self._closing = True
             self.transport.abort()
             return
@@ -519,6 +531,10 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.listener.connections.discard(self)
         if self.export is not None:
             self.export.connections.discard(self)
+            events = self.listener.network.events
+            if events is not None:
+                events("connection_close", {"export": self.export.nbd_device,
+                                            "protocol": "nbd", "peer": self.peer})
         self._cancel_big()
         # Let go of buffers and of the bound methods that point back here, so a closed
         # connection's memory is freed now, not when the cycle collector runs.
@@ -618,11 +634,20 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
         if self._handshake is not None and self.transport is not None:
-            log.warning("NBD client %s on %s: no handshake within %.0f s "
-                        "(--nbd-handshake-timeout); closing", self.peer,
-                        self.listener.describe(), self.listener.network.handshake_timeout)
+            WARNINGS.warn(log, "nbd_handshake_timeout", self.peer_host,
+                          "NBD client %s on %s: no handshake within %.0f s "
+                          "(--nbd-handshake-timeout); closing", self.peer,
+                          self.listener.describe(), self.listener.network.handshake_timeout)
             self._closing = True
             self.abort()
+
+    def _lookup(self, name: str) -> proto.ExportInfo | None:
+        info = self.listener.lookup(name)
+        if info is None:
+            WARNINGS.warn(log, "nbd_unknown_export", self.peer_host,
+                          "NBD client %s on %s asked for export %s, which is not served there",
+                          self.peer, self.listener.describe(), quote(name))
+        return info
 
     def _feed_handshake(self) -> None:
         hs = self._handshake
@@ -655,6 +680,11 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _begin_transmission(self, export: NetworkExport, ready: proto.TransmissionReady) -> None:
         self.export = export
         export.connections.add(self)
+        export.connections_total += 1
+        events = self.listener.network.events
+        if events is not None:
+            events("connection_open", {"export": export.nbd_device, "protocol": "nbd",
+                                       "peer": self.peer})
         desc = export.desc
         assert desc is not None
         bdev = desc.bdev
@@ -706,7 +736,8 @@ class NbdConnection(asyncio.BufferedProtocol):
                 pos, end = 0, self._end
             if error or self._closing:
                 if error:
-                    log.warning("NBD client %s: %s; closing the connection", self.peer, error)
+                    WARNINGS.warn(log, "nbd_protocol_error", self.peer_host,
+                                  "NBD client %s: %s; closing the connection", self.peer, error)
                     self._closing = True
                 self._start = self._end = 0
                 self._update_reading()
@@ -756,6 +787,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         assert self._validator is not None
         err = self._validator.check(typ, flags, offset, length)
         big = BigWrite(cookie, offset, length, bool(flags & _FUA), err)
+        if self.export is not None:
+            self.export.bytes_written += length
         self._big = big
         self._inflight += 1
         # The part of the payload already received moves to the big write's pieces.
@@ -771,6 +804,10 @@ class NbdConnection(asyncio.BufferedProtocol):
         """Give ``big`` a piece to receive into, from the server's budget (False: wait)."""
         n = min(big.left, BIG_CHUNK)
         if not self.budget.take(n):
+            WARNINGS.warn(log, "nbd_buffer_cap", self.peer_host,
+                          "NBD client %s: a large write waits: the server buffers %d MiB of "
+                          "write payload, its limit (--nbd-max-buffered-mb)", self.peer,
+                          self.budget.used // MIB)
             self._big_waiting = True
             self.budget.wait(self._big_resume)
             self._update_reading()
@@ -869,7 +906,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         pack_simple = _SIMPLE
         # Counted locally and added once: completions inside the calls below decrement
         # the attributes, so they are only right again after the loop.
-        inflight = refs = nbytes = 0
+        inflight = refs = nbytes = wbytes = 0
         self._batching = True
         try:
             for typ, flags, cookie, offset, length, payload in requests:
@@ -905,6 +942,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                 elif typ == 1:  # NBD_CMD_WRITE
                     inflight += 1
                     refs += 1
+                    wbytes += length
                     write(offset, payload, partial(simple_done, cookie, gen), flags & _FUA)
                 else:
                     if typ == proto.NBD_CMD_DISC:
@@ -914,6 +952,10 @@ class NbdConnection(asyncio.BufferedProtocol):
         finally:
             self._inflight += inflight
             self._inflight_bytes += nbytes
+            export = self.export
+            if export is not None:
+                export.bytes_read += nbytes
+                export.bytes_written += wbytes
             self._buf_refs += refs
             self._batching = False
             self._flush_out()

@@ -65,6 +65,8 @@ class NbdSubsystem(Subsystem):
         self.layer: BdevLayer = app.subsystem(BdevSubsystem).layer
         self.allow_remote = False
         self.network = NetworkServer(allow_remote=False)
+        self.network.events = app.notifier.publish
+        self._publish = app.notifier.publish
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
@@ -117,6 +119,8 @@ class NbdSubsystem(Subsystem):
             raise OperationError(errno.EBUSY, f"{key} is already exported")
         self.exports[key] = export
         log.info("exporting bdev %s at %s", export.bdev_name, key)
+        self._publish("export_add", {"export": key, "protocol": "nbd",
+                                     "bdev": export.bdev_name})
         return export
 
     async def stop_disk(self, nbd_device: str) -> None:
@@ -156,6 +160,8 @@ class NbdSubsystem(Subsystem):
     def forget(self, export: NbdExport) -> None:
         if self.exports.get(export.nbd_device) is export:
             del self.exports[export.nbd_device]
+            self._publish("export_remove", {"export": export.nbd_device, "protocol": "nbd",
+                                            "bdev": export.bdev_name})
 
     # -- subsystem hooks -------------------------------------------------------------------
     async def fini(self) -> None:

@@ -14,9 +14,11 @@ import logging
 import struct
 import time
 import uuid as uuidlib
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pybdev import __version__
+from pybdev.export import io
+from pybdev.export.status import NVME_STATUS
 from pybdev.proto import nvme
 from pybdev.proto.nvme import (
     AER_NS_ATTR_CHANGED,
@@ -35,7 +37,8 @@ from pybdev.proto.nvme import (
 )
 
 if TYPE_CHECKING:
-    from pybdev.nvmf.target import ListenAddress, Namespace, NvmSubsystem, Target, TransportOpts
+    from pybdev.nvmf.namespace import Namespace
+    from pybdev.nvmf.target import ListenAddress, NvmSubsystem, Target, TransportOpts
 
 log = logging.getLogger("pybdev.nvmf")
 
@@ -388,56 +391,53 @@ class Controller:
             qp.complete(cid, Sc.INVALID_FIELD | DNR)
 
     # -- I/O commands ------------------------------------------------------------------
-    def io_command(self, qp: QPair, cmd: nvme.Sqe, data: bytes | None) -> None:
+    def io_command(self, qp: QPair, cmd: nvme.Sqe, data: Any) -> None:
         cid = cmd.cid
         ns = self.sub.namespaces.get(cmd.nsid)
         if not self.ready:
             qp.complete(cid, Sc.COMMAND_SEQUENCE_ERROR | DNR)
             return
-        if ns is None:
+        desc = ns.desc if ns is not None else None
+        if ns is None or desc is None:
             qp.complete(cid, Sc.INVALID_NAMESPACE | DNR)
             return
         opc = cmd.opc
-        desc = ns.desc
+        op = NVME_OPS[opc]
         bdev = desc.bdev
         bs = bdev.block_size
-        if opc in (IoOpc.READ, IoOpc.WRITE, IoOpc.WRITE_ZEROES):
+        if op == io.READ or op == io.WRITE or op == io.WRITE_ZEROES:
             slba = cmd.cdw10 | cmd.cdw11 << 32
             nlb = (cmd.cdw12 & 0xFFFF) + 1
             if slba + nlb > bdev.num_blocks:
                 qp.complete(cid, Sc.LBA_OUT_OF_RANGE | DNR)
                 return
             length = nlb * bs
-            if opc == IoOpc.READ:
+            ns.inflight += 1
+            if op == io.READ:
                 if cmd.sgl_len != length:
+                    ns.inflight -= 1
                     qp.complete(cid, Sc.SGL_LENGTH_INVALID | DNR)
                     return
-                desc.read(slba * bs, length, lambda status, buf: self._read_done(
-                    qp, cid, status, buf))
-            elif opc == IoOpc.WRITE:
+                desc.read(slba * bs, length, _ReadDone(qp, cid, ns))
+            elif op == io.WRITE:
                 if data is None or len(data) != length:
+                    ns.inflight -= 1
                     qp.complete(cid, Sc.SGL_LENGTH_INVALID | DNR)
                     return
-                desc.write(slba * bs, data, lambda status, _: _done(qp, cid, status),
-                           bool(cmd.cdw12 & 1 << 30))
+                desc.write(slba * bs, data, _Done(qp, cid, ns), bool(cmd.cdw12 & 1 << 30))
             else:
-                desc.write_zeroes(slba * bs, length, lambda status, _: _done(qp, cid, status))
-        elif opc == IoOpc.FLUSH:
+                io.submit(desc, op, slba * bs, length, None, bool(cmd.cdw12 & 1 << 30),
+                          _Done(qp, cid, ns))
+        elif op == io.FLUSH:
             if not bdev.supports("flush"):
                 qp.complete(cid)
                 return
-            desc.flush(0, bdev.size, lambda status, _: _done(qp, cid, status))
+            ns.inflight += 1
+            io.submit(desc, op, 0, 0, None, False, _Done(qp, cid, ns))
         elif opc == IoOpc.DATASET_MANAGEMENT:
             self._dsm(qp, cmd, ns, data)
         else:
             qp.complete(cid, Sc.INVALID_OPCODE | DNR)
-
-    def _read_done(self, qp: QPair, cid: int, status: int, data: Any) -> None:
-        if status:
-            qp.complete(cid, Sc.UNRECOVERED_READ_ERROR if status != -19 else
-                        Sc.INVALID_NAMESPACE | DNR)
-        else:
-            qp.send_data(cid, data)
 
     def _dsm(self, qp: QPair, cmd: nvme.Sqe, ns: Namespace, data: bytes | None) -> None:
         cid = cmd.cid
@@ -450,7 +450,9 @@ class Controller:
         if not cmd.cdw11 & 0x4:  # only deallocate does anything; the rest are hints
             qp.complete(cid)
             return
-        bdev = ns.desc.bdev
+        desc = ns.desc
+        assert desc is not None  # io_command checked it
+        bdev = desc.bdev
         ranges = [(s, n) for s, n in nvme.decode_dsm_ranges(data, nr) if n]
         for slba, nlb in ranges:
             if slba + nlb > bdev.num_blocks:
@@ -460,30 +462,62 @@ class Controller:
             qp.complete(cid)
             return
         left = [len(ranges), 0]
+        done = _Done(qp, cid, ns)
+        ns.inflight += 1
 
         def one(status: int, _data: Any) -> None:
             left[0] -= 1
             if status and not left[1]:
                 left[1] = status
             if left[0] == 0:
-                _done(qp, cid, left[1])
+                done(left[1], None)
 
         bs = bdev.block_size
         for slba, nlb in ranges:
-            ns.desc.unmap(slba * bs, nlb * bs, one)
+            io.submit(desc, io.UNMAP, slba * bs, nlb * bs, None, False, one)
 
 
-def _done(qp: QPair, cid: int, status: int) -> None:
-    if not status:
-        qp.complete(cid)
-    elif status == -19:
-        qp.complete(cid, Sc.INVALID_NAMESPACE | DNR)
-    else:
-        qp.complete(cid, Sc.WRITE_FAULT if status != -22 else Sc.INTERNAL_ERROR)
+# NVM command set opcodes -> the export base's operations (pybdev/export/io.py).  DSM is
+# not one of them: its ranges come in the data and each becomes an unmap.
+NVME_OPS: Final = io.op_table({
+    IoOpc.READ: io.READ,
+    IoOpc.WRITE: io.WRITE,
+    IoOpc.FLUSH: io.FLUSH,
+    IoOpc.WRITE_ZEROES: io.WRITE_ZEROES,
+})
+
+
+class _Done:
+    """Completion of a command without data to the host (a callable object: no closure)."""
+
+    __slots__ = ("cid", "ns", "qp")
+
+    def __init__(self, qp: QPair, cid: int, ns: Namespace) -> None:
+        self.qp = qp
+        self.cid = cid
+        self.ns = ns
+
+    def __call__(self, status: int, _data: Any) -> None:
+        self.ns.io_done()
+        if status:
+            self.qp.complete(self.cid, NVME_STATUS(status))
+        else:
+            self.qp.complete(self.cid)
+
+
+class _ReadDone(_Done):
+    __slots__ = ()
+
+    def __call__(self, status: int, data: Any) -> None:
+        self.ns.io_done()
+        if status:
+            self.qp.complete(self.cid, NVME_STATUS(status))
+        else:
+            self.qp.send_data(self.cid, data)
 
 
 def identify_namespace(ns: Namespace) -> bytes:
-    bdev = ns.desc.bdev
+    bdev = ns.bdev
     lbads = bdev.block_size.bit_length() - 1
     return nvme.IdentifyNamespace(
         nsze=bdev.num_blocks, ncap=bdev.num_blocks, nuse=bdev.num_blocks, nmic=1,
@@ -497,8 +531,8 @@ def commands_effects_log() -> bytes:
                 AdminOpc.SET_FEATURES, AdminOpc.GET_FEATURES, AdminOpc.ASYNC_EVENT_REQUEST,
                 AdminOpc.KEEP_ALIVE):
         _U32.pack_into(page, opc * 4, 1)
-    for io in (IoOpc.FLUSH, IoOpc.WRITE, IoOpc.READ, IoOpc.WRITE_ZEROES,
-               IoOpc.DATASET_MANAGEMENT):
+    for iop in (IoOpc.FLUSH, IoOpc.WRITE, IoOpc.READ, IoOpc.WRITE_ZEROES,
+                IoOpc.DATASET_MANAGEMENT):
         # CSUPP, and LBCC (the command may change logical block content) for all but Read
-        _U32.pack_into(page, 1024 + io * 4, 1 | (2 if io != IoOpc.READ else 0))
+        _U32.pack_into(page, 1024 + iop * 4, 1 | (2 if iop != IoOpc.READ else 0))
     return bytes(page)

@@ -304,10 +304,10 @@ class RemoveNsParams(Params):
 
 
 @RPC.method("nvmf_subsystem_remove_ns", RemoveNsParams, result=TRUE)
-def nvmf_subsystem_remove_ns(part: NvmfSubsystem, p: RemoveNsParams) -> bool:
+async def nvmf_subsystem_remove_ns(part: NvmfSubsystem, p: RemoveNsParams) -> bool:
     """Remove a namespace (hosts get a namespace-attribute notice) and release its bdev."""
     target = _target(part, p.tgt_name)
-    target.remove_ns(target.get(p.nqn), p.nsid)
+    await target.remove_ns(target.get(p.nqn), p.nsid)
     return True
 
 

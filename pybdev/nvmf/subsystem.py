@@ -9,12 +9,20 @@ from typing import TYPE_CHECKING, Any
 from pybdev.bdev.subsystem import BdevSubsystem
 from pybdev.nvmf.rpc import RPC
 from pybdev.nvmf.target import NvmSubsystem, Target
+from pybdev.nvmf.tcp import DEFAULT_MAX_BUFFERED, MIB
 from pybdev.subsystem import Config, Subsystem
 
 if TYPE_CHECKING:
     from pybdev.app import App
 
 log = logging.getLogger("pybdev.nvmf")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
 
 
 class NvmfSubsystem(Subsystem):
@@ -32,9 +40,16 @@ class NvmfSubsystem(Subsystem):
         parser.add_argument("--nvmf-allow-remote", action="store_true",
                             help="let nvmf_subsystem_add_listener listen on non-loopback "
                                  "addresses (NVMe/TCP without TLS or authentication)")
+        parser.add_argument("--nvmf-max-buffered-mb", type=_positive_int,
+                            default=DEFAULT_MAX_BUFFERED // MIB, metavar="MIB",
+                            help="R2T buffers and read data the NVMe/TCP transport holds "
+                                 f"across all its connections (default "
+                                 f"{DEFAULT_MAX_BUFFERED // MIB})")
 
     def configure(self, options: argparse.Namespace) -> None:
         self.target.allow_remote = bool(getattr(options, "nvmf_allow_remote", False))
+        self.target.max_buffered = MIB * int(getattr(options, "nvmf_max_buffered_mb",
+                                                     DEFAULT_MAX_BUFFERED // MIB))
 
     def _ns_changed(self, sub: NvmSubsystem, nsid: int) -> None:
         for ctrlr in list(sub.controllers.values()):
@@ -83,7 +98,7 @@ class NvmfSubsystem(Subsystem):
 
 
 def _ns_config(ns: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"nsid": ns.nsid, "bdev_name": ns.bdev_name}
+    out: dict[str, Any] = {"nsid": ns.nsid, "bdev_name": ns.name_given}
     if ns.ptpl_file:
         out["ptpl_file"] = ns.ptpl_file
     if ns.nguid and any(ns.nguid):

@@ -8,6 +8,7 @@ texts, since those are what every caller of this API needs.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import uuid as uuidlib
@@ -15,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, Descriptor
+from pybdev.bdev.core import BdevLayer
 from pybdev.errors import OperationError
 from pybdev.netaddr import is_loopback_ip
+from pybdev.nvmf.namespace import CLAIM_MODULE, Namespace
 from pybdev.nvmf.nqn import nqn_is_valid
 from pybdev.proto.nvme import DISCOVERY_NQN
 from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pybdev.nvmf")
 
 TGT_NAME = "nvmf_tgt"
-CLAIM_MODULE = "NVMe-oF Target"
+__all__ = ["CLAIM_MODULE", "Namespace", "NvmSubsystem", "Target"]
 DEFAULT_SERIAL = "00000000000000000000"
 DEFAULT_MODEL = "SPDK bdev Controller"
 DEFAULT_NAMESPACES = 32
@@ -107,36 +109,6 @@ class Listener:
     secure_channel: bool = False
     ana_state: str = "optimized"
     sock_impl: str | None = None
-
-
-@dataclass
-class Namespace:
-    nsid: int
-    bdev_name: str
-    desc: Descriptor
-    uuid: str | None
-    nguid: bytes | None
-    eui64: bytes | None
-    anagrpid: int
-    no_auto_visible: bool = False
-    ptpl_file: str | None = None
-
-    @property
-    def bdev(self) -> Bdev:
-        return self.desc.bdev
-
-    def to_json(self, ana: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"nsid": self.nsid, "bdev_name": self.bdev_name,
-                               "name": self.bdev_name}
-        if self.nguid and any(self.nguid):
-            out["nguid"] = self.nguid.hex().upper()
-        if self.eui64 and any(self.eui64):
-            out["eui64"] = self.eui64.hex().upper()
-        if self.uuid:
-            out["uuid"] = self.uuid
-        if ana:
-            out["anagrpid"] = self.anagrpid
-        return out
 
 
 @dataclass
@@ -241,6 +213,8 @@ class Target:
         self.subsystems: dict[str, NvmSubsystem] = {}
         self.max_subsystems = DEFAULT_MAX_SUBSYSTEMS
         self.max_subsystems_set = False
+        #: the TCP transport's data buffers over all connections (--nvmf-max-buffered-mb)
+        self.max_buffered = 256 << 20
         self.config: dict[str, Any] = default_config()
         self.genctr = 0
         self.crdt = (0, 0, 0)
@@ -286,8 +260,8 @@ class Target:
         for lst in list(sub.listeners):
             self._unlisten(lst.address)
         sub.listeners.clear()
-        for nsid in list(sub.namespaces):
-            self._close_ns(sub, nsid)
+        # no controller is left to notify: each namespace just stops (drains, unclaims)
+        await asyncio.gather(*(ns.stop() for ns in list(sub.namespaces.values())))
         del self.subsystems[nqn]
         self.bump_genctr()
 
@@ -308,48 +282,38 @@ class Target:
             raise invalid_params()
         if anagrpid > sub.max_namespaces:
             raise invalid_params()
-        def on_event(event: BdevEvent, _bdev: Bdev, s: NvmSubsystem = sub, n: int = nsid) -> None:
-            self._bdev_event(s, n, event)
-
+        ns = Namespace(self.layer, sub, nsid, bdev_name, self.ns_changed)
         try:
-            desc = self.layer.open(bdev_name, True, on_event)
+            ns.open()
         except OperationError:
             raise invalid_params() from None
-        try:
-            self.layer.claim(desc, CLAIM_MODULE)
-        except OperationError:
-            desc.close()
-            raise invalid_params() from None
-        bdev = desc.bdev
-        if uuid is None:
-            uuid = bdev.uuid
-        if nguid_b is None:
-            nguid_b = uuidlib.UUID(uuid).bytes
-        sub.namespaces[nsid] = Namespace(nsid, bdev.name if bdev_name == bdev.name else bdev_name,
-                                         desc, uuid, nguid_b, eui_b, anagrpid or nsid,
-                                         no_auto_visible, ptpl_file)
+        bdev = ns.bdev
+        if bdev.md_size:
+            # SPDK refuses separate metadata ("Can't attach bdev with separate metadata.")
+            # and exposes interleaved metadata as an extended LBA format, which pybdev's
+            # target does not have yet: it refuses both.
+            log.error("Can't attach bdev %s with %s metadata: pybdev's NVMe/TCP namespaces "
+                      "carry no metadata", bdev.name,
+                      "interleaved" if bdev.md_interleave else "separate")
+            ns.unclaim_and_close()
+            raise invalid_params()
+        ns.uuid = uuid if uuid is not None else bdev.uuid
+        ns.nguid = nguid_b if nguid_b is not None else uuidlib.UUID(ns.uuid).bytes
+        ns.eui64 = eui_b
+        ns.anagrpid = anagrpid or nsid
+        ns.no_auto_visible = no_auto_visible
+        ns.ptpl_file = ptpl_file
+        sub.namespaces[nsid] = ns
         self.ns_changed(sub, nsid)
         return nsid
 
-    def remove_ns(self, sub: NvmSubsystem, nsid: int) -> None:
-        if nsid not in sub.namespaces:
-            raise invalid_params()
-        self._close_ns(sub, nsid)
-        self.ns_changed(sub, nsid)
-
-    def _close_ns(self, sub: NvmSubsystem, nsid: int) -> None:
-        ns = sub.namespaces.pop(nsid)
-        self.layer.release_claim(ns.desc.bdev)
-        ns.desc.close()
-
-    def _bdev_event(self, sub: NvmSubsystem, nsid: int, event: BdevEvent) -> None:
+    async def remove_ns(self, sub: NvmSubsystem, nsid: int) -> None:
+        """The namespace leaves (hosts notified), its commands finish, its bdev is freed:
+        the same stop as a hot-remove of the bdev (:mod:`pybdev.nvmf.namespace`)."""
         ns = sub.namespaces.get(nsid)
         if ns is None:
-            return
-        if event is BdevEvent.REMOVE:
-            log.info("bdev %s removed: namespace %d of %s goes", ns.bdev_name, nsid, sub.nqn)
-            self._close_ns(sub, nsid)
-        self.ns_changed(sub, nsid)  # removal, or a resize: hosts re-read Identify
+            raise invalid_params()
+        await ns.stop()
 
     # -- hosts -----------------------------------------------------------------------------
     def add_host(self, sub: NvmSubsystem, host: str) -> None:

@@ -7,6 +7,18 @@ all their data (as the kernel target sends, and as every host accepts), reads an
 with one C2HData PDU, followed by a CapsuleResp unless the host disabled SQ flow control
 and the transport allows the SUCCESS flag.  A malformed PDU ends only its own connection,
 with a C2HTermReq.
+
+Memory (``docs/guide.md``, "Limits"): in-capsule data is bounded by the queue size times
+``in_capsule_data_size``.  Data a command moves through the target's memory otherwise
+(the buffer an R2T asks the host to fill, the data of a read until the socket takes it)
+is counted twice before the command starts: against the connection
+(:data:`CONNECTION_DATA_BYTES`) and against the transport, all connections together
+(``--nvmf-max-buffered-mb``).  A command that does not fit waits, in order, and its R2T
+is sent or its read submitted when data is given back; the host cannot send write data
+before its R2T, so a host that announces writes and stalls holds at most the grant.
+Read data counts until the socket has taken all of it: the write buffer's high-water
+mark is 0, so whatever the kernel does not take at once pauses reading the connection
+and holds the data's grant until the buffer is empty again.
 """
 
 from __future__ import annotations
@@ -15,7 +27,9 @@ import asyncio
 import contextlib
 import errno
 import logging
+import mmap
 import socket
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pybdev.errors import OperationError
@@ -42,6 +56,11 @@ log = logging.getLogger("pybdev.nvmf.tcp")
 
 ADMIN_IN_CAPSULE = 8192  # the Linux host sends admin and fabrics data in-capsule up to this
 PRE_CONNECT_DEPTH = 32
+MIB = 1 << 20
+#: R2T buffers and read data one connection may hold (at least one max_io_size command)
+CONNECTION_DATA_BYTES = 8 * MIB
+#: all connections of the transport together (``--nvmf-max-buffered-mb``)
+DEFAULT_MAX_BUFFERED = 256 * MIB
 
 
 class TcpTransport:
@@ -56,6 +75,31 @@ class TcpTransport:
         self.portids: dict[tuple[str, str], int] = {}
         self.connections: set[Connection] = set()
         self.stats = {"admin_qpairs": 0, "io_qpairs": 0, "completed_nvme_io": 0}
+        self.max_buffered = max(target.max_buffered, opts.max_io_size)
+        self.buffered = 0  # bytes granted to commands of all connections
+        self.waiting: deque[Connection] = deque()  # connections with commands waiting
+        self.started = 0  # commands started from `waiting` (the wake loop's progress)
+        self._waking = False
+
+    def release(self, n: int) -> None:
+        """Data given back: start the commands waiting for it, oldest connection first."""
+        self.buffered -= n
+        if not self.waiting or self._waking:
+            return  # a command started below completed at once: the loop below goes on
+        self._waking = True
+        try:
+            # every waiting connection gets its turn: one at its own limit (a host that
+            # stalls its writes) must not hold up the others
+            while self.waiting:
+                started = self.started
+                for conn in list(self.waiting):
+                    if conn.run_deferred():
+                        with contextlib.suppress(ValueError):
+                            self.waiting.remove(conn)
+                if self.started == started:
+                    return
+        finally:
+            self._waking = False
 
     def portid(self, address: ListenAddress) -> int:
         return self.portids.setdefault(address.key, len(self.portids) + 1)
@@ -108,16 +152,42 @@ class TcpTransport:
         self.servers.clear()
 
 
+#: R2T buffers this large are mapped on their own: unmapped when the write completes, so
+#: memory that stalled hosts made the target hold goes back to the system (heap memory
+#: would stay with the process)
+MMAP_BUFFER = 64 * 1024
+
+
 class _PendingWrite:
     """A command waiting for its data through R2T/H2CData."""
 
-    __slots__ = ("buf", "cmd", "digest_ok", "received")
+    __slots__ = ("buf", "cmd", "digest_ok", "length", "received")
 
     def __init__(self, cmd: nvme.Sqe, length: int) -> None:
         self.cmd = cmd
-        self.buf = bytearray(length)
+        self.length = length
+        # allocated when the data comes in pieces: a host that sends it in one H2CData
+        # PDU (the Linux host, up to MAXH2CDATA) has its PDU's data written as it is
+        self.buf: bytearray | mmap.mmap | None = None
         self.received = 0
         self.digest_ok = True
+
+    def new_buffer(self) -> bytearray | mmap.mmap:
+        n = self.length
+        self.buf = mmap.mmap(-1, n) if n >= MMAP_BUFFER else bytearray(n)
+        return self.buf
+
+    @property
+    def data(self) -> bytes | memoryview:
+        """The data for the bdev, without a copy of a mapped buffer (kept alive by the
+        view until the bdev is done with it)."""
+        buf = self.buf
+        assert buf is not None
+        return memoryview(buf) if isinstance(buf, mmap.mmap) else bytes(buf)
+
+
+_R2T = 0  # deferred command kinds
+_READ = 1
 
 
 class Connection(asyncio.Protocol):
@@ -140,6 +210,15 @@ class Connection(asyncio.Protocol):
         self.sqhd_disabled = False
         self.outstanding = 0
         self.pending: dict[int, _PendingWrite] = {}  # ttag -> write waiting for data
+        self.conn_limit = max(CONNECTION_DATA_BYTES, self.opts.max_io_size)
+        self.held: dict[int, int] = {}  # cid -> bytes granted (R2T buffer, read data)
+        self.held_bytes = 0  # their sum, plus `unsent`
+        self.unsent = 0  # granted bytes of answers the socket has not taken yet
+        self.deferred: deque[tuple[int, nvme.Sqe]] = deque()  # waiting for a grant
+        self.writing_paused = False
+        self.out: list[Any] = []  # PDUs waiting for the end of the batch
+        self.batching = False
+        self.flush_scheduled = False
         self.closed = False
         self.peer: tuple[str, str] = ("", "")
         self.state = "uninitialized"
@@ -154,22 +233,55 @@ class Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # pause (and hold read data's grants) as soon as the kernel does not take a write
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         self.tcp.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        # Answers of the commands in this chunk (the bdev often completes at once) go out
+        # in one write when it is done: one syscall per batch, not per command.
+        self.batching = True
         try:
-            pdus = self.parser.feed(data)
-        except nvme.PduError as e:
-            for pdu in e.parsed:
-                self._handle(pdu)
-            self._terminate(str(e), e.fes, e.fei, e.header)
-            return
-        for pdu in pdus:
-            if self.closed:
+            try:
+                pdus = self.parser.feed(data)
+            except nvme.PduError as e:
+                for pdu in e.parsed:
+                    self._handle(pdu)
+                self._terminate(str(e), e.fes, e.fei, e.header)
                 return
-            self._handle(pdu)
+            for pdu in pdus:
+                if self.closed:
+                    return
+                self._handle(pdu)
+        finally:
+            self.batching = False
+            if self.out:
+                self._flush()
+
+    def _send(self, parts: list[Any]) -> None:
+        """Queue PDUs for the socket; written once the current batch is handled."""
+        self.out += parts
+        if not self.batching and not self.flush_scheduled:
+            # a completion outside a batch (a bdev that answers later): others that
+            # complete in the same loop turn join it
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        out = self.out
+        if not out or self.closed or self.transport is None:
+            out.clear()
+            return
+        self.out = []
+        self.transport.writelines(out)
+        if self.unsent and not self.writing_paused:  # the socket took everything
+            n, self.unsent = self.unsent, 0
+            self.held_bytes -= n
+            self.tcp.release(n)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed()
@@ -177,10 +289,16 @@ class Connection(asyncio.Protocol):
     # A host that stops reading must not make the target buffer its answers without end:
     # while the socket's send buffer is over the high-water mark, take no new commands.
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.unsent:  # the socket took every answer: their data is gone
+            n, self.unsent = self.unsent, 0
+            self.held_bytes -= n
+            self.tcp.release(n)
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
@@ -201,6 +319,14 @@ class Connection(asyncio.Protocol):
         self.state = "deactivating"
         self.tcp.connections.discard(self)
         self.pending.clear()
+        self.deferred.clear()
+        with contextlib.suppress(ValueError):
+            self.tcp.waiting.remove(self)
+        if self.held_bytes:  # buffers still in a bdev's hands are freed when it completes
+            n, self.held_bytes = self.held_bytes, 0
+            self.held.clear()
+            self.unsent = 0
+            self.tcp.release(n)
         if self.controller is not None:
             self.controller.qpair_closed(self)
 
@@ -209,6 +335,8 @@ class Connection(asyncio.Protocol):
                     reason)
         self.state = "error"
         if self.transport is not None:
+            if self.out:
+                self._flush()
             self.transport.write(nvme.Framer.term_req(PDU_C2H_TERM_REQ, fes, fei, header))
         self.close(reason)
 
@@ -222,8 +350,8 @@ class Connection(asyncio.Protocol):
             # CPDA 0: any PDO from the host is fine; data to the host honours its HPDA.
             self.framer = nvme.Framer(pdu.hdgst, pdu.ddgst, pdu.hpda)
             assert self.transport is not None
-            self.transport.write(nvme.encode_ic_resp(self.opts.max_io_size, hdgst=pdu.hdgst,
-                                                     ddgst=pdu.ddgst))
+            self._send([nvme.encode_ic_resp(self.opts.max_io_size, hdgst=pdu.hdgst,
+                                            ddgst=pdu.ddgst)])
             self.state = "connecting"
         elif isinstance(pdu, nvme.TermReq):
             log.warning("host %s:%s ended the connection: H2CTermReq FES %#x", *self.peer,
@@ -266,12 +394,63 @@ class Connection(asyncio.Protocol):
                 self.complete(cmd.cid, Sc.SGL_LENGTH_INVALID | DNR)
                 return
             if sgl_len and cmd.opc & 3 == 1:  # host-to-controller data: ask for it
+                if self.deferred or not self._grant(cmd.cid, sgl_len):
+                    if not self.closed:
+                        self._defer(_R2T, cmd)
+                    return
                 self._request_data(cmd)
+                return
+            if (sgl_len and cmd.opc & 3 == 2 and self.qid > 0  # read data to the host
+                    and (self.deferred or not self._grant(cmd.cid, sgl_len))):
+                if not self.closed:
+                    self._defer(_READ, cmd)
                 return
         else:
             self.complete(cmd.cid, Sc.SGL_DESCRIPTOR_TYPE_INVALID | DNR)
             return
         self._execute(cmd, data)
+
+    # -- data grants ---------------------------------------------------------------------
+    def _grant(self, cid: int, n: int) -> bool:
+        if cid in self.held:
+            self._terminate(f"command identifier {cid} reused while in flight",
+                            nvme.Fes.INVALID_HEADER_FIELD, 0, b"")
+            return False
+        tcp = self.tcp
+        if self.held_bytes + n > self.conn_limit or tcp.buffered + n > tcp.max_buffered:
+            return False
+        tcp.buffered += n
+        self.held_bytes += n
+        self.held[cid] = n
+        return True
+
+    def _defer(self, kind: int, cmd: nvme.Sqe) -> None:
+        if not self.deferred:
+            self.tcp.waiting.append(self)
+        self.deferred.append((kind, cmd))
+
+    def run_deferred(self) -> bool:
+        """Start waiting commands that now fit; True when none is left waiting."""
+        deferred = self.deferred
+        while deferred:
+            if self.closed:
+                deferred.clear()
+                return True
+            kind, cmd = deferred[0]
+            if not self._grant(cmd.cid, cmd.sgl_len):
+                return self.closed
+            deferred.popleft()
+            self.tcp.started += 1
+            if kind == _R2T:
+                self._request_data(cmd)
+            else:
+                self._execute(cmd, None)
+        return True
+
+    def _ungrant(self, cid: int) -> None:
+        """The command is answered: its grant goes back once the socket took the answer
+        (:meth:`_flush`, or :meth:`resume_writing` when the socket was full)."""
+        self.unsent += self.held.pop(cid)
 
     def _request_data(self, cmd: nvme.Sqe) -> None:
         ttag = 0
@@ -279,7 +458,7 @@ class Connection(asyncio.Protocol):
             ttag += 1
         self.pending[ttag] = _PendingWrite(cmd, cmd.sgl_len)
         assert self.transport is not None
-        self.transport.write(self.framer.r2t(cmd.cid, ttag, 0, cmd.sgl_len))
+        self._send([self.framer.r2t(cmd.cid, ttag, 0, cmd.sgl_len)])
 
     def _h2c_data(self, pdu: nvme.H2CData) -> None:
         pending = self.pending.get(pdu.ttag)
@@ -288,23 +467,27 @@ class Connection(asyncio.Protocol):
                             nvme.Fes.INVALID_HEADER_FIELD, 10, b"")
             return
         n = len(pdu.data)
-        if pdu.datao != pending.received or pdu.datao + n > len(pending.buf):
+        total = pending.length
+        if pdu.datao != pending.received or pdu.datao + n > total:
             self._terminate(f"H2CData DATAO {pdu.datao} DATAL {n}, expected offset "
-                            f"{pending.received} of {len(pending.buf)}",
+                            f"{pending.received} of {total}",
                             nvme.Fes.DATA_TRANSFER_OUT_OF_RANGE, 12, b"")
             return
-        pending.buf[pdu.datao:pdu.datao + n] = pdu.data
         pending.received += n
         pending.digest_ok &= pdu.ddgst_ok
-        if pending.received == len(pending.buf):
+        whole = n == total
+        if not whole:
+            buf = pending.buf if pending.buf is not None else pending.new_buffer()
+            buf[pdu.datao:pdu.datao + n] = pdu.data
+        if pending.received == total:
             del self.pending[pdu.ttag]
             if not pending.digest_ok:
                 self.complete(pending.cmd.cid, Sc.TRANSIENT_TRANSPORT_ERROR)
             else:
-                self._execute(pending.cmd, bytes(pending.buf))
+                self._execute(pending.cmd, pdu.data if whole else pending.data)
 
     # -- commands ----------------------------------------------------------------------
-    def _execute(self, cmd: nvme.Sqe, data: bytes | None) -> None:
+    def _execute(self, cmd: nvme.Sqe, data: bytes | memoryview | None) -> None:
         if cmd.opc == OPC_FABRICS:
             self._fabrics(cmd, data)
             return
@@ -312,11 +495,11 @@ class Connection(asyncio.Protocol):
         if ctrlr is None:
             self.complete(cmd.cid, Sc.INVALID_OPCODE | DNR)
         elif self.qid == 0:
-            ctrlr.admin_command(self, cmd, data)
+            ctrlr.admin_command(self, cmd, None if data is None else bytes(data))
         else:
             ctrlr.io_command(self, cmd, data)
 
-    def _fabrics(self, cmd: nvme.Sqe, data: bytes | None) -> None:
+    def _fabrics(self, cmd: nvme.Sqe, data: bytes | memoryview | None) -> None:
         fctype = cmd.fctype
         if fctype == FabricsType.CONNECT:
             self._connect(cmd, data)
@@ -341,7 +524,7 @@ class Connection(asyncio.Protocol):
         else:
             self.complete(cmd.cid, Sc.INVALID_FIELD | DNR)
 
-    def _connect(self, cmd: nvme.Sqe, data: bytes | None) -> None:
+    def _connect(self, cmd: nvme.Sqe, data: bytes | memoryview | None) -> None:
         cid = cmd.cid
         if self.controller is not None:
             self.complete(cid, Sc.COMMAND_SEQUENCE_ERROR | DNR)
@@ -407,8 +590,12 @@ class Connection(asyncio.Protocol):
     def complete(self, cid: int, status: int = 0, dw0: int = 0, dw1: int = 0) -> None:
         if self.closed:
             return
-        assert self.transport is not None
-        self.transport.write(self.framer.capsule_resp(self._cqe(cid, status, dw0, dw1)))
+        self.out.append(self.framer.capsule_resp(self._cqe(cid, status, dw0, dw1)))
+        if not self.batching and not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        if self.held and cid in self.held:
+            self._ungrant(cid)
 
     def _cqe(self, cid: int, status: int, dw0: int, dw1: int) -> bytes:
         """The CQE of a finished command (and its accounting)."""
@@ -422,16 +609,17 @@ class Connection(asyncio.Protocol):
         """Answer a command with C2H data and success."""
         if self.closed:
             return
-        assert self.transport is not None
         payload = data if isinstance(data, bytes) else bytes(data)
         if self.sqhd_disabled and self.opts.c2h_success:
             self._cqe(cid, 0, 0, 0)  # accounted, not sent: SUCCESS replaces it
-            self.transport.writelines(self.framer.c2h_data(cid, 0, payload, True, True))
-            return
-        # data and completion in one write: one syscall per read on an idle socket
-        parts = self.framer.c2h_data(cid, 0, payload, True, False)
-        parts.append(self.framer.capsule_resp(self._cqe(cid, 0, 0, 0)))
-        self.transport.writelines(parts)
+            self._send(self.framer.c2h_data(cid, 0, payload, True, True))
+        else:
+            # data and completion go out together (in the batch's one write)
+            parts = self.framer.c2h_data(cid, 0, payload, True, False)
+            parts.append(self.framer.capsule_resp(self._cqe(cid, 0, 0, 0)))
+            self._send(parts)
+        if self.held and cid in self.held:
+            self._ungrant(cid)
 
     def to_json(self) -> dict[str, Any]:
         ctrlr = self.controller

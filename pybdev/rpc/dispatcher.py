@@ -10,17 +10,19 @@ notifications (success suppressed, errors still sent with ``"id": null``), batch
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import inspect
 import json
 import logging
 import math
+import time
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from pybdev.errors import OperationError
-from pybdev.rpc import errors
+from pybdev.rpc import audit, errors
 from pybdev.rpc.errors import RpcError
 from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, Method, Registry, State
 
@@ -197,6 +199,8 @@ class Dispatcher:
         self.registry = registry
         self.allowed = allowed
         self._warned_aliases: set[str] = set()
+        #: Calls answered, by (method, 0 or the JSON-RPC error code); "" for unknown names.
+        self.calls: dict[tuple[str, int], int] = {}
 
     def is_allowed(self, name: str) -> bool:
         return self.allowed is None or name in self.allowed
@@ -272,34 +276,61 @@ class Dispatcher:
         return method_name
 
     async def call(self, method_name: str, params: Any) -> Any:
-        """Look up, state-check, decode and run a method; raises RpcError on failure."""
+        """Look up, state-check, decode and run a method; raises RpcError on failure.
+
+        Each call is counted by method and result (``calls``, for /metrics); a state-changing
+        one is timed and gets an audit line (:mod:`pybdev.rpc.audit`). One function, so a
+        read costs no extra frame.
+        """
         method = self.lookup(method_name)
+        calls = self.calls
         if method is None:
+            key = ("", errors.METHOD_NOT_FOUND)  # unknown names are not kept: unbounded
+            calls[key] = calls.get(key, 0) + 1
             raise RpcError(errors.METHOD_NOT_FOUND, data=self._suggest(method_name))
-        if method.alias_of is not None and method_name not in self._warned_aliases:
-            self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
-            log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
-                        method.alias_of)
-        state = self.ctx.state
-        if not method.states & state:
-            message = RUNTIME_ONLY_MESSAGE if state == State.STARTUP else STARTUP_ONLY_MESSAGE
-            raise RpcError(errors.INVALID_STATE, message)
-        if method.params == NO_PARAMS and params is not None:
-            raise RpcError(method.decode_error_code, method.decode_error_message)
-        args = () if method.params in (NO_PARAMS, IGNORE_PARAMS) else (
-            self._decode(method, params),)
+        mutating = method.spec.mutating
+        if mutating:
+            start = time.perf_counter()
+            token = audit.CURRENT_METHOD.set((method_name, asyncio.current_task()))
+        code = 0
         try:
-            result = method.handler(*args)
-            if inspect.isawaitable(result):
-                result = await result
-        except RpcError:
+            if method.alias_of is not None and method_name not in self._warned_aliases:
+                self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
+                log.warning("RPC method %s is deprecated.  Use %s instead.", method_name,
+                            method.alias_of)
+            state = self.ctx.state
+            if not method.states & state:
+                message = (RUNTIME_ONLY_MESSAGE if state == State.STARTUP
+                           else STARTUP_ONLY_MESSAGE)
+                raise RpcError(errors.INVALID_STATE, message)
+            if method.params == NO_PARAMS and params is not None:
+                raise RpcError(method.decode_error_code, method.decode_error_message)
+            args = () if method.params in (NO_PARAMS, IGNORE_PARAMS) else (
+                self._decode(method, params),)
+            try:
+                result = method.handler(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except RpcError:
+                raise
+            except OperationError as e:
+                raise RpcError(-e.errno, e.message) from None
+            except Exception:
+                log.exception("RPC %s failed", method_name)
+                raise RpcError(errors.INTERNAL_ERROR) from None
+            return result
+        except RpcError as e:
+            code = e.code
             raise
-        except OperationError as e:
-            raise RpcError(-e.errno, e.message) from None
-        except Exception:
-            log.exception("RPC %s failed", method_name)
-            raise RpcError(errors.INTERNAL_ERROR) from None
-        return result
+        except BaseException:  # cancelled (the target stops): not a success
+            code = errors.INTERNAL_ERROR
+            raise
+        finally:
+            key = (method_name, code)
+            calls[key] = calls.get(key, 0) + 1
+            if mutating:
+                audit.CURRENT_METHOD.reset(token)
+                audit.record(method_name, params, code, time.perf_counter() - start)
 
     @staticmethod
     def _decode(method: Method, params: Any) -> Any:

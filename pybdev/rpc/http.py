@@ -22,6 +22,8 @@ more than ``--http-max-connections``        503, then the connection closes
 missing or wrong credentials                401, ``WWW-Authenticate: Basic realm="pybdev"``
 GET/HEAD /health (never authenticated)      200, ``{"status":"ok","state":"RUNTIME"}``
 GET/HEAD /schema                            200, the OpenRPC description of the methods
+GET /metrics                                200, Prometheus text format (pybdev.metrics)
+GET /events                                 200, server-sent events (pybdev.events)
 any other verb or GET path                  405 with ``Allow``
 ==========================================  ===========================================
 
@@ -54,11 +56,12 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from pybdev.events import HEARTBEAT, WRITE_TIMEOUT, EventHub, lost_marker
 from pybdev.listener import (
     Identity,
     ListenError,
@@ -68,6 +71,8 @@ from pybdev.listener import (
     unlink_unix,
 )
 from pybdev.netaddr import bind_address, is_ip_literal, is_loopback_ip
+from pybdev.peerwarn import WARNINGS, quote
+from pybdev.rpc import audit
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import PARSE_ERROR, RpcError
 from pybdev.rpc.framing import MAX_REQUEST_BYTES, FramingError, JsonStream
@@ -276,6 +281,20 @@ class Credentials:
             return hmac.compare_digest(raw, self._token)
         return False
 
+    def who(self, authorization: str | None) -> str:
+        """The user an accepted ``Authorization`` header names: the Basic user name,
+        ``bearer`` for a token, ``-`` when no authentication is configured."""
+        if not self.configured or authorization is None:
+            return "-"
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            return "bearer"
+        try:
+            user = base64.b64decode(value.strip(), validate=True).partition(b":")[0]
+        except (binascii.Error, ValueError):
+            return "?"
+        return quote(user.decode("utf-8", "replace"), 32)
+
     def challenges(self) -> list[str]:
         out = []
         if self.basic:
@@ -343,6 +362,8 @@ async def configure_http(
     dispatcher: Dispatcher,
     ready: asyncio.Event | None = None,
     environ: Mapping[str, str] | None = None,
+    metrics: Callable[[], bytes] | None = None,
+    events: EventHub | None = None,
 ) -> HttpRpcServer | None:
     """Check the ``--http*`` options and build the server, not yet listening.
 
@@ -371,7 +392,30 @@ async def configure_http(
         max_connections=options.http_max_connections,
     )
     return HttpRpcServer(dispatcher, endpoints, credentials, ssl_context, ready, limits,
-                         allowed_hosts=options.http_allowed_host)
+                         allowed_hosts=options.http_allowed_host, metrics=metrics,
+                         events=events)
+
+
+async def configure_metrics(
+    options: argparse.Namespace, dispatcher: Dispatcher, metrics: Callable[[], bytes]
+) -> HttpRpcServer | None:
+    """The ``--metrics-addr`` listener: /metrics and /health only, no RPC, no auth."""
+    text = getattr(options, "metrics_addr", None)
+    if not text:
+        return None
+    try:
+        endpoint = parse_endpoint(text)
+    except HttpConfigError as e:
+        raise HttpConfigError(str(e).replace("--http", "--metrics-addr", 1)) from None
+    if not options.metrics_allow_remote and not await is_loopback(endpoint):
+        raise HttpConfigError(
+            f"--metrics-addr {endpoint} is not a loopback address; the metrics name bdevs "
+            "and exports and are served without authentication: add --metrics-allow-remote "
+            "to serve them there")
+    # The Host check guards it as any listener without authentication (DNS rebinding); a
+    # scraper that addresses it by a name needs --http-allowed-host NAME.
+    return HttpRpcServer(dispatcher, [endpoint], Credentials(), metrics=metrics, rpc=False,
+                         allowed_hosts=[endpoint.host, *options.http_allowed_host])
 
 
 # --- schema --------------------------------------------------------------------------------
@@ -413,6 +457,17 @@ class HttpLimits:
     max_connections: int = MAX_CONNECTIONS
 
 
+def _peer_key(peer: object) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
+
+
+def _describe_peer(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return "a unix socket client"
+
+
 def split_host(host: str) -> str:
     """The name or address of a ``Host`` header value, without port or IPv6 brackets."""
     host = host.strip()
@@ -435,7 +490,15 @@ class HttpRpcServer:
         ready: asyncio.Event | None = None,
         limits: HttpLimits | None = None,
         allowed_hosts: list[str] | None = None,
+        metrics: Callable[[], bytes] | None = None,
+        events: EventHub | None = None,
+        rpc: bool = True,
     ) -> None:
+        #: Renders GET /metrics (pybdev.metrics), the hub of GET /events; ``rpc=False``
+        #: serves /metrics and /health only (--metrics-addr).
+        self.metrics = metrics
+        self.events = events
+        self.rpc = rpc
         self.limits = limits or HttpLimits()
         # Host names a request may be addressed to; any IP address is fine too, since DNS
         # rebinding needs a name of the attacker's.
@@ -483,7 +546,10 @@ class HttpRpcServer:
                                   ("bearer token", self.credentials.bearer)) if on
         ) or "no authentication"
         for url in self.urls:
-            log.info("HTTP JSON-RPC listening on %s (%s)", url, auth)
+            if self.rpc:
+                log.info("HTTP JSON-RPC listening on %s (%s)", url, auth)
+            else:
+                log.info("metrics listening on %s/metrics", url)
 
     async def _start_site(self, runner: web.AppRunner, ep: Endpoint) -> None:
         from aiohttp import web
@@ -536,7 +602,10 @@ class HttpRpcServer:
         def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
             made(handler, transport)
             if len(server.connections) > limit:
-                log.warning("HTTP: more than %d connections, refusing one", limit)
+                peer = transport.get_extra_info("peername")
+                WARNINGS.warn(log, "http_connection_limit", _peer_key(peer),
+                              "HTTP: more than %d connections, refusing %s", limit,
+                              _describe_peer(peer))
                 transport.write(_BUSY_RESPONSE)
                 transport.close()
 
@@ -560,10 +629,15 @@ class HttpRpcServer:
     def _state_name(self) -> str:
         return State(self.dispatcher.ctx.state).name or str(int(self.dispatcher.ctx.state))
 
-    def _unauthorized(self) -> web.Response:
+    def _unauthorized(self, request: web.Request) -> web.Response:
         from aiohttp import web
         from multidict import CIMultiDict
 
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        given = "wrong credentials" if "Authorization" in request.headers else "no credentials"
+        WARNINGS.warn(log, "http_auth_failed", _peer_key(peer),
+                      "HTTP: authentication failed (%s) from %s: %s %s", given,
+                      _describe_peer(peer), request.method, quote(request.path))
         headers: CIMultiDict[str] = CIMultiDict()
         for challenge in self.credentials.challenges():
             headers.add("WWW-Authenticate", challenge)
@@ -611,6 +685,69 @@ class HttpRpcServer:
             status=415, headers={"Accept-Post": "application/json"},
             text="POST JSON-RPC with 'Content-Type: application/json'\n")
 
+    @staticmethod
+    def _limit_hit(event: str, peer: object, what: str) -> None:
+        WARNINGS.warn(log, event, _peer_key(peer), "HTTP client %s: %s", _describe_peer(peer),
+                      what)
+
+    def _caller(self, request: web.Request, peer: object) -> str:
+        user = self.credentials.who(request.headers.get("Authorization"))
+        if isinstance(peer, tuple):
+            return f"http user={user} from {_describe_peer(peer)}"
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        return f"http user={user} on a unix socket, {audit.unix_peer(sock)}"
+
+    def _metrics_response(self) -> web.Response:
+        from aiohttp import web
+
+        assert self.metrics is not None
+        response = web.Response(body=self.metrics())
+        response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response
+
+    async def _event_stream(self, request: web.Request, hub: EventHub) -> web.StreamResponse:
+        """Server-sent events from ``Last-Event-ID`` + 1 (or from now) until the client
+        goes, the target stops, or the client stops taking data (docs/http.md)."""
+        from aiohttp import web
+
+        wanted = {t for t in request.query.get("types", "").split(",") if t} or None
+        cursor = hub.next_id
+        last = request.headers.get("Last-Event-ID", "")
+        if last.isdigit() and len(last) < 20:
+            cursor = min(int(last) + 1, hub.next_id)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        hub.subscribers += 1
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await response.write(b": pybdev events\n\n")
+            while not hub.closed:
+                await hub.wait(cursor, HEARTBEAT)
+                lost, events = hub.since(cursor)
+                chunks = [lost_marker(lost)] if lost else []
+                chunks += [e.sse() for e in events if wanted is None or e.type in wanted]
+                if events:
+                    cursor = events[-1].id + 1
+                elif lost:
+                    cursor += lost
+                if not chunks:
+                    chunks = [b": keep-alive\n\n"]
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await response.write(b"".join(chunks))
+        except TimeoutError:
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            WARNINGS.warn(log, "events_subscriber_stalled", _peer_key(peer),
+                          "HTTP /events client %s took no data for %.0f s; dropped",
+                          _describe_peer(peer), WRITE_TIMEOUT)
+            if request.transport is not None:
+                request.transport.close()
+        except ConnectionError:
+            pass
+        finally:
+            hub.subscribers -= 1
+        return response
+
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: refuse before the client sends a body we would reject."""
         from aiohttp import HttpVersion11, web
@@ -624,7 +761,7 @@ class HttpRpcServer:
             return refusal
         if request.method == "POST":
             if not self.credentials.check(request.headers.get("Authorization")):
-                return self._unauthorized()
+                return self._unauthorized(request)
             refusal = self._not_json(request)
             if refusal is not None:
                 return refusal
@@ -646,10 +783,18 @@ class HttpRpcServer:
             # to load balancers and probes.
             body = encode({"status": "ok", "state": self._state_name()}) + "\n"
             return web.Response(body=body.encode(), content_type="application/json")
+        if not self.rpc:
+            if is_get and request.path == "/metrics" and self.metrics is not None:
+                return self._metrics_response()
+            return web.Response(status=404, text="this address serves /metrics only\n")
         if not self.credentials.check(request.headers.get("Authorization")):
-            return self._unauthorized()
+            return self._unauthorized(request)
         if request.method == "POST":
             return await self._post(request)
+        if is_get and request.path == "/metrics" and self.metrics is not None:
+            return self._metrics_response()
+        if request.method == "GET" and request.path == "/events" and self.events is not None:
+            return await self._event_stream(request, self.events)
         if is_get and request.path == "/schema":
             if self._schema is None:
                 self._schema = schema_document(self.dispatcher.registry)
@@ -664,16 +809,22 @@ class HttpRpcServer:
         refusal = self._not_json(request)
         if refusal is not None:
             return refusal
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         if (request.content_length or 0) > MAX_REQUEST_BYTES:
+            self._limit_hit("http_body_too_large", peer, "request body over the limit")
             return self._too_large()
         try:
             async with asyncio.timeout(self.limits.body_timeout):
                 body = await request.read()  # chunked bodies are capped by client_max_size
         except web.HTTPRequestEntityTooLarge:
+            self._limit_hit("http_body_too_large", peer, "request body over the limit")
             return self._too_large()
         except TimeoutError:
+            self._limit_hit("http_body_timeout", peer, "request body slower than "
+                            "--http-body-timeout")
             return web.Response(status=408, headers={"Connection": "close"},
                                 text="request body too slow\n")
+        audit.CALLER.set(self._caller(request, peer))  # this request's task only
         try:
             raw = frame_body(body)
             if self.ready is not None and not self.ready.is_set():
@@ -696,5 +847,6 @@ __all__ = [
     "HttpRpcServer",
     "add_http_options",
     "configure_http",
+    "configure_metrics",
     "schema_document",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pybdev.rpc.audit import is_read_only_name
 from pybdev.rpc.errors import INVALID_PARAMS
 
 
@@ -59,6 +60,8 @@ class MethodSpec:
     decode_error_message: str
     #: Pre-2020 names SPDK kept as deprecated aliases (SPDK_RPC_REGISTER_ALIAS_DEPRECATED).
     aliases: tuple[str, ...] = ()
+    #: The method changes state: each call gets an audit line (pybdev.rpc.audit).
+    mutating: bool = True
 
 
 class RpcTable:
@@ -76,6 +79,7 @@ class RpcTable:
         result: Any = None,
         decode_error: tuple[int, str] = (INVALID_PARAMS, "Invalid parameters"),
         aliases: tuple[str, ...] = (),
+        mutating: bool | None = None,
     ) -> Callable[[Handler], Handler]:
         """Declare ``handler(owner, params)`` (or ``handler(owner)`` without params).
 
@@ -84,7 +88,10 @@ class RpcTable:
         so each method names its own. For ``params=NO_PARAMS`` the message is the whole
         answer to unexpected params. The docstring's first line is the method summary.
         ``aliases`` are the method's old names, served with a deprecation warning.
+        ``mutating`` says whether a call changes state and so gets an audit line; by
+        default every method does except ``get_*`` and ``*_get_*`` ones (SPDK's naming).
         """
+        changes = not is_read_only_name(name) if mutating is None else mutating
 
         def declare(handler: Handler) -> Handler:
             doc = (handler.__doc__ or "").strip().splitlines()
@@ -92,7 +99,7 @@ class RpcTable:
                 name=name, func=handler, params=params, states=states,
                 summary=doc[0] if doc else "", result=result,
                 decode_error_code=decode_error[0], decode_error_message=decode_error[1],
-                aliases=aliases,
+                aliases=aliases, mutating=changes,
             ))
             return handler
 

@@ -23,6 +23,8 @@ import stat
 from pathlib import Path
 
 from pybdev.listener import Identity, ListenError, listen_unix, unix_identity, unlink_unix
+from pybdev.peerwarn import WARNINGS
+from pybdev.rpc import audit
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode, encode_response
 from pybdev.rpc.errors import INTERNAL_ERROR, PARSE_ERROR, RpcError
 from pybdev.rpc.framing import FramingError, JsonStream
@@ -68,6 +70,7 @@ class RpcConnection(asyncio.Protocol):
         self.stream = JsonStream()
         self.transport: asyncio.Transport | None = None
         self.pending: set[asyncio.Task[None]] = set()
+        self.caller = "unix peer"  # uid and pid of the peer, for audit lines
         self.eof = False
         self._write_paused = False
         self._read_paused = False
@@ -80,6 +83,7 @@ class RpcConnection(asyncio.Protocol):
             high=MAX_UNSENT_REPLY_BYTES, low=MAX_UNSENT_REPLY_BYTES // 4
         )
         self.server.connections.add(self)
+        self.caller = audit.unix_peer(transport.get_extra_info("socket"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -117,7 +121,11 @@ class RpcConnection(asyncio.Protocol):
             try:
                 raw = self.stream.next_value()
             except FramingError as e:
-                log.debug("closing RPC connection: %s", e)
+                if "exceeds" in str(e):
+                    WARNINGS.warn(log, "rpc_request_too_large", "unix",
+                                  "RPC client %s: %s; closing the connection", self.caller, e)
+                else:
+                    log.debug("closing RPC connection: %s", e)
                 self._parse_error()
                 return
             if raw is None:
@@ -156,6 +164,7 @@ class RpcConnection(asyncio.Protocol):
             self._close_if_finished()
 
     async def _handle(self, raw: bytes) -> None:
+        audit.CALLER.set(self.caller)  # this request's task has its own context
         if self.server.ready is not None and not self.server.ready.is_set():
             await self.server.ready.wait()
         try:

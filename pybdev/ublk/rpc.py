@@ -63,6 +63,7 @@ async def ublk_create_target(ublk: UblkSubsystem, p: CreateTargetParams) -> bool
     sub.busy = True
     try:
         sub.target = UblkTarget.create(sub.layer, cpus, disable_user_copy=p.disable_user_copy)
+        sub.target.events = sub.app.notifier.publish  # export_add/remove on GET /events
     except OSError as e:
         err = e.errno or errno.EIO
         detail = e.strerror if e.strerror and e.strerror != os.strerror(err) else ""

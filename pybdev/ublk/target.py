@@ -18,6 +18,7 @@ import errno
 import functools
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -26,7 +27,7 @@ from pybdev.bdev.core import Bdev, BdevLayer
 from pybdev.cpus import format_cpumask
 from pybdev.errors import OperationError
 from pybdev.export import io
-from pybdev.export.base import Export
+from pybdev.export.base import Export, refuse_interleaved_md
 from pybdev.export.status import UBLK_STATUS
 from pybdev.ublk import uapi
 from pybdev.ublk.control import CONTROL_PATH, Control, ControlError, open_control
@@ -77,6 +78,7 @@ def _log2(n: int) -> int:
 
 def device_params(bdev: Bdev, max_io_bytes: int = MAX_IO_BYTES) -> uapi.Params:
     """The kernel parameters of a device that exports ``bdev``."""
+    refuse_interleaved_md(bdev, "ublk")
     bs = bdev.block_size
     if bs < 512 or bs > uapi.PAGE_SIZE:
         raise OperationError(errno.EINVAL,
@@ -129,6 +131,8 @@ class UblkTarget:
         self.user_copy = bool(features & uapi.UBLK_F_USER_COPY) and not disable_user_copy
         self.recovery = bool(features & uapi.UBLK_F_USER_RECOVERY)
         self.devices: dict[int, UblkDevice] = {}
+        #: Told of ``export_add`` / ``export_remove`` (the target's event hub).
+        self.events: Callable[[str, dict[str, Any]], object] | None = None
         self.max_devs = ublks_max()
         self.destroying = False
         self._next_cpu = 0
@@ -205,6 +209,7 @@ class UblkTarget:
         except BaseException:
             self.devices.pop(ublk_id, None)
             raise
+        dev.announce("export_add")
         return dev
 
     async def recover_disk(self, bdev_name: str, ublk_id: int) -> UblkDevice:
@@ -224,6 +229,7 @@ class UblkTarget:
     async def _recover(self, dev: UblkDevice) -> None:
         try:
             await dev.recover()
+            dev.announce("export_add")
         except Exception as e:
             log.error("recovery of ublk device %d failed: %s", dev.id, e)
             self.devices.pop(dev.id, None)
@@ -287,6 +293,7 @@ class UblkDevice(Export):
         # What the kernel created (ADD_DEV / GET_DEV_INFO answer); the pollers serve these.
         self.hw_queues = num_queues
         self.hw_depth = queue_depth
+        self.state_announced = False  # export_add was sent, so export_remove will be
 
     @property
     def path(self) -> str:
@@ -435,7 +442,15 @@ class UblkDevice(Export):
         self.state = DeviceState.STOPPED
         if self.target.devices.get(self.id) is self:
             del self.target.devices[self.id]
+            if self.state_announced:
+                self.announce("export_remove")
         log.info("ublk device %s stopped", self.path)
+
+    def announce(self, event: str) -> None:
+        events = self.target.events
+        self.state_announced = event == "export_add"
+        if events is not None:
+            events(event, {"export": self.path, "protocol": "ublk", "bdev": self.bdev_name})
 
     async def _teardown(self) -> None:
         """A failed start or recovery: undo what was done (the caller closes the bdev)."""

@@ -58,7 +58,11 @@ async def test_auto_names_count_only_auto_named_creates(layer: BdevLayer) -> Non
     ({"physical_block_size": 1000}, errno.EINVAL),
     ({"numa_id": 4096}, errno.EINVAL),
     ({"md_size": 7}, errno.EINVAL),
-    ({"md_size": 8}, errno.EOPNOTSUPP),
+    ({"dif_type": 1}, errno.EINVAL),  # PI needs metadata
+    ({"dif_type": 4, "md_size": 8}, errno.EINVAL),
+    ({"dif_type": 1, "md_size": 8, "dif_pi_format": 1}, errno.EINVAL),  # 16-byte PI
+    ({"dif_type": 1, "md_size": 16, "dif_pi_format": 2}, errno.EINVAL),  # 4 KiB data only
+    ({"dif_type": 1, "md_size": 8, "dif_pi_format": 3}, errno.EINVAL),
 ])
 async def test_validation(layer: BdevLayer, kwargs: dict[str, int], code: int) -> None:
     args = {"name": "M", "block_size": 512, "num_blocks": 8, **kwargs}

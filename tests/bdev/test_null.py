@@ -88,7 +88,7 @@ async def test_resize_of_another_module_is_einval(layer: BdevLayer) -> None:
     ({"num_blocks": 0}, errno.EINVAL),
     ({"block_size": 0}, errno.EINVAL),
     ({"dif_type": 1}, errno.EINVAL),  # DIF without metadata
-    ({"dif_type": 1, "md_size": 8}, errno.EOPNOTSUPP),
+    ({"dif_type": 1, "md_size": 8, "dif_pi_format": 2}, errno.EINVAL),  # 16-byte PI
 ])
 async def test_validation(layer: BdevLayer, kwargs: dict[str, int], code: int) -> None:
     args = {"name": "N", "block_size": 512, "num_blocks": 8, **kwargs}

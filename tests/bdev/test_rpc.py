@@ -323,7 +323,7 @@ def test_get_bdevs_field_by_field(t: Target, tmp_path: Path) -> None:
     assert p["driver_specific"] == {"passthru": {"name": "PT0", "base_bdev_name": "Malloc7"}}
 
     e = by_name["EE_Null0"]
-    assert list(e) == expected_keys(numa=False, claimed=False)
+    assert list(e) == expected_keys(numa=False, claimed=False, md=True)  # the base's format
     assert (e["product_name"], e["block_size"], e["num_blocks"]) == (
         "Error Injection Disk", 520, 4096)
     assert supported(e) == supported(n)

@@ -70,7 +70,8 @@ def test_ublk_results_are_negative_errnos_the_block_layer_knows() -> None:
 
 def test_nvme_slot_has_a_generic_default() -> None:
     assert NVME_STATUS(0) == status.NVME_SUCCESS
-    assert NVME_STATUS(-errno.EOPNOTSUPP) == status.NVME_INVALID_OPCODE
+    assert NVME_STATUS(-errno.EOPNOTSUPP) == status.NVME_INVALID_OPCODE | status.NVME_DNR
+    assert NVME_STATUS(-errno.ENODEV) == status.NVME_INVALID_NAMESPACE | status.NVME_DNR
     assert NVME_STATUS(-errno.EXDEV) == status.NVME_INTERNAL_DEVICE_ERROR
     assert set(TABLES) == {"nbd", "ublk", "nvme"}
 

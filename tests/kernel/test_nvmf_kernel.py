@@ -8,10 +8,10 @@ import pytest
 
 from .conftest import KernelVM
 
-GUEST_TIMEOUT = 560.0
+GUEST_TIMEOUT = 800.0
 
 
-@pytest.mark.timeout(620)
+@pytest.mark.timeout(860)
 def test_nvmf_in_vm(kernel_vm: KernelVM) -> None:
     result = kernel_vm.pytest("-v", "-p", "no:cacheprovider", "--timeout", "400",
                               "tests/kernel/guest/test_nvmf_kernel.py", timeout=GUEST_TIMEOUT)

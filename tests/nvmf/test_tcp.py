@@ -4,6 +4,7 @@ identify, I/O patterns, flush, deallocate, events and malformed input."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -380,4 +381,31 @@ def test_resize_notifies_hosts(nvmf: Nvmf) -> None:
     cqe, _ = host.admin.wait(aer)
     assert cqe is not None and cqe.dw0 == nvme.AER_NS_ATTR_CHANGED
     assert host.identify_ns(2).nsze == 4096
+    host.close()
+
+
+def test_remove_ns_answers_commands_in_flight_then_frees_the_bdev(nvmf: Nvmf) -> None:
+    """nvmf_subsystem_remove_ns is the export base's stop: the NSID goes at once, the
+    command in flight is answered (not dropped), then the claim is released."""
+    t = nvmf.target
+    t.rpc("bdev_malloc_create", {"name": "Slow", "num_blocks": 1024, "block_size": 512})
+    t.rpc("bdev_delay_create", {"base_bdev_name": "Slow", "name": "Delayed",
+                                "avg_read_latency": 1_000_000, "p99_read_latency": 1_000_000,
+                                "avg_write_latency": 0, "p99_write_latency": 0})
+    assert t.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {
+        "bdev_name": "Delayed", "nsid": 2}}) == 2
+    assert t.rpc("bdev_get_bdevs", {"name": "Delayed"})[0]["claimed"]
+    host = Host(nvmf.port, NQN)
+    (q,) = host.open_io(1)
+    cid = q.next_cid()
+    q.submit(nvme.encode_read(cid, 2, 0, 8, 512))
+    assert t.rpc("nvmf_subsystem_remove_ns", {"nqn": NQN, "nsid": 2}) is True
+    # the RPC answered after the drain: the read's answer is already here
+    assert select.select([q.sock], [], [], 0)[0] == [q.sock]
+    cqe, data = q.wait(cid)
+    assert (cqe is None or cqe.status == 0) and data == bytes(4096)
+    assert not t.rpc("bdev_get_bdevs", {"name": "Delayed"})[0]["claimed"]
+    cqe, _ = q.command(lambda c: nvme.encode_read(c, 2, 0, 1, 512))
+    assert cqe is not None and cqe.status == Sc.INVALID_NAMESPACE | DNR
+    t.rpc("bdev_delay_delete", {"name": "Delayed"})  # nothing holds it any more
     host.close()

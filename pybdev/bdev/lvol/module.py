@@ -888,6 +888,7 @@ class CheckShallowCopyParams(Params):
 
 
 @RPC.method("bdev_lvol_check_shallow_copy", CheckShallowCopyParams, decode_error=DECODE,
+            mutating=False,
             result={"type": "object"})
 def bdev_lvol_check_shallow_copy(module: LvolModule,
                                  p: CheckShallowCopyParams) -> dict[str, Any]:
@@ -916,7 +917,7 @@ class CheckParams(Params):
     lvs_name: Str | None = None
 
 
-@RPC.method("bdev_lvol_check_lvstore", CheckParams, decode_error=DECODE,
+@RPC.method("bdev_lvol_check_lvstore", CheckParams, decode_error=DECODE, mutating=False,
             result={"type": "object"})
 async def bdev_lvol_check_lvstore(module: LvolModule, p: CheckParams) -> dict[str, Any]:
     """pybdev only: check an lvstore's consistency (in memory and as on disk); a report."""

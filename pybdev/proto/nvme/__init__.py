@@ -11,7 +11,7 @@ expectations are summarised in ``docs/nvmf.md``.  Import everything from here
     PDU types and flags, FES codes, opcodes, CNS/LID/FID values, property offsets,
     status codes (``Sc``, ``status(sct, sc, dnr)``), discovery constants.
 ``crc32c``
-    ``crc32c(data, crc=0)``: header and data digests, pure Python.
+    ``crc32c(data, crc=0)``: header and data digests (C extension, pure-Python fallback).
 ``pdu``
     ``PduParser(role, max_capsule_data=, max_data=, pda=)`` with ``feed(bytes) ->
     [PDU events]``; events ``ICReq``, ``ICResp``, ``CapsuleCmd``, ``CapsuleResp``,

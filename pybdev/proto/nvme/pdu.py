@@ -428,7 +428,8 @@ class PduParser:
         ddgst_ok = True
         if pdo and plen > hlen + (4 if self.hdgst else 0):
             dend = plen - 4 if self.ddgst else plen
-            data = bytes(buf[pos + pdo:pos + dend])
+            with memoryview(buf) as view:  # one copy, not a slice and then a copy
+                data = view[pos + pdo:pos + dend].tobytes()
             if self.ddgst:
                 ddgst_ok = _U32.unpack_from(buf, pos + dend)[0] == crc32c(data)
         if typ == PDU_CAPSULE_CMD:

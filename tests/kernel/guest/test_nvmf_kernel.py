@@ -2,10 +2,15 @@
 (issue 16's "checked by" list, the first part): discover, connect (size, serial, model),
 discard, fio with crc32c verification at 4 KiB QD32 and 128 KiB, mkfs.ext4 and a file that
 survives a disconnect/connect with header and data digests, a namespace added and removed
-while connected, and a host NQN that is not allowed."""
+while connected, and a host NQN that is not allowed.  Then, with a second target: the
+bdev deleted under fio (I/O errors, no hung task) and kill -9 of the target while fio runs
+(``nvme disconnect`` still returns).  Keep-alive expiry is checked on the host with the
+test initiator (tests/nvmf/test_tcp.py)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -81,3 +86,72 @@ def test_kernel_initiator(targets: list[Target], tmp_path: Path) -> None:
     refused = sh(f"nvme connect -t tcp -a 127.0.0.1 -s 4420 -n {NQN}", check=False)
     assert refused.returncode != 0
     assert "is not allowed" in sh("dmesg").stdout
+
+
+HUNG = ("hung task", "blocked for more than")
+
+
+def fio_background(dev: str, runtime: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["fio", "--name=bg", f"--filename={dev}", "--direct=1", "--ioengine=libaio",
+         "--rw=randrw", "--bs=4k", "--iodepth=16", "--time_based", f"--runtime={runtime}",
+         "--output-format=terse"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_bdev_deleted_under_fio_and_target_killed(targets: list[Target],
+                                                  tmp_path: Path) -> None:
+    sh("ip link set lo up")
+    sh("modprobe nvme-tcp")
+    hung_knob = Path("/proc/sys/kernel/hung_task_timeout_secs")
+    if hung_knob.exists():  # report a stuck task within the test, not after 120 s
+        hung_knob.write_text("5\n")
+    sh("dmesg -C")
+    t = Target(tmp_path / "s.sock", [], tmp_path / "t.log").wait_ready(timeout=120)
+    targets.append(t)
+    t.rpc("bdev_malloc_create", {"name": "Keep", "num_blocks": 32768, "block_size": 512})
+    t.rpc("bdev_malloc_create", {"name": "Doomed", "num_blocks": 32768, "block_size": 512})
+    t.cli("nvmf_create_transport", "-t", "tcp")
+    t.cli("nvmf_create_subsystem", NQN, "-a")
+    t.cli("nvmf_subsystem_add_ns", NQN, "Keep")
+    t.cli("nvmf_subsystem_add_ns", NQN, "Doomed")
+    t.cli("nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", "4421")
+    sh(f"nvme connect -t tcp -a 127.0.0.1 -s 4421 -n {NQN} --ctrl-loss-tmo=5 "
+       "--reconnect-delay=1")
+    wait_until(lambda: {"nvme0n1", "nvme0n2"} <= set(nvme_disks()), timeout=30,
+               what="two namespaces")
+
+    # the bdev deleted under fio: the namespace goes, fio gets errors and ends
+    fio = fio_background("/dev/nvme0n2", 60)
+    time.sleep(3)
+    assert fio.poll() is None, fio.communicate()
+    t.rpc("bdev_malloc_delete", {"name": "Doomed"})
+    try:
+        fio.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        fio.kill()
+        raise AssertionError(f"fio hung after the bdev was deleted:\n{sh('dmesg').stdout}"
+                             ) from None
+    assert fio.returncode != 0, "fio saw no error on a deleted namespace"
+    wait_until(lambda: "nvme0n2" not in nvme_disks(), timeout=30, what="nvme0n2 gone")
+    assert [n["nsid"] for n in t.rpc("nvmf_get_subsystems", {"nqn": NQN})[0]["namespaces"]] \
+        == [1]
+    sh("dd if=/dev/nvme0n1 of=/dev/null bs=64k count=16 iflag=direct status=none")
+
+    # kill -9 of the target under fio: errors after ctrl-loss-tmo, and disconnect returns
+    fio = fio_background("/dev/nvme0n1", 120)
+    time.sleep(3)
+    os.kill(t.proc.pid, signal.SIGKILL)
+    t.proc.wait(30)
+    try:
+        fio.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        fio.kill()
+        raise AssertionError(f"fio hung after the target died:\n{sh('dmesg').stdout}") from None
+    assert fio.returncode != 0
+    res = subprocess.run(["nvme", "disconnect", "-n", NQN], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 or "nvme0" not in sh("ls /sys/class/nvme", check=False).stdout
+    wait_until(lambda: not nvme_disks(), timeout=30, what="no nvme disk left")
+    time.sleep(6)  # one hung-task check period
+    dmesg = sh("dmesg").stdout
+    assert not [line for line in dmesg.splitlines() if any(h in line for h in HUNG)], dmesg

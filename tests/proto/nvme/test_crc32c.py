@@ -8,6 +8,7 @@ import os
 import pytest
 
 from pybdev.proto.nvme import crc32c
+from pybdev.proto.nvme.crc32c import IMPLEMENTATION, crc32c_pure
 
 
 def reference(data: bytes) -> int:
@@ -46,3 +47,17 @@ def test_continues_over_pieces() -> None:
 def test_unaligned_memoryview_slice() -> None:
     data = os.urandom(100)
     assert crc32c(memoryview(data)[3:97]) == reference(data[3:97])
+
+
+@pytest.mark.parametrize("size", [0, 1, 9, 255, 256, 4096, 131072, 131072 * 2 + 3])
+def test_pure_fallback_matches(size: int) -> None:
+    data = os.urandom(size)
+    assert crc32c_pure(data) == crc32c(data) == crc32c(bytearray(data))
+    if size > 10:
+        part = crc32c_pure(data[:7])
+        assert crc32c_pure(memoryview(data)[7:], part) == crc32c(data[7:], part) == crc32c(data)
+
+
+def test_the_c_extension_is_used() -> None:
+    # a dependency in pyproject.toml: installed with pybdev, so digests are not Python's
+    assert IMPLEMENTATION == "c"

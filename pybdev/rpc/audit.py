@@ -1,0 +1,116 @@
+"""The audit log: one INFO line per state-changing RPC, naming who did what (docs/operations.md).
+
+A method is state-changing unless it is declared ``mutating=False`` in its ``RpcTable``; the
+default follows the naming rule SPDK's methods keep (``*_get_*`` and ``get_*`` only read), so
+a new method is audited unless its author says it only reads. The decision is made once,
+when the method is declared, and costs one attribute test per call.
+
+The caller is what the transport knows: ``uid=U pid=P`` of the peer of the Unix socket
+(``SO_PEERCRED``), ``http user=NAME from ADDR`` (``bearer`` for a token, ``-`` without
+authentication) for HTTP, ``config FILE`` for ``--json`` replay. Transports put it in
+:data:`CALLER`, a context variable, so the dispatcher's signature stays the same and each
+request task sees its own caller.
+
+Parameters are logged by value only when they are scalars and their key does not look like a
+secret (:func:`shown_params`); strings are cut and escaped so a client cannot forge log
+lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import struct
+from contextvars import ContextVar
+from typing import Any
+
+from pybdev.peerwarn import quote
+
+log = logging.getLogger("pybdev.rpc.audit")
+
+#: Who sent the request being answered; set by the transport for each request.
+CALLER: ContextVar[str] = ContextVar("pybdev_rpc_caller", default="internal")
+#: The state-changing method being answered and the task answering it, for events it causes
+#: (a bdev it deletes). Callbacks and tasks started during the call inherit the variable
+#: (asyncio copies contexts), so only the answering task itself counts as the call: a vbdev
+#: removed because its base went, or an NBD bdev whose server went, is a hot-remove.
+CURRENT_METHOD: ContextVar[tuple[str, object] | None] = ContextVar("pybdev_rpc_method",
+                                                                  default=None)
+
+
+def current_method() -> str | None:
+    """The method whose own task runs now, or None (a callback, another task)."""
+    current = CURRENT_METHOD.get()
+    if current is None:
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return None
+    return current[0] if current[1] is task else None
+
+# Keys whose values are never logged, whatever the method (nvmf's psk and dhchap keys,
+# rbd's key and key_file, HTTP-style password/token/secret names).
+_SECRET = re.compile(r"key|psk|passw|secret|token|dhchap|cred|auth", re.IGNORECASE)
+MAX_VALUE_CHARS = 64
+MAX_PARAMS = 8
+
+
+def is_read_only_name(name: str) -> bool:
+    """SPDK's naming rule: ``get_*`` and ``*_get_*`` methods only read."""
+    return name.startswith("get_") or "_get_" in name
+
+
+def shown_params(params: Any) -> dict[str, Any]:
+    """The parameters an audit line shows: scalars whose key is not secret-looking."""
+    out: dict[str, Any] = {}
+    if not isinstance(params, dict):
+        return out
+    for key, value in params.items():
+        if len(out) >= MAX_PARAMS:
+            break
+        if not isinstance(key, str) or _SECRET.search(key):
+            continue
+        if isinstance(value, bool | int | float) and not isinstance(value, str):
+            out[key[:MAX_VALUE_CHARS]] = value
+        elif isinstance(value, str):
+            out[key[:MAX_VALUE_CHARS]] = value[:MAX_VALUE_CHARS]
+    return out
+
+
+def record(method: str, params: Any, code: int, duration: float) -> None:
+    """Write the audit line of one call; ``code`` 0 for success, else the JSON-RPC code."""
+    if not log.isEnabledFor(logging.INFO):  # --log-level NOTICE and above: nothing to build
+        return
+    shown = shown_params(params)
+    args = " ".join(
+        f"{quote(k, 32)[1:-1]}={quote(v) if isinstance(v, str) else v}" for k, v in shown.items()
+    )
+    result = "ok" if code == 0 else f"error {code}"
+    caller = CALLER.get()
+    log.info("rpc %s%s -> %s in %.1f ms by %s", method, f" {args}" if args else "", result,
+             duration * 1000, caller,
+             extra={"audit": {"method": method, "params": shown, "result": result,
+                              "code": code, "duration_ms": round(duration * 1000, 3),
+                              "caller": caller}})
+
+
+_UCRED = struct.Struct("3i")
+
+
+def unix_peer(sock: socket.socket | None) -> str:
+    """``uid=U pid=P`` of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    if sock is None:
+        return "unix peer"
+    try:
+        pid, uid, _gid = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except (OSError, AttributeError):
+        return "unix peer"
+    return f"uid={uid} pid={pid}"
+
+
+__all__ = ["CALLER", "CURRENT_METHOD", "current_method", "is_read_only_name", "quote", "record",
+           "shown_params", "unix_peer"]
