@@ -11,6 +11,8 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field
+
 from pybdev import __version__, cpus
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
@@ -25,8 +27,9 @@ if TYPE_CHECKING:
 
 
 class GetMethodsParams(Params):
-    current: bool = False
-    include_aliases: bool = False
+    current: bool = Field(
+        False, description="Only the methods allowed in the current state (STARTUP or RUNTIME)")
+    include_aliases: bool = Field(False, description="List deprecated aliases too")
 
 
 @RPC.method(
@@ -70,7 +73,8 @@ def spdk_get_version(app: App) -> dict[str, Any]:
 
 
 class KillParams(Params):
-    sig_name: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"]
+    sig_name: Literal["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"] = Field(
+        description="Signal to send; SIGINT and SIGTERM shut the target down cleanly")
 
 
 @RPC.method("spdk_kill_instance", KillParams, result={"type": "boolean"},
@@ -120,8 +124,8 @@ def framework_get_subsystems(app: App) -> list[dict[str, Any]]:
 
 
 class GetConfigParams(Params):
-    name: Str
-    with_batches: bool = False
+    name: Str = Field(description="Subsystem name (bdev, nbd, ublk, nvmf, ...)")
+    with_batches: bool = Field(False, description="Write malloc and null creations as batches")
 
 
 @RPC.method(

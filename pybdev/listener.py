@@ -160,6 +160,9 @@ async def listen_tcp(hosts: Iterable[str | None], port: int, *,
                 sock.listen(backlog)
                 sock.setblocking(False)
             except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise ListenError(e.errno, f"{where} is in use by "
+                                               f"{tcp_port_holder(chosen)}") from None
                 raise ListenError(e.errno or errno.EIO, f"{where}: {e.strerror}") from None
     except BaseException:
         for sock in socks:
@@ -170,3 +173,44 @@ async def listen_tcp(hosts: Iterable[str | None], port: int, *,
 
 def _describe(family: int, host: object, port: int) -> str:
     return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def process_name(pid: int) -> str:
+    """``pid (command line)`` for a message, or just the pid when /proc does not tell."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read(4096).rstrip(b"\0").split(b"\0")
+    except OSError:
+        return f"pid {pid}"
+    command = " ".join(" ".join(a.decode(errors="replace") for a in argv).split())
+    if len(command) > 100:
+        command = command[:97] + "..."
+    return f"pid {pid} ({command})" if command else f"pid {pid}"
+
+
+def tcp_port_holder(port: int) -> str:
+    """Who listens on TCP ``port``: from /proc/net/tcp{,6} and the processes' fds.
+
+    Processes of other users are visible to root only; then the answer says so.
+    """
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                # local_address is HEX_ADDR:HEX_PORT; state 0A is LISTEN.
+                if len(fields) > 9 and fields[3] == "0A" and \
+                        int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    if not inodes:
+        return "another process"
+    wanted = {f"socket:[{i}]" for i in inodes}
+    with contextlib.suppress(OSError):
+        for pid in sorted((d for d in os.listdir("/proc") if d.isdigit()), key=int):
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                            return process_name(int(pid))
+    return "another process (of another user: not visible here)"

@@ -62,8 +62,8 @@ def test_config_file_with_comments_and_extra_keys(start_target: Any, tmp_path: P
     ("[]", "not enclosed in {}"),
     ('{"subsystems": {}}', "'subsystems' should be an array"),
     ('{"subsystems": [', "Parsing JSON configuration failed"),
-    ('{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_nvme_set_options"}]}]}',
-     "subsystem 'bdev', config[0]: method 'bdev_nvme_set_options' was not found"),
+    ('{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_iscsi_set_options"}]}]}',
+     "subsystem 'bdev', config[0]: method 'bdev_iscsi_set_options' was not found"),
     ('{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", '
      '"params": {"num_blocks": 8, "block_size": 512}}, {"method": "bdev_malloc_create", '
      '"params": {"num_blocks": 0, "block_size": 512}}]}]}',
@@ -83,14 +83,14 @@ def test_bad_config_files_refuse_to_start(tmp_path: Path, text: str, message: st
 def test_ignore_init_errors_keeps_going(start_target: Any, tmp_path: Path) -> None:
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
-        {"method": "bdev_nvme_set_options", "params": {}},
+        {"method": "bdev_iscsi_set_options", "params": {}},
         {"method": "bdev_malloc_create", "params": {"num_blocks": 0, "block_size": 512}},
         {"method": "bdev_malloc_create", "params": {"num_blocks": 8, "block_size": 512}},
     ]}]}))
     t = start_target("--json", str(cfg), "--json-ignore-init-errors")
     assert [b["name"] for b in t.rpc("bdev_get_bdevs")] == ["Malloc0"]
     # Each skipped entry is named in the log.
-    assert ("subsystem 'bdev', config[0]: skipping bdev_nvme_set_options: pybdev does not "
+    assert ("subsystem 'bdev', config[0]: skipping bdev_iscsi_set_options: pybdev does not "
             "implement it") in t.log()
     assert "subsystem 'bdev', config[1]: bdev_malloc_create failed: " in t.log()
 

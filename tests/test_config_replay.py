@@ -84,6 +84,13 @@ def calls(workdir: Path, peer: str) -> st.SearchStrategy[list[Call]]:
             st.sampled_from([*NAMES, "PTA", "EE_A", "NA", "Ap0", "DA"])),
         st.builds(lambda n: ("nbd_stop_disk", {
             "nbd_device": f"nbd+unix:///{n}?socket={workdir}/exp.sock"}), name),
+        st.builds(lambda n, ios, mb: ("bdev_set_qos_limit", {
+            "name": n, "rw_ios_per_sec": ios, "w_mbytes_per_sec": mb}),
+            st.sampled_from([*NAMES, "PTA"]), st.sampled_from([0, 1500, 3000]),
+            st.sampled_from([0, 7])),
+        st.builds(lambda n, on, opc: ("bdev_enable_histogram", {
+            "name": n, "enable": on, **({"opc": opc} if opc else {})}),
+            st.sampled_from([*NAMES, "PTA"]), st.booleans(), st.sampled_from([None, "read"])),
         st.builds(lambda method, n: (method, {"name": n}), st.sampled_from([
             "bdev_malloc_delete", "bdev_null_delete", "bdev_aio_delete", "bdev_passthru_delete",
             "bdev_error_delete", "bdev_nbd_delete", "bdev_delay_delete"]),
@@ -117,6 +124,11 @@ def test_saved_config_replays_to_the_same_state(workdir: Path, nbd_peer: str) ->
               ("nbd_start_disk", {"bdev_name": "A",
                                   "nbd_device": f"nbd+unix:///A?socket={workdir}/exp.sock"}),
               ("bdev_passthru_create", {"name": "PTA", "base_bdev_name": "A"})])
+    @example([("bdev_malloc_create", {"name": "A", "num_blocks": 64, "block_size": 512}),
+              ("bdev_passthru_create", {"name": "PTA", "base_bdev_name": "A"}),
+              ("bdev_set_qos_limit", {"name": "PTA", "rw_ios_per_sec": 1500,
+                                      "w_mbytes_per_sec": 7}),
+              ("bdev_enable_histogram", {"name": "A", "enable": True, "opc": "read"})])
     def law(sequence: list[Call]) -> None:
         first = Target(workdir / "t1.sock", [], workdir / "t1.log").wait_ready()
         try:

@@ -48,6 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
@@ -451,13 +453,17 @@ class AioModule(BdevModule):
 
 
 class AioCreateParams(Params):
-    name: Str
-    filename: Str
-    block_size: U32 = 0
-    readonly: bool = False
-    fallocate: bool = False
-    uuid: Uuid | None = None
-    nowait: bool = False
+    name: Str = Field(description="Name of the new bdev")
+    filename: Str = Field(description="Path of the file or block device")
+    block_size: U32 = Field(
+        0, description=(
+            "Block size in bytes (0: a block device's logical sector size; a file needs one)"))
+    readonly: bool = Field(False, description="Open the file read-only; writes are refused")
+    fallocate: bool = Field(
+        False, description="Unmap and write-zeroes with fallocate (punch hole, zero range)")
+    uuid: Uuid | None = Field(None, description="UUID of the bdev; a random one when omitted")
+    nowait: bool = Field(
+        False, description="Accepted for block devices only, as SPDK; changes nothing here")
 
 
 @RPC.method("bdev_aio_create", AioCreateParams,

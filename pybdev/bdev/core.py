@@ -70,6 +70,9 @@ from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from pybdev.bdev.dif import FLAGS_APPTAG_CHECK, FLAGS_GUARD_CHECK, FLAGS_REFTAG_CHECK
+from pybdev.bdev.histogram import Histogram
+from pybdev.bdev.qd_sampling import QdSampler
+from pybdev.bdev.qos import Qos
 from pybdev.errors import OperationError
 from pybdev.rpc.registry import RpcTable
 
@@ -222,6 +225,13 @@ class Bdev:
     dif_check_flags: int = 0
     # -ENOMEM'd requests waiting for their retry timer (see _nomem_park); usually None.
     _nomem_queue: list[tuple[str, str, int, int, Any, bool, Callback, int]] | None = None
+    # QoS, a latency histogram or queue-depth sampling is on: submissions take the
+    # descriptor's _submit_hooked path. The one check the fast path pays for all three.
+    _hooked: bool = False
+    qos: Qos | None = None  # bdev_set_qos_limit
+    histogram: Histogram | None = None  # bdev_enable_histogram
+    qd_sampler: QdSampler | None = None  # bdev_set_qd_sampling_period
+    inflight = 0  # requests in the module, counted while qd_sampler is set
 
     def __init__(
         self,
@@ -258,7 +268,6 @@ class Bdev:
         self.claim_type = ClaimType.NONE
         self.claims: list[Claim] = []
         self.claim_key = 0  # read_many_write_shared: the key every claimer must present
-        self.qd_sampling_period = 0  # bdev_set_qd_sampling_period, microseconds
         self.state = BdevState.REGISTERED
         self.descriptors: set[Descriptor] = set()
         self.stat = IoStat()
@@ -357,8 +366,8 @@ class Bdev:
             out["numa_id"] = self.numa_id
         if self.md_size:
             out.update(self.md_info())
-        out["assigned_rate_limits"] = {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
-                                       "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}
+        out["assigned_rate_limits"] = (self.qos.rate_limits() if self.qos is not None else
+                                       dict.fromkeys(QOS_LIMIT_TYPES, 0))
         claimed = self.claim_type is not ClaimType.NONE
         out["claimed"] = claimed
         if claimed:
@@ -371,6 +380,11 @@ class Bdev:
     def extra_geometry(self) -> dict[str, Any]:
         """Fields some modules override (null's preferred_* values)."""
         return {}
+
+    def update_hooks(self) -> None:
+        """Call after setting ``qos``, ``histogram`` or ``qd_sampler``."""
+        self._hooked = (self.qos is not None or self.histogram is not None
+                        or self.qd_sampler is not None)
 
     def md_info(self) -> dict[str, Any]:
         """bdev_get_bdevs' metadata fields, as SPDK's lib/bdev/bdev_rpc.c writes them."""
@@ -392,6 +406,8 @@ class Bdev:
 
 
 
+QOS_LIMIT_TYPES = ("rw_ios_per_sec", "rw_mbytes_per_sec", "r_mbytes_per_sec",
+                   "w_mbytes_per_sec")
 _REGISTERED = BdevState.REGISTERED
 _now = time.monotonic_ns
 _ENOMEM = -errno.ENOMEM
@@ -625,6 +641,24 @@ def _in_sequence(bdev: Bdev, op: str, offset: int, length: int, chunk: int,
     run()
 
 
+def _timed(histogram: Histogram, op: str, cb: Callback) -> Callback:
+    """Tally the request's latency in ``histogram`` when it completes."""
+    if histogram.io_type is not None and histogram.io_type != op:
+        return cb
+    start = _now()
+
+    def done(status: int, data: Any) -> None:
+        histogram.tally(_now() - start)
+        cb(status, data)
+
+    return done
+
+
+def _left_module(bdev: Bdev, cb: Callback, status: int, data: Any) -> None:
+    bdev.inflight -= 1
+    cb(status, data)
+
+
 class Descriptor:
     """An open bdev: where consumers submit I/O. Requests are validated here, once.
 
@@ -665,6 +699,43 @@ class Descriptor:
         if rc:
             cb(rc, None)
             return
+        if self.bdev._hooked:
+            self._submit_hooked(op, offset, length, data, fua, cb)
+            return
+        self._dispatch(op, offset, length, data, fua, cb)
+
+    def _submit_hooked(self, op: str, offset: int, length: int, data: Any, fua: bool,
+                cb: Callback) -> None:
+        """A checked request on a bdev with QoS, a histogram or queue-depth sampling.
+
+        In SPDK's order: the latency (histogram) runs from here, the QoS queue comes next,
+        and the request counts in the queue depth once it reaches the module.
+        """
+        bdev = self.bdev
+        if bdev.histogram is not None:
+            cb = _timed(bdev.histogram, op, cb)
+        qos = bdev.qos
+        if (qos is not None and (op == "read" or op == "write")
+                and not qos.admit(op == "read", length)):
+            qos.enqueue(op == "read", length,
+                        functools.partial(self._released, op, offset, length, data, fua, cb),
+                        lambda status: cb(status, None))
+            return
+        self._released(op, offset, length, data, fua, cb)
+
+    def _released(self, op: str, offset: int, length: int, data: Any, fua: bool,
+                  cb: Callback) -> None:
+        bdev = self.bdev
+        if self.closed or bdev.state is not _REGISTERED:
+            cb(-errno.ENODEV, None)  # it waited in the QoS queue while the bdev went away
+            return
+        if bdev.qd_sampler is not None:
+            bdev.inflight += 1
+            cb = functools.partial(_left_module, bdev, cb)
+        self._dispatch(op, offset, length, data, fua, cb)
+
+    def _dispatch(self, op: str, offset: int, length: int, data: Any, fua: bool,
+                  cb: Callback) -> None:
         bdev = self.bdev
         kind = _STAT_KIND[op]
         native = op == "write" and bdev.fua_native
@@ -688,7 +759,7 @@ class Descriptor:
         bs = bdev.block_size
         if (self.closed or bdev.state is not _REGISTERED or offset < 0 or length <= 0
                 or offset % bs or length % bs or offset + length > bs * bdev.num_blocks
-                or "read" not in bdev.io_types or length > self._max_io):
+                or "read" not in bdev.io_types or length > self._max_io or bdev._hooked):
             self._submit("read", offset, length, None, False, cb)
             return
         bdev.submit_read(offset, length,
@@ -702,7 +773,7 @@ class Descriptor:
         if (self.closed or not self.write_allowed or bdev.state is not _REGISTERED
                 or offset < 0 or length <= 0 or offset % bs or length % bs
                 or offset + length > bs * bdev.num_blocks or "write" not in bdev.io_types
-                or length > self._max_io or (fua and not bdev.fua_native)):
+                or length > self._max_io or (fua and not bdev.fua_native) or bdev._hooked):
             self._submit("write", offset, length, data, bool(fua), cb)
             return
         bdev.submit_write(offset, data,
@@ -758,6 +829,12 @@ class Descriptor:
             cb(rc, None)
             return
         bdev = self.bdev
+        if bdev._hooked:
+            if bdev.histogram is not None:
+                cb = _timed(bdev.histogram, "flush", cb)
+            if bdev.qd_sampler is not None:
+                bdev.inflight += 1
+                cb = functools.partial(_left_module, bdev, cb)
         bdev.submit_flush(offset, length,
                           _completion(bdev, "flush", "", offset, length, None, False, cb))
 
@@ -1098,6 +1175,10 @@ class BdevLayer:
         if not bdev.descriptors:
             bdev._closed.set_result(None)
         bdev.on_removed()
+        if bdev.qos is not None:
+            bdev.qos.fail_all(-errno.ENODEV)
+        if bdev.qd_sampler is not None:
+            bdev.qd_sampler.stop()
         for desc in list(bdev.descriptors):
             if desc.event_cb is not None:
                 # Asynchronous, as in SPDK: the owner reacts on its own time.

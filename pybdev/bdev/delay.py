@@ -34,6 +34,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
+
 from pybdev.bdev.core import BdevState, Callback, Descriptor
 from pybdev.bdev.vbdev import StackedBdev, VbdevConfig, VbdevModule, VirtualBdev, sha1_uuid
 from pybdev.errors import OperationError
@@ -221,13 +223,16 @@ class DelayModule(VbdevModule[DelayConfig]):
 
 
 class DelayCreateParams(Params):
-    name: Str
-    base_bdev_name: Str
-    avg_read_latency: U64
-    p99_read_latency: U64
-    avg_write_latency: U64
-    p99_write_latency: U64
-    uuid: Uuid | None = None
+    name: Str = Field(description="Name of the new delay bdev")
+    base_bdev_name: Str = Field(description="The bdev it delays; it may be created later")
+    avg_read_latency: U64 = Field(description="Average read latency added, in microseconds")
+    p99_read_latency: U64 = Field(
+        description="99th percentile read latency added, in microseconds")
+    avg_write_latency: U64 = Field(description="Average write latency added, in microseconds")
+    p99_write_latency: U64 = Field(
+        description="99th percentile write latency added, in microseconds")
+    uuid: Uuid | None = Field(
+        None, description="UUID of the delay bdev; a random one when omitted")
 
 
 @RPC.method("bdev_delay_create", DelayCreateParams,
@@ -249,9 +254,10 @@ async def bdev_delay_delete(module: DelayModule, p: NameParams) -> bool:
 
 
 class UpdateLatencyParams(Params):
-    delay_bdev_name: Str
-    latency_type: LatencyType
-    latency_us: U64
+    delay_bdev_name: Str = Field(description="Name of the delay bdev")
+    latency_type: LatencyType = Field(
+        description="Which latency: avg_read, p99_read, avg_write or p99_write")
+    latency_us: U64 = Field(description="The new latency in microseconds")
 
 
 @RPC.method("bdev_delay_update_latency", UpdateLatencyParams,

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
+
 from pybdev.bdev.core import BdevState, Callback, Descriptor
 from pybdev.bdev.vbdev import (
     PART_NAMESPACE,
@@ -274,8 +276,9 @@ class ErrorModule(VbdevModule[ErrorConfig]):
 
 
 class ErrorCreateParams(Params):
-    base_name: Str
-    uuid: Uuid | None = None
+    base_name: Str = Field(description="The bdev to wrap; the new bdev is EE_<base_name>")
+    uuid: Uuid | None = Field(
+        None, description="UUID of the error bdev; a random one when omitted")
 
 
 @RPC.method("bdev_error_create", ErrorCreateParams,
@@ -298,15 +301,20 @@ async def bdev_error_delete(module: ErrorModule, p: NameParams) -> bool:
 
 
 class InjectErrorParams(Params):
-    name: Str
-    io_type: IoTypeName
-    error_type: ErrorTypeName
-    nvme_sct: U32 = 0
-    nvme_sc: U32 = 0
-    num: U32 = 1
-    queue_depth: U64 = 0
-    corrupt_offset: U64 = 0
-    corrupt_value: U8 = 0
+    name: Str = Field(description="Name of the error bdev (EE_...)")
+    io_type: IoTypeName = Field(
+        description=(
+            "Which requests fail: read, write, unmap, flush, all, or clear to stop "
+            "injecting"))
+    error_type: ErrorTypeName = Field(
+        description="failure, nvme_failure, pending (held until resumed), corrupt_data or nomem")
+    nvme_sct: U32 = Field(0, description="NVMe status code type of nvme_failure")
+    nvme_sc: U32 = Field(0, description="NVMe status code of nvme_failure")
+    num: U32 = Field(1, description="How many requests to fail")
+    queue_depth: U64 = Field(
+        0, description="Count only while at least this many requests are in flight on the base")
+    corrupt_offset: U64 = Field(0, description="Byte of the data corrupt_data changes")
+    corrupt_value: U8 = Field(0, description="Value XORed into that byte")
 
 
 @RPC.method("bdev_error_inject_error", InjectErrorParams,

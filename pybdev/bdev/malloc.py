@@ -29,6 +29,8 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from pybdev.bdev import dif
 from pybdev.bdev.core import Bdev, BdevModule, Callback, ReadBuffer
 from pybdev.errors import OperationError
@@ -385,18 +387,24 @@ class MallocModule(BdevModule):
 
 
 class MallocCreateParams(Params):
-    name: Str | None = None
-    block_size: U32
-    num_blocks: U64
-    uuid: Uuid | None = None
-    optimal_io_boundary: U32 = 0
-    md_size: U32 = 0
-    md_interleave: bool = False
-    dif_type: I32 = 0
-    dif_is_head_of_md: bool = False
-    physical_block_size: U32 = 0
-    dif_pi_format: U32 = 0
-    numa_id: I32 = -1
+    name: Str | None = Field(
+        None, description="Name of the new bdev; MallocN (the first free N) when omitted")
+    block_size: U32 = Field(description="Data block size in bytes, a multiple of 512")
+    num_blocks: U64 = Field(description="Size of the bdev in blocks")
+    uuid: Uuid | None = Field(None, description="UUID of the bdev; a random one when omitted")
+    optimal_io_boundary: U32 = Field(
+        0, description="Optimal I/O boundary reported to consumers, in blocks")
+    md_size: U32 = Field(
+        0, description="Metadata bytes per block (0, 8, 16, 32, 64 or 128)")
+    md_interleave: bool = Field(
+        False, description="Metadata inside each block (block_size + md_size) instead of apart")
+    dif_type: I32 = Field(0, description="Protection information type: 0 (none), 1, 2 or 3")
+    dif_is_head_of_md: bool = Field(
+        False, description="Protection information at the start of the metadata")
+    physical_block_size: U32 = Field(
+        0, description="Physical block size reported to consumers (0: the block size)")
+    dif_pi_format: U32 = Field(0, description="Protection information format (as SPDK's)")
+    numa_id: I32 = Field(-1, description="NUMA node reported in bdev_get_bdevs (-1: none)")
 
 
 @RPC.method("bdev_malloc_create", MallocCreateParams,

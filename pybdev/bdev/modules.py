@@ -15,6 +15,7 @@ from pybdev.bdev.lvol.module import LvolModule
 from pybdev.bdev.malloc import MallocModule
 from pybdev.bdev.nbd import NbdModule
 from pybdev.bdev.null import NullModule
+from pybdev.bdev.nvme import NvmeModule
 from pybdev.bdev.passthru import PassthruModule
 from pybdev.bdev.rbd import RbdModule
 from pybdev.bdev.split import SplitModule
@@ -22,6 +23,6 @@ from pybdev.bdev.split import SplitModule
 # SPDK's link order (mk/spdk.modules.mk); BdevLayer.add_module then moves the modules with
 # examine (passthru, error, split, delay) to the head, reversed, as SPDK's list does.
 BUILTIN_MODULES: tuple[type[BdevModule], ...] = (
-    MallocModule, NullModule, PassthruModule, LvolModule, ErrorModule, SplitModule,
+    MallocModule, NullModule, NvmeModule, PassthruModule, LvolModule, ErrorModule, SplitModule,
     DelayModule, AioModule, NbdModule, RbdModule,
 )

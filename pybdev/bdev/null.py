@@ -17,6 +17,8 @@ import errno
 import logging
 from typing import Any
 
+from pydantic import Field
+
 from pybdev.bdev import dif
 from pybdev.bdev.core import Bdev, BdevModule, BdevState, Callback, ReadBuffer
 from pybdev.errors import OperationError
@@ -216,18 +218,21 @@ class NullModule(BdevModule):
 
 
 class NullCreateParams(Params):
-    name: Str
-    block_size: U32
-    num_blocks: U64
-    uuid: Uuid | None = None
-    physical_block_size: U32 = 0
-    md_size: U32 = 0
-    dif_type: I32 = 0
-    dif_pi_format: U32 = 0
-    dif_is_head_of_md: bool = False
-    preferred_write_granularity: U32 = 0
-    preferred_write_alignment: U32 = 0
-    optimal_write_size: U32 = 0
+    name: Str = Field(description="Name of the new bdev")
+    block_size: U32 = Field(description="Block size in bytes")
+    num_blocks: U64 = Field(description="Size of the bdev in blocks")
+    uuid: Uuid | None = Field(None, description="UUID of the bdev; a random one when omitted")
+    physical_block_size: U32 = Field(
+        0, description="Physical block size reported to consumers (0: the block size)")
+    md_size: U32 = Field(0, description="Interleaved metadata bytes per block, added to block_size")
+    dif_type: I32 = Field(0, description="Protection information type: 0 (none), 1, 2 or 3")
+    dif_pi_format: U32 = Field(0, description="Protection information format (as SPDK's)")
+    dif_is_head_of_md: bool = Field(
+        False, description="Protection information at the start of the metadata")
+    preferred_write_granularity: U32 = Field(
+        0, description="Reported in bdev_get_bdevs, in blocks")
+    preferred_write_alignment: U32 = Field(0, description="Reported in bdev_get_bdevs, in blocks")
+    optimal_write_size: U32 = Field(0, description="Reported in bdev_get_bdevs, in blocks")
     preferred_unmap_granularity: U32 = 0
     preferred_unmap_alignment: U32 = 0
 
@@ -251,8 +256,8 @@ async def bdev_null_delete(module: NullModule, p: NameParams) -> bool:
 
 
 class NullResizeParams(Params):
-    name: Str
-    new_size: U64
+    name: Str = Field(description="Name of the null bdev")
+    new_size: U64 = Field(description="New size in MiB (larger than the current one)")
 
 
 @RPC.method("bdev_null_resize", NullResizeParams,

@@ -24,6 +24,8 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
+
 from pybdev.bdev.core import Descriptor
 from pybdev.bdev.vbdev import StackedBdev, VbdevConfig, VbdevModule, VirtualBdev, sha1_uuid
 from pybdev.errors import OperationError
@@ -103,9 +105,13 @@ class PassthruModule(VbdevModule[Association]):
 
 
 class PassthruCreateParams(Params):
-    name: Str
-    base_bdev_name: Str
-    uuid: Uuid | None = None
+    name: Str = Field(description="Name of the new passthru bdev")
+    base_bdev_name: Str = Field(
+        description=(
+            "The bdev it passes I/O to; it may be created later (the passthru then waits "
+            "for it)"))
+    uuid: Uuid | None = Field(
+        None, description="UUID of the passthru bdev; derived from the base's when omitted")
 
 
 @RPC.method("bdev_passthru_create", PassthruCreateParams,

@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
+
 from pybdev.bdev import dif
 from pybdev.bdev.core import Callback, Descriptor
 from pybdev.bdev.vbdev import (
@@ -214,9 +216,10 @@ class SplitModule(VbdevModule[SplitConfig]):
 
 
 class SplitCreateParams(Params):
-    base_bdev: Str
-    split_count: U32
-    split_size_mb: U64 = 0
+    base_bdev: Str = Field(description="The bdev to split; it may be created later")
+    split_count: U32 = Field(description="Number of parts")
+    split_size_mb: U64 = Field(
+        0, description="Size of each part in MiB (0: the base divided by split_count)")
 
 
 @RPC.method("bdev_split_create", SplitCreateParams,
@@ -231,7 +234,7 @@ def bdev_split_create(module: SplitModule, p: SplitCreateParams) -> list[str]:
 
 
 class SplitDeleteParams(Params):
-    base_bdev: Str
+    base_bdev: Str = Field(description="The bdev whose parts are deleted")
 
 
 @RPC.method("bdev_split_delete", SplitDeleteParams, result={"type": "boolean"})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import BdevLayer
+from pybdev.bdev.core import Bdev, BdevLayer
 from pybdev.bdev.rpc import RPC as LAYER_RPC
 from pybdev.rpc.registry import RpcTable
 from pybdev.subsystem import Config, Subsystem
@@ -59,5 +59,29 @@ class BdevSubsystem(Subsystem):
         for bdev in layer:
             config += bdev.write_config()
         config.append({"method": "bdev_wait_for_examine"})
+        # SPDK writes these with each bdev's own entries, before bdev_wait_for_examine; an
+        # lvol appears only once examine has loaded its lvstore, so here they come after it
+        # and replay for every kind of bdev (SPDK's spdk_tgt accepts them in either place).
+        for bdev in layer:
+            config += bdev_settings(bdev)
         return config
+
+
+def bdev_settings(bdev: Bdev) -> list[dict[str, Any]]:
+    """``bdev_set_qos_limit`` and ``bdev_enable_histogram`` entries for what is set."""
+    out: list[dict[str, Any]] = []
+    if bdev.qos is not None:
+        limits = {k: v for k, v in bdev.qos.rate_limits().items() if v}
+        out.append({"method": "bdev_set_qos_limit", "params": {"name": bdev.name, **limits}})
+    histogram = bdev.histogram
+    if histogram is not None:
+        params: dict[str, Any] = {"name": bdev.name, "enable": True}
+        if histogram.io_type is not None:
+            params["opc"] = histogram.io_type
+        # SPDK saves name, enable and opc only, so its replay falls back to the defaults;
+        # the values this target accepted are saved whole.
+        params.update(granularity=histogram.granularity, min_nsec=histogram.min_nsec,
+                      max_nsec=histogram.max_nsec)
+        out.append({"method": "bdev_enable_histogram", "params": params})
+    return out
 

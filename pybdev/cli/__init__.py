@@ -18,13 +18,14 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn, TextIO
 
-from pybdev.cli import accel, bdev, framework, log, lvol, nbd, nvmf, output, rbd, ublk
+from pybdev.cli import accel, bdev, bdev_nvme, framework, log, lvol, nbd, nvmf, output, rbd, ublk
 from pybdev.rpc.client import DEFAULT_ADDR, DEFAULT_PORT, JsonRpcException, RpcClient
 
 AddParsers = Callable[[Any], None]
 BUILTIN_COMMANDS: tuple[AddParsers, ...] = (
     framework.add_parsers, log.add_parsers, accel.add_parsers, bdev.add_parsers,
     lvol.add_parsers, nbd.add_parsers, ublk.add_parsers, rbd.add_parsers, nvmf.add_parsers,
+    bdev_nvme.add_parsers,
 )
 CLI_ENTRY_POINT_GROUP = "pybdev.cli"
 

@@ -60,6 +60,26 @@ def bdev_reset_iostat(a: argparse.Namespace) -> None:
     _call(a, "bdev_reset_iostat", name=a.name, mode=a.mode)
 
 
+def bdev_set_qos_limit(a: argparse.Namespace) -> None:
+    _call(a, "bdev_set_qos_limit", name=a.name, rw_ios_per_sec=a.rw_ios_per_sec,
+          rw_mbytes_per_sec=a.rw_mbytes_per_sec, r_mbytes_per_sec=a.r_mbytes_per_sec,
+          w_mbytes_per_sec=a.w_mbytes_per_sec)
+
+
+def bdev_enable_histogram(a: argparse.Namespace) -> None:
+    _call(a, "bdev_enable_histogram", name=a.name, enable=a.enable, opc=a.opc,
+          granularity=a.granularity, min_nsec=a.min_nsec, max_nsec=a.max_nsec)
+
+
+def bdev_get_histogram(a: argparse.Namespace) -> None:
+    print_dict(_call(a, "bdev_get_histogram", name=a.name))
+
+
+def bdev_get_histogram_borders(a: argparse.Namespace) -> None:
+    print_dict(_call(a, "bdev_get_histogram_borders", name=a.name,
+                     borders=[int(b) for b in a.borders]))
+
+
 # -- malloc ---------------------------------------------------------------------------------
 
 def bdev_malloc_create(a: argparse.Namespace) -> None:
@@ -227,6 +247,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("name", help="name of the bdev, e.g. Malloc0")
     p.add_argument("period", type=int,
                    help="queue depth sampling period in microseconds; 0 disables it")
+
+    p = cmd("bdev_set_qos_limit", bdev_set_qos_limit, "Set QoS rate limits on a bdev")
+    p.add_argument("name", help="name of the bdev, e.g. Malloc0")
+    p.add_argument("--rw-ios-per-sec", type=int,
+                   help="read and write I/Os per second (a multiple of 1000); 0: unlimited")
+    for kind, what in (("rw", "read and write"), ("r", "read"), ("w", "write")):
+        p.add_argument(f"--{kind}-mbytes-per-sec", type=int,
+                       help=f"{what} MiB per second; 0: unlimited")
+
+    p = cmd("bdev_enable_histogram", bdev_enable_histogram,
+            "Enable or disable the latency histogram of a bdev")
+    p.add_argument("--histogram", dest="enable", action=argparse.BooleanOptionalAction,
+                   required=True, help="enable or disable the histogram")
+    p.add_argument("-o", "--opc", help="count only this I/O type (default: all)")
+    p.add_argument("--granularity", type=int, help="buckets per power of two: 2^N (default 7)")
+    p.add_argument("--min-nsec", type=int, help="smallest latency kept apart (default 1000)")
+    p.add_argument("--max-nsec", type=int, help="largest latency kept apart (default 120 s)")
+    p.add_argument("name", help="name of the bdev")
+
+    p = cmd("bdev_get_histogram", bdev_get_histogram, "Get the latency histogram of a bdev")
+    p.add_argument("name", help="name of the bdev")
+
+    p = cmd("bdev_get_histogram_borders", bdev_get_histogram_borders,
+            "Latency counts of a bdev at or below each border")
+    p.add_argument("name", help="name of the bdev")
+    p.add_argument("--borders", type=_names, required=True,
+                   help="comma-separated borders in microseconds, ascending")
 
     p = cmd("bdev_malloc_create", bdev_malloc_create, "Create a bdev in RAM")
     p.add_argument("-b", "--name", help="name of the bdev (default MallocN)")

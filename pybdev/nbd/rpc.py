@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
 from pybdev.rpc.types import Params, Str
@@ -31,8 +33,11 @@ DISK_SCHEMA = {
 
 
 class StartDiskParams(Params):
-    bdev_name: Str
-    nbd_device: Str | None = None
+    bdev_name: Str = Field(description="The bdev to export")
+    nbd_device: Str | None = Field(
+        None, description=(
+            "/dev/nbdN (kernel export; the first free one when omitted), or an NBD URI: "
+            "nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH (network export)"))
 
 
 @RPC.method("nbd_start_disk", StartDiskParams, decode_error=DECODE_ERROR,
@@ -45,7 +50,7 @@ async def nbd_start_disk(nbd: NbdSubsystem, p: StartDiskParams) -> str:
 
 
 class StopDiskParams(Params):
-    nbd_device: Str
+    nbd_device: Str = Field(description="The export, as nbd_start_disk answered it")
 
 
 @RPC.method("nbd_stop_disk", StopDiskParams, decode_error=DECODE_ERROR,
@@ -58,7 +63,7 @@ async def nbd_stop_disk(nbd: NbdSubsystem, p: StopDiskParams) -> bool:
 
 
 class GetDisksParams(Params):
-    nbd_device: Str | None = None
+    nbd_device: Str | None = Field(None, description="Only this export")
 
 
 @RPC.method("nbd_get_disks", GetDisksParams, decode_error=DECODE_ERROR,

@@ -254,7 +254,9 @@ class Listener:
                     hosts = hosts[:1]  # one address per chosen port: the URI names one
                 socks = await listen_tcp(hosts, a.port)
         except ListenError as e:
-            raise OperationError(e.errno or errno.EIO, f"NBD: cannot listen: {e}") from None
+            hint = ("; stop it or export on another port (nbd://HOST:PORT/NAME)"
+                    if e.errno == errno.EADDRINUSE and a.transport != "unix" else "")
+            raise OperationError(e.errno or errno.EIO, f"NBD: cannot listen: {e}{hint}") from None
         try:
             for sock in socks:
                 if a.transport == "unix":

@@ -126,15 +126,18 @@ def nvmf_get_transports(part: NvmfSubsystem, p: GetTransportsParams) -> list[dic
 
 
 class CreateSubsystemParams(Params):
-    nqn: Str
-    tgt_name: Str | None = None
-    serial_number: Str | None = None
-    model_number: Str | None = None
-    allow_any_host: bool = False
-    max_namespaces: U32 = 0
+    nqn: Str = Field(description="NVMe Qualified Name of the subsystem")
+    tgt_name: Str | None = Field(None, description="Target name (only the default target exists)")
+    serial_number: Str | None = Field(None, description="Serial number reported to hosts")
+    model_number: Str | None = Field(None, description="Model number reported to hosts")
+    allow_any_host: bool = Field(
+        False, description=(
+            "Let every host connect (otherwise only those added with "
+            "nvmf_subsystem_add_host)"))
+    max_namespaces: U32 = Field(0, description="Maximum number of namespaces (0: the default)")
     ana_reporting: bool = False
-    min_cntlid: U16 = 1
-    max_cntlid: U16 = 0xFFEF
+    min_cntlid: U16 = Field(1, description="Lowest controller ID")
+    max_cntlid: U16 = Field(0xFFEF, description="Highest controller ID")
     dmrsl: U32 = 2097152
     wzsl: U8 = 12
     passthrough: bool = False
@@ -174,8 +177,8 @@ def nvmf_create_subsystem(part: NvmfSubsystem, p: CreateSubsystemParams) -> bool
 
 
 class NqnParams(Params):
-    nqn: Str
-    tgt_name: Str | None = None
+    nqn: Str = Field(description="NQN of the subsystem")
+    tgt_name: Str | None = Field(None, description="Target name")
 
 
 @RPC.method("nvmf_delete_subsystem", NqnParams, result=TRUE)
@@ -186,8 +189,8 @@ async def nvmf_delete_subsystem(part: NvmfSubsystem, p: NqnParams) -> bool:
 
 
 class GetSubsystemsParams(Params):
-    nqn: Str | None = None
-    tgt_name: Str | None = None
+    nqn: Str | None = Field(None, description="Only this subsystem")
+    tgt_name: Str | None = Field(None, description="Target name")
 
 
 @RPC.method("nvmf_get_subsystems", GetSubsystemsParams, result=ARRAY)
@@ -203,9 +206,9 @@ def nvmf_get_subsystems(part: NvmfSubsystem, p: GetSubsystemsParams) -> list[dic
 
 
 class ListenAddressParams(Params):
-    trtype: Str
+    trtype: Str = Field(description="Transport type: TCP")
     traddr: Str = Field(max_length=255)
-    adrfam: Str | None = None
+    adrfam: Str | None = Field(None, description="Address family: IPv4 or IPv6")
     trsvcid: Str | None = Field(default=None, max_length=31)
 
 
@@ -271,11 +274,12 @@ def nvmf_subsystem_get_listeners(part: NvmfSubsystem, p: NqnParams) -> list[dict
 
 
 class NamespaceParams(Params):
-    bdev_name: Str
-    nsid: U32 = 0
-    nguid: Str | None = None
+    bdev_name: Str = Field(description="The bdev the namespace serves")
+    nsid: U32 = Field(0, description="Namespace ID (0: the lowest free)")
+    nguid: Str | None = Field(
+        None, description="Namespace globally unique identifier (32 hex digits)")
     eui64: Str | None = None
-    uuid: Uuid | None = None
+    uuid: Uuid | None = Field(None, description="Namespace UUID")
     anagrpid: U32 = 0
     ptpl_file: Str | None = None
     no_auto_visible: bool = False
@@ -298,9 +302,9 @@ def nvmf_subsystem_add_ns(part: NvmfSubsystem, p: AddNsParams) -> int:
 
 
 class RemoveNsParams(Params):
-    nqn: Str
-    nsid: U32
-    tgt_name: Str | None = None
+    nqn: Str = Field(description="NQN of the subsystem")
+    nsid: U32 = Field(description="Namespace ID")
+    tgt_name: Str | None = Field(None, description="Target name")
 
 
 @RPC.method("nvmf_subsystem_remove_ns", RemoveNsParams, result=TRUE)
@@ -335,9 +339,9 @@ def nvmf_subsystem_add_host(part: NvmfSubsystem, p: AddHostParams) -> bool:
 
 
 class RemoveHostParams(Params):
-    nqn: Str
-    host: Str
-    tgt_name: Str | None = None
+    nqn: Str = Field(description="NQN of the subsystem")
+    host: Str = Field(description="Host NQN")
+    tgt_name: Str | None = Field(None, description="Target name")
     timeout_ms: U64 | None = None
 
 
@@ -350,9 +354,9 @@ def nvmf_subsystem_remove_host(part: NvmfSubsystem, p: RemoveHostParams) -> bool
 
 
 class AllowAnyHostParams(Params):
-    nqn: Str
-    allow_any_host: bool
-    tgt_name: Str | None = None
+    nqn: Str = Field(description="NQN of the subsystem")
+    allow_any_host: bool = Field(description="Let every host connect")
+    tgt_name: Str | None = Field(None, description="Target name")
 
 
 @RPC.method("nvmf_subsystem_allow_any_host", AllowAnyHostParams, result=TRUE)

@@ -50,6 +50,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import errno
 import hmac
 import logging
 import os
@@ -564,7 +565,9 @@ class HttpRpcServer:
             else:
                 socks = await listen_tcp([ep.host], ep.port, backlog=LISTEN_BACKLOG)
         except ListenError as e:
-            raise HttpConfigError(f"cannot serve HTTP on {ep}: {e}") from None
+            hint = ("; stop it or choose another address with --http"
+                    if e.errno == errno.EADDRINUSE else "")
+            raise HttpConfigError(f"cannot serve HTTP on {ep}: {e}{hint}") from None
         ssl_context = None if ep.path is not None else self.ssl_context
         try:
             for sock in socks:

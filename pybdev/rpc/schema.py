@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pybdev import __version__
+from pybdev.rpc.examples import errors, examples
 from pybdev.rpc.registry import IGNORE_PARAMS, NO_PARAMS, Method, Registry, State
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +63,16 @@ def openrpc_document(registry: Registry) -> dict[str, Any]:
         })
         if method.spec.aliases:
             methods[-1]["x-deprecated-aliases"] = list(method.spec.aliases)
+        example = examples().get(method.name)
+        if example is not None:
+            methods[-1]["examples"] = [{
+                "name": f"{method.name} example",
+                "params": [{"name": k, "value": v} for k, v in (example.params or {}).items()],
+                "result": {"name": "result", "value": example.answer},
+            }]
+        known = errors().get(method.name)
+        if known:
+            methods[-1]["x-errors"] = [{"code": c, "message": m} for c, m in known]
     doc: dict[str, Any] = {
         "openrpc": "1.2.6",
         "info": {"title": "pybdev JSON-RPC", "version": __version__,
@@ -100,6 +111,10 @@ def markdown_reference(doc: dict[str, Any]) -> str:
         "edit by hand. The same information, machine-readable, is in "
         "`rpc_schemas/pybdev.openrpc.json`.",
         "",
+        "Examples and errors come from one scenario (`pybdev/rpc/examples.py`) that a test "
+        "runs against a live target; an example answer shows the fields the test checks, "
+        "and a real answer may have more.",
+        "",
     ]
     by_subsystem: dict[str, list[dict[str, Any]]] = {}
     for m in doc["methods"]:
@@ -116,18 +131,35 @@ def markdown_reference(doc: dict[str, Any]) -> str:
                 lines.append(f"Deprecated alias (accepted, with a warning): {old}.")
             lines.append("")
             if m["params"]:
-                lines += ["| param | type | required | default |", "|---|---|---|---|"]
+                described = any(p.get("description") for p in m["params"])
+                head = "| param | type | required | default |"
+                lines += [head + (" description |" if described else ""),
+                          "|---|---|---|---|" + ("---|" if described else "")]
                 for p in m["params"]:
                     default = p["schema"].get("default", "")
                     default_text = "" if default == "" else f"`{json.dumps(default)}`"
+                    text = p.get("description", "").replace("|", "\\|")
                     lines.append(f"| `{p['name']}` | {_type_text(p['schema'])} | "
-                                 f"{'yes' if p['required'] else 'no'} | {default_text} |")
+                                 f"{'yes' if p['required'] else 'no'} | {default_text} |"
+                                 + (f" {text} |" if described else ""))
                 lines.append("")
             elif m["x-params"] == "none":
                 lines += ["No params.", ""]
             result = m["result"]["schema"]
             if result:
                 lines += [f"Result: {_type_text(result)}.", ""]
+            for example in m.get("examples", []):
+                request: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": m["name"]}
+                if example["params"]:
+                    request["params"] = {p["name"]: p["value"] for p in example["params"]}
+                answer = {"jsonrpc": "2.0", "id": 1, "result": example["result"]["value"]}
+                lines += ["Example request and answer:", "", "```json",
+                          json.dumps(request, indent=2), "```", "", "```json",
+                          json.dumps(answer, indent=2), "```", ""]
+            if m.get("x-errors"):
+                lines += ["Errors (besides the decode error):", ""]
+                lines += [f"- `{e['code']}` \"{e['message']}\"" for e in m["x-errors"]]
+                lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

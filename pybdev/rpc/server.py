@@ -22,7 +22,14 @@ import os
 import stat
 from pathlib import Path
 
-from pybdev.listener import Identity, ListenError, listen_unix, unix_identity, unlink_unix
+from pybdev.listener import (
+    Identity,
+    ListenError,
+    listen_unix,
+    process_name,
+    unix_identity,
+    unlink_unix,
+)
 from pybdev.peerwarn import WARNINGS
 from pybdev.rpc import audit
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode, encode_response
@@ -59,7 +66,8 @@ def lock_holder(st: os.stat_result) -> str:
                     pids.append(fields[4])
     who = f"a process of uid {st.st_uid} (the file's owner)"
     if pids:
-        who = f"pid {', '.join(pids)}; the file belongs to uid {st.st_uid}"
+        who = (", ".join(process_name(int(p)) for p in pids)
+               + f", of uid {st.st_uid}")
     return who
 
 
@@ -218,7 +226,8 @@ class UnixRpcServer:
             except ListenError as e:
                 if e.errno == errno.EADDRINUSE:
                     raise SocketInUse(f"RPC Unix domain socket path {self.path} in use. "
-                                      f"Specify another. ({e})") from None
+                                      f"Specify another. ({e}; start this target with "
+                                      "-r OTHER_PATH)") from None
                 raise SocketInUse(f"RPC Unix domain socket path {self.path}: {e}") from None
             self._identity = unix_identity(self.path)
             loop = asyncio.get_running_loop()
@@ -255,7 +264,7 @@ class UnixRpcServer:
             os.close(fd)
             raise SocketInUse(
                 f"RPC Unix domain socket path {self.path} in use. Specify another. "
-                f"({self.lock_path} is locked by {holder})"
+                f"(held by {holder}: stop that target, or start this one with -r OTHER_PATH)"
             ) from None
         except BaseException:
             os.close(fd)

@@ -6,6 +6,8 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from pybdev.cpus import parse_cpumask
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, RpcError, errno_error
@@ -39,8 +41,11 @@ def _os_to_rpc(e: OSError) -> RpcError:
 
 
 class CreateTargetParams(Params):
-    cpumask: Str | None = None
-    disable_user_copy: bool = False
+    cpumask: Str | None = Field(
+        None, description=(
+            "CPUs the queue threads may run on (hex mask or list); the -m mask when omitted"))
+    disable_user_copy: bool = Field(
+        False, description="Copy data through the kernel's buffers instead of user copy")
 
 
 @RPC.method("ublk_create_target", CreateTargetParams,
@@ -87,10 +92,11 @@ async def ublk_destroy_target(ublk: UblkSubsystem) -> bool:
 
 
 class StartDiskParams(Params):
-    bdev_name: Str
-    ublk_id: U32
-    num_queues: U32 = DEFAULT_NUM_QUEUES
-    queue_depth: U32 = DEFAULT_QUEUE_DEPTH
+    bdev_name: Str = Field(description="The bdev to export")
+    ublk_id: U32 = Field(description="The device number: /dev/ublkbID")
+    num_queues: U32 = Field(
+        DEFAULT_NUM_QUEUES, description="Number of hardware queues (one thread each)")
+    queue_depth: U32 = Field(DEFAULT_QUEUE_DEPTH, description="Requests per queue")
 
 
 @RPC.method("ublk_start_disk", StartDiskParams,
@@ -108,7 +114,7 @@ async def ublk_start_disk(ublk: UblkSubsystem, p: StartDiskParams) -> int:
 
 
 class StopDiskParams(Params):
-    ublk_id: U32
+    ublk_id: U32 = Field(description="The device number")
 
 
 @RPC.method("ublk_stop_disk", StopDiskParams,
@@ -123,8 +129,8 @@ async def ublk_stop_disk(ublk: UblkSubsystem, p: StopDiskParams) -> bool:
 
 
 class RecoverDiskParams(Params):
-    bdev_name: Str
-    ublk_id: U32
+    bdev_name: Str = Field(description="The bdev to serve")
+    ublk_id: U32 = Field(description="The device number of the device to recover")
 
 
 @RPC.method("ublk_recover_disk", RecoverDiskParams,
@@ -142,7 +148,7 @@ async def ublk_recover_disk(ublk: UblkSubsystem, p: RecoverDiskParams) -> int:
 
 
 class GetDisksParams(Params):
-    ublk_id: U32 | None = None
+    ublk_id: U32 | None = Field(None, description="Only this device")
 
 
 @RPC.method("ublk_get_disks", GetDisksParams,

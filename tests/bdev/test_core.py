@@ -11,6 +11,7 @@ import pytest
 
 from pybdev.bdev.core import Bdev, BdevEvent, BdevLayer, BdevState, Descriptor
 from pybdev.bdev.malloc import MallocModule
+from pybdev.bdev.qd_sampling import QdSampler
 from pybdev.errors import OperationError
 
 from .conftest import complete, module, status
@@ -494,4 +495,40 @@ async def test_block_status_and_read_buffer_are_declared(layer: BdevLayer) -> No
     got.clear()
     desc.block_status(0, 8192, lambda s, e: got.append((s, e)))
     assert got == [(0, [(4096, 3), (4096, 0)])]
+    desc.close()
+
+
+class HeldBdev(Bdev):
+    """A fake module that completes only when the test says so (requests held in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__("Held0", 512, 64)
+        self.held: list[Any] = []
+
+    def submit_read(self, offset: int, length: int, cb: Any) -> None:
+        self.held.append(cb)
+
+
+async def test_queue_depth_sampling_counts_requests_in_the_module(layer: BdevLayer) -> None:
+    bdev = HeldBdev()
+    layer.register(bdev)
+    desc = layer.open("Held0", write=False)
+    desc.read(0, 512, lambda s, d: None)  # before sampling: never counted, never uncounted
+    now = [0]
+    bdev.qd_sampler = QdSampler(lambda: bdev.inflight, 100, clock=lambda: now[0])
+    bdev.update_hooks()
+    for _ in range(3):
+        desc.read(0, 512, lambda s, d: None)
+    assert bdev.inflight == 3
+    now[0] = 250_000  # 2.5 periods of 100 us
+    bdev.qd_sampler.sample()
+    assert bdev.qd_sampler.to_json() == {"queue_depth_polling_period": 100, "queue_depth": 3,
+                                         "io_time": 200, "weighted_io_time": 600}
+    for cb in bdev.held:
+        cb(0, bytes(512))
+    assert bdev.inflight == 0
+    now[0] = 300_000  # the half period left over, and one more
+    bdev.qd_sampler.sample()
+    assert bdev.qd_sampler.to_json()["queue_depth"] == 0
+    assert bdev.qd_sampler.to_json()["io_time"] == 200
     desc.close()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pybdev.bdev.passthru import NAMESPACE, sha1_uuid
-from tests.conftest import Target
+from tests.conftest import Target, wait_until
 
 from .conftest import names, rpc_error
 
@@ -455,14 +455,19 @@ def test_manual_examine(start_target: Any, short_dir: Path) -> None:
 
 
 def test_qd_sampling_period_kept_per_bdev(t: Target) -> None:
-    """bdev_set_qd_sampling_period: kept per bdev and shown in bdev_get_iostat, as SPDK."""
+    """bdev_set_qd_sampling_period: per bdev, and bdev_get_iostat shows what SPDK shows."""
     t.spdk("bdev_malloc_create", "-b", "Q0", "1", "512")
     t.spdk("bdev_malloc_create", "-b", "Q1", "1", "512")
     try:
         t.spdk("bdev_set_qd_sampling_period", "Q0", "1000")
         stats = {s["name"]: s for s in t.rpc("bdev_get_iostat")["bdevs"]}
         assert stats["Q0"]["queue_depth_polling_period"] == 1000
+        assert {"queue_depth", "io_time", "weighted_io_time"} <= set(stats["Q0"])
         assert "queue_depth_polling_period" not in stats["Q1"]
+        # Sampled on a timer: nothing in flight, so the depth is 0 and no time is busy.
+        wait_until(lambda: t.rpc("bdev_get_iostat", {"name": "Q0"})["bdevs"][0][
+            "queue_depth"] == 0, what="a queue depth sample")
+        assert t.rpc("bdev_get_iostat", {"name": "Q0"})["bdevs"][0]["io_time"] == 0
         t.cli("bdev_set_qd_sampling_period", "Q0", "0")
         assert "queue_depth_polling_period" not in t.rpc("bdev_get_iostat")["bdevs"][0]
         assert t.rpc_error("bdev_set_qd_sampling_period", {"name": "nope", "period": 1}) == {

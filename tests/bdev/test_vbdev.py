@@ -228,7 +228,8 @@ async def test_parts_share_one_claim_and_roll_back_together(layer: BdevLayer) ->
 async def test_module_order_puts_examine_modules_first(layer: BdevLayer) -> None:
     # SPDK's spdk_bdev_module_list_add inserts them at the head in link order.
     assert [m.name for m in layer.modules] == [
-        "delay", "split", "error", "lvol", "passthru", "malloc", "null", "aio", "nbd", "rbd"]
+        "delay", "split", "error", "lvol", "passthru", "malloc", "null", "nvme", "aio", "nbd",
+        "rbd"]
 
 
 async def test_passthru_refuses_an_exported_base_and_builds_after(layer: BdevLayer) -> None:
@@ -291,6 +292,9 @@ def clear_bdev_subsystem(t: Target, config: list[Any]) -> None:
             t.rpc(method, {"name": f"EE_{params['base_name']}"})
         else:
             t.rpc(method, {"name": params["name"]})
+    for ctrlr in t.rpc("bdev_nvme_get_controllers"):
+        t.rpc("bdev_nvme_detach_controller", {"name": ctrlr["name"]})
+    t.rpc("bdev_nvme_set_hotplug", {"enable": False})
 
 
 def test_clear_config_deletes_in_config_order(start_target: Any, short_dir: Path) -> None:
@@ -307,8 +311,10 @@ def test_clear_config_deletes_in_config_order(start_target: Any, short_dir: Path
     assert methods == ["bdev_set_options", "bdev_delay_create", "bdev_split_create",
                        "bdev_split_create", "bdev_error_create", "bdev_passthru_create",
                        "bdev_malloc_create", "bdev_malloc_create", "bdev_malloc_create",
-                       "bdev_null_create", "bdev_wait_for_examine"]
+                       "bdev_null_create", "bdev_nvme_set_options", "bdev_nvme_set_hotplug",
+                       "bdev_wait_for_examine"]
     clear_bdev_subsystem(t, config)  # t.rpc raises on any error
     assert t.rpc("bdev_get_bdevs") == []
     assert [e["method"] for e in bdev_config(t.spdk("save_config").stdout)] == [
-        "bdev_set_options", "bdev_wait_for_examine"]
+        "bdev_set_options", "bdev_nvme_set_options", "bdev_nvme_set_hotplug",
+        "bdev_wait_for_examine"]

@@ -32,7 +32,8 @@ class Queue:
         self.sock.sendall(nvme.encode_ic_req(hpda=hpda, hdgst=hdgst, ddgst=ddgst))
         (resp,) = self._recv(1)
         assert isinstance(resp, nvme.ICResp), resp
-        assert (resp.hdgst, resp.ddgst) == (hdgst, ddgst)
+        assert (resp.hdgst, resp.ddgst) == (hdgst, ddgst), nvme.check_ic_resp(resp, hdgst,
+                                                                              ddgst)
         self.icresp = resp
         self.framer = nvme.Framer(hdgst, ddgst, resp.cpda)
         self.cid = 0
@@ -102,8 +103,7 @@ class Queue:
             in_capsule = data is not None and len(data) <= self.in_capsule
         sqe = make(cid)
         if data is not None and in_capsule:
-            sqe = (sqe[:32] + len(data).to_bytes(4, "little") + sqe[36:39]
-                   + bytes([nvme.SGL_DATA_BLOCK_OFFSET]) + sqe[40:])
+            sqe = nvme.in_capsule_sqe(sqe, len(data))
             self.submit(sqe, data)
             return self.wait(cid)
         self.submit(sqe)

@@ -31,6 +31,8 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from pydantic import Field
+
 from pybdev.bdev.core import (
     Bdev,
     BdevEvent,
@@ -665,12 +667,14 @@ DECODE = (INTERNAL_ERROR, DECODE_FAILED)
 
 
 class CreateLvstoreParams(Params):
-    bdev_name: Str
-    lvs_name: Str
-    cluster_sz: U32 = 0
-    clear_method: Literal["none", "unmap", "write_zeroes"] = "unmap"
-    num_md_pages_per_cluster_ratio: U32 = 0
-    md_page_size: U32 = 0
+    bdev_name: Str = Field(description="The bdev the lvstore is made on (it is claimed)")
+    lvs_name: Str = Field(description="Name of the lvstore")
+    cluster_sz: U32 = Field(0, description="Cluster size in bytes (0: 4 MiB)")
+    clear_method: Literal["none", "unmap", "write_zeroes"] = Field(
+        "unmap", description="How the bdev is cleared: none, unmap or write_zeroes")
+    num_md_pages_per_cluster_ratio: U32 = Field(
+        0, description="Metadata pages reserved per 100 clusters (0: 100)")
+    md_page_size: U32 = Field(0, description="Metadata page size in bytes (0: 4096)")
 
 
 @RPC.method("bdev_lvol_create_lvstore", CreateLvstoreParams, decode_error=DECODE,
@@ -683,8 +687,8 @@ async def bdev_lvol_create_lvstore(module: LvolModule, p: CreateLvstoreParams) -
 
 
 class LvstoreSelector(Params):
-    uuid: Str | None = None
-    lvs_name: Str | None = None
+    uuid: Str | None = Field(None, description="UUID of the lvstore")
+    lvs_name: Str | None = Field(None, description="Name of the lvstore (give uuid or lvs_name)")
 
 
 @RPC.method("bdev_lvol_delete_lvstore", LvstoreSelector, decode_error=DECODE,
@@ -705,8 +709,8 @@ def bdev_lvol_get_lvstores(module: LvolModule, p: LvstoreSelector) -> list[dict[
 
 
 class RenameParams(Params):
-    old_name: Str
-    new_name: Str
+    old_name: Str = Field(description="Current name")
+    new_name: Str = Field(description="New name")
 
 
 @RPC.method("bdev_lvol_rename_lvstore", RenameParams, decode_error=DECODE,
@@ -726,12 +730,15 @@ async def bdev_lvol_grow_lvstore(module: LvolModule, p: LvstoreSelector) -> bool
 
 
 class CreateLvolParams(Params):
-    lvol_name: Str
-    size_in_mib: U64
-    thin_provision: bool = False
-    uuid: Str | None = None
-    lvs_name: Str | None = None
-    clear_method: Literal["default", "none", "unmap", "write_zeroes"] = "default"
+    lvol_name: Str = Field(description="Name of the lvol (the bdev alias is LVS/NAME)")
+    size_in_mib: U64 = Field(description="Size in MiB, rounded up to whole clusters")
+    thin_provision: bool = Field(
+        False, description="Allocate clusters on first write instead of now")
+    uuid: Str | None = Field(None, description="UUID of the lvstore (or give lvs_name)")
+    lvs_name: Str | None = Field(None, description="Name of the lvstore")
+    clear_method: Literal["default", "none", "unmap", "write_zeroes"] = Field(
+        "default", description=(
+            "How clusters are cleared when freed: default, none, unmap or write_zeroes"))
 
 
 @RPC.method("bdev_lvol_create", CreateLvolParams, decode_error=DECODE,
@@ -744,8 +751,8 @@ async def bdev_lvol_create(module: LvolModule, p: CreateLvolParams) -> str:
 
 
 class SnapshotParams(Params):
-    lvol_name: Str
-    snapshot_name: Str
+    lvol_name: Str = Field(description="The lvol to snapshot (name, alias or UUID)")
+    snapshot_name: Str = Field(description="Name of the snapshot")
 
 
 @RPC.method("bdev_lvol_snapshot", SnapshotParams, decode_error=DECODE,
@@ -756,8 +763,8 @@ async def bdev_lvol_snapshot(module: LvolModule, p: SnapshotParams) -> str:
 
 
 class CloneParams(Params):
-    snapshot_name: Str
-    clone_name: Str
+    snapshot_name: Str = Field(description="The snapshot to clone")
+    clone_name: Str = Field(description="Name of the clone")
 
 
 @RPC.method("bdev_lvol_clone", CloneParams, decode_error=DECODE,
@@ -775,8 +782,8 @@ async def bdev_lvol_rename(module: LvolModule, p: RenameParams) -> bool:
 
 
 class ResizeParams(Params):
-    name: Str
-    size_in_mib: U64
+    name: Str = Field(description="The lvol (name, alias or UUID)")
+    size_in_mib: U64 = Field(description="New size in MiB, rounded up to whole clusters")
 
 
 @RPC.method("bdev_lvol_resize", ResizeParams, decode_error=DECODE, result={"type": "boolean"})
@@ -826,8 +833,8 @@ async def bdev_lvol_decouple_parent(module: LvolModule, p: NameParams) -> bool:
 
 
 class SetParentParams(Params):
-    lvol_name: Str
-    parent_name: Str
+    lvol_name: Str = Field(description="The thin lvol")
+    parent_name: Str = Field(description="The snapshot that becomes its parent")
 
 
 @RPC.method("bdev_lvol_set_parent", SetParentParams, decode_error=DECODE,
@@ -870,8 +877,8 @@ async def bdev_lvol_set_parent_bdev(module: LvolModule, p: SetParentBdevParams) 
 
 
 class StartShallowCopyParams(Params):
-    src_lvol_name: Str
-    dst_bdev_name: Str
+    src_lvol_name: Str = Field(description="The read-only lvol to copy")
+    dst_bdev_name: Str = Field(description="The bdev its clusters are copied to")
 
 
 @RPC.method("bdev_lvol_start_shallow_copy", StartShallowCopyParams, decode_error=DECODE,
@@ -884,7 +891,7 @@ def bdev_lvol_start_shallow_copy(module: LvolModule,
 
 
 class CheckShallowCopyParams(Params):
-    operation_id: U32
+    operation_id: U32 = Field(description="The id bdev_lvol_start_shallow_copy answered")
 
 
 @RPC.method("bdev_lvol_check_shallow_copy", CheckShallowCopyParams, decode_error=DECODE,
@@ -897,8 +904,8 @@ def bdev_lvol_check_shallow_copy(module: LvolModule,
 
 
 class GetLvolsParams(Params):
-    lvs_uuid: Str | None = None
-    lvs_name: Str | None = None
+    lvs_uuid: Str | None = Field(None, description="Only the lvols of this lvstore (UUID)")
+    lvs_name: Str | None = Field(None, description="Only the lvols of this lvstore (name)")
 
 
 @RPC.method("bdev_lvol_get_lvols", GetLvolsParams, decode_error=DECODE,
@@ -913,8 +920,8 @@ def bdev_lvol_get_lvols(module: LvolModule, p: GetLvolsParams) -> list[dict[str,
 
 
 class CheckParams(Params):
-    uuid: Str | None = None
-    lvs_name: Str | None = None
+    uuid: Str | None = Field(None, description="UUID of the lvstore")
+    lvs_name: Str | None = Field(None, description="Name of the lvstore")
 
 
 @RPC.method("bdev_lvol_check_lvstore", CheckParams, decode_error=DECODE, mutating=False,

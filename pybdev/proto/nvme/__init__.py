@@ -28,6 +28,9 @@ expectations are summarised in ``docs/nvmf.md``.  Import everything from here
 ``data``
     ``IdentifyController``, ``IdentifyNamespace``, namespace lists and descriptors,
     ``DiscoveryEntry`` and the discovery log page, changed-namespace list, SMART log.
+``host``
+    ``HostQueue``: the host side of one queue pair (ICReq, ICResp check, CIDs,
+    in-capsule or R2T-driven write data, C2HData reassembly, completions).
 ``errors``
     ``PduError`` (fatal for the connection; carries FES/FEI for the TermReq) and
     ``DecodeError`` (a malformed data structure).
@@ -49,12 +52,13 @@ Controller side, per connection::
 
 from __future__ import annotations
 
-from . import command, const, data, errors, pdu
+from . import command, const, data, errors, host, pdu
 from .command import *  # noqa: F403
 from .const import *  # noqa: F403
 from .crc32c import crc32c
 from .data import *  # noqa: F403
 from .errors import *  # noqa: F403
+from .host import *  # noqa: F403
 from .pdu import *  # noqa: F403
 
 __all__ = [
@@ -64,4 +68,5 @@ __all__ = [
     *data.__all__,
     *errors.__all__,
     *pdu.__all__,
+    *host.__all__,
 ]

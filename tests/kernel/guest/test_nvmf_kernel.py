@@ -155,3 +155,49 @@ def test_bdev_deleted_under_fio_and_target_killed(targets: list[Target],
     time.sleep(6)  # one hung-task check period
     dmesg = sh("dmesg").stdout
     assert not [line for line in dmesg.splitlines() if any(h in line for h in HUNG)], dmesg
+
+
+KNQN = "nqn.2024-01.io.pybdev:kernel-target"
+NVMET = "/sys/kernel/config/nvmet"
+
+
+def test_initiator_bdev_against_kernel_target(targets: list[Target], tmp_path: Path) -> None:
+    """Issue 17: pybdev's NVMe/TCP initiator (bdev_nvme_attach_controller) against the
+    kernel's nvmet-tcp target configured through configfs, data checked with fio through
+    the kernel NBD export of the namespace bdev and read back from the target's device."""
+    sh("ip link set lo up")
+    sh("modprobe crc32c_generic", check=False)
+    sh("modprobe null_blk nr_devices=1 gb=1 bs=4096 memory_backed=1")
+    sh("modprobe nvmet-tcp")
+    if not Path(NVMET).exists():
+        sh("mount -t configfs none /sys/kernel/config")
+    sub, port = f"{NVMET}/subsystems/{KNQN}", f"{NVMET}/ports/7"
+    sh(f"mkdir {sub} && echo 1 > {sub}/attr_allow_any_host && "
+       f"echo PYBDEVNVMET1 > {sub}/attr_serial && mkdir {sub}/namespaces/1 && "
+       f"echo /dev/nullb0 > {sub}/namespaces/1/device_path && "
+       f"echo 1 > {sub}/namespaces/1/enable && mkdir {port} && "
+       f"echo 127.0.0.1 > {port}/addr_traddr && echo tcp > {port}/addr_trtype && "
+       f"echo 4421 > {port}/addr_trsvcid && echo ipv4 > {port}/addr_adrfam && "
+       f"ln -s {sub} {port}/subsystems/{KNQN}")
+    t = Target(tmp_path / "i.sock", [], tmp_path / "i.log").wait_ready(timeout=120)
+    targets.append(t)
+    assert t.cli("bdev_nvme_attach_controller", "-b", "K", "-t", "tcp", "-a", "127.0.0.1",
+                 "-f", "ipv4", "-s", "4421", "-n", KNQN, "-e", "-d").stdout.split() == ["Kn1"]
+    (bdev,) = t.rpc("bdev_get_bdevs", {"name": "Kn1"})
+    assert (bdev["block_size"], bdev["num_blocks"]) == (4096, (1 << 30) // 4096)
+    assert bdev["driver_specific"]["nvme"][0]["ctrlr_data"]["serial_number"] == "PYBDEVNVMET1"
+    t.rpc("nbd_start_disk", {"bdev_name": "Kn1", "nbd_device": "/dev/nbd0"})
+    dev = "/dev/nbd0"
+    fio = (f"fio --name=v --filename={dev} --direct=1 --ioengine=libaio --verify=crc32c "
+           "--do_verify=1 --output-format=terse")
+    sh(f"{fio} --rw=randwrite --bs=4k --iodepth=32 --size=4M")
+    sh(f"{fio} --rw=write --bs=128k --iodepth=8 --size=16M --offset=64M")
+    sh(f"dd if=/dev/urandom of={tmp_path}/a bs=64k count=16 status=none && "
+       f"dd if={tmp_path}/a of={dev} bs=64k seek=2048 oflag=direct status=none && "
+       f"dd if=/dev/nullb0 of={tmp_path}/b bs=64k skip=2048 count=16 iflag=direct "
+       f"status=none && cmp {tmp_path}/a {tmp_path}/b")
+    t.rpc("nbd_stop_disk", {"nbd_device": dev})
+    t.cli("bdev_nvme_detach_controller", "K")
+    assert t.rpc("bdev_get_bdevs") == []
+    sh(f"rm {port}/subsystems/{KNQN} && echo 0 > {sub}/namespaces/1/enable && "
+       f"rmdir {sub}/namespaces/1 {port} {sub}")
