@@ -1,0 +1,157 @@
+"""pybdev's NVMe/TCP initiator vs the kernel's, against the same kernel nvmet-tcp target.
+
+Runs inside the kernel VM (``tests/kernel/vm.py``): started on the host, it boots the VM
+and runs itself there with ``--in-vm``. Inside, one target: the kernel's nvmet-tcp on
+127.0.0.1:4421 exporting a memory-backed ``null_blk`` (configured through configfs by
+``bench/nvmf_vs_kernel.py``'s helpers), reached three ways:
+
+* ``kernel``: the kernel's initiator, ``nvme connect`` -> ``/dev/nvmeXnY``;
+* ``pybdev-nbd``: pybdev's initiator (``bdev_nvme_attach_controller`` -> ``Kn1``), the bdev
+  exported through the kernel NBD driver (``nbd_start_disk`` -> ``/dev/nbd0``);
+* ``pybdev-ublk``: the same bdev through ublk (``ublk_start_disk`` -> ``/dev/ublkb0``).
+
+No digests on either initiator. fio (libaio, O_DIRECT, 48 MiB range; the jobs of
+``bench/nvmf_vs_kernel.py``) runs on each device, interleaved round by round (``--rounds``,
+3 by default); the **median** counts. Software emulation makes absolute numbers
+meaningless, so the result is the ratio pybdev/kernel per job. Note that the pybdev paths
+cross the kernel twice (NBD or ublk in front of pybdev's initiator), the kernel's once.
+Usage::
+
+    python bench/nvme_initiator_vs_kernel.py [--runtime 8] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.nvmf_vs_kernel import ANCHOR, JOBS, by_serial, fio, nvmet_setup, nvmet_teardown, sh  # noqa: E402
+
+PYBDEV = ("pybdev-nbd", "pybdev-ublk")
+
+
+def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
+    from tests.conftest import Target
+
+    sh("ip link set lo up")
+    sh("modprobe nvme-tcp")
+    sh("modprobe nbd", check=False)
+    sh("modprobe ublk_drv", check=False)
+    tmp = Path(tempfile.mkdtemp())
+    nvmet_setup()
+    t = Target(tmp / "b.sock", [], tmp / "target.log").wait_ready(120)
+    devices: dict[str, str] = {}
+    notes: list[str] = []
+    try:
+        sh(f"nvme connect -t tcp -a 127.0.0.1 -s 4421 -n {ANCHOR}")
+        devices["kernel"] = by_serial("NVMETBENCH1")
+        names = t.rpc("bdev_nvme_attach_controller", {
+            "name": "K", "trtype": "tcp", "traddr": "127.0.0.1", "adrfam": "ipv4",
+            "trsvcid": "4421", "subnqn": ANCHOR})
+        if names != ["Kn1"]:
+            raise RuntimeError(f"attach returned {names}")
+        try:
+            t.rpc("nbd_start_disk", {"bdev_name": "Kn1", "nbd_device": "/dev/nbd0"})
+            devices["pybdev-nbd"] = "/dev/nbd0"
+        except Exception as e:
+            notes.append(f"kernel NBD export unavailable ({e})")
+        try:
+            t.rpc("ublk_create_target")
+            t.rpc("ublk_start_disk", {"bdev_name": "Kn1", "ublk_id": 0,
+                                      "num_queues": 1, "queue_depth": 128})
+            devices["pybdev-ublk"] = "/dev/ublkb0"
+        except Exception as e:
+            notes.append(f"ublk export unavailable ({e})")
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {
+            d: {j: [] for j in JOBS} for d in devices}
+        for _ in range(opts.rounds):
+            for job, args in JOBS.items():
+                for name, path in devices.items():
+                    runs[name][job].append(fio(path, args, opts.runtime))
+        medians = {d: {j: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+                       for j, rs in jobs.items()} for d, jobs in runs.items()}
+        ratios = {f"{p}/kernel": {j: medians[p][j]["iops"] / medians["kernel"][j]["iops"]
+                                  for j in JOBS} for p in PYBDEV if p in medians}
+        return {"medians": medians, "runs": runs, "ratios": ratios, "notes": notes,
+                "devices": devices, "runtime_s": opts.runtime, "rounds": opts.rounds,
+                "environment": "QEMU TCG guest, 2 vCPUs, kernel 6.12 (emulation: only "
+                               "ratios are meaningful)"}
+    finally:
+        sh(f"nvme disconnect -n {ANCHOR}", check=False)
+        for method, params in (("nbd_stop_disk", {"nbd_device": "/dev/nbd0"}),
+                               ("ublk_stop_disk", {"ublk_id": 0}),
+                               ("ublk_destroy_target", None),
+                               ("bdev_nvme_detach_controller", {"name": "K"})):
+            with contextlib.suppress(Exception):
+                t.rpc(method, params, timeout=60)
+        t.stop(timeout=60)
+        nvmet_teardown()
+
+
+def report(data: dict[str, Any]) -> str:
+    med = data["medians"]
+    names = [n for n in ("kernel", *PYBDEV) if n in med]
+    head = f"{'job':<18}" + "".join(f" {n + ' IOPS':>16}" for n in names)
+    head += "".join(f" {r:>18}" for r in data["ratios"])
+    lines = [head]
+    for job in JOBS:
+        line = f"{job:<18}" + "".join(f" {med[n][job]['iops']:16.0f}" for n in names)
+        line += "".join(f" {data['ratios'][r][job]:18.2f}" for r in data["ratios"])
+        lines.append(line)
+    lines += data["notes"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runtime", type=int, default=8, help="seconds per fio run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
+    opts = p.parse_args()
+    if opts.in_vm:
+        data = in_vm(opts)
+        out = Path(os.environ.get("PYBDEV_VM_SHARE", "/tmp")) / "nvme_initiator_vs_kernel.json"
+        out.write_text(json.dumps(data, indent=2))
+        print(report(data))
+        return 0
+    from tests.kernel import vm
+
+    reason = vm.unavailable_reason()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 1
+    if not shutil.which("fio"):
+        print("cannot run: fio is not installed", file=sys.stderr)
+        return 1
+    share = Path(tempfile.mkdtemp(prefix="nvme-init-bench-"))
+    budget = len(JOBS) * opts.rounds * 3 * (opts.runtime + 15) + 300
+    start = time.monotonic()
+    r = vm.run_in_vm(f"{sys.executable} bench/nvme_initiator_vs_kernel.py --in-vm "
+                     f"--runtime {opts.runtime} --rounds {opts.rounds}", timeout=budget,
+                     share_dir=share)
+    print(r.output)
+    if r.returncode != 0:
+        print(r.describe(), file=sys.stderr)
+        return 1
+    data = json.loads((share / "nvme_initiator_vs_kernel.json").read_text())
+    data["wall_s"] = round(time.monotonic() - start, 1)
+    if opts.json:
+        opts.json.write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
