@@ -13,8 +13,9 @@ and runs itself there with ``--in-vm``. Inside, one target: the kernel's nvmet-t
 No digests on either initiator. fio (libaio, O_DIRECT, 48 MiB range; the jobs of
 ``bench/nvmf_vs_kernel.py``) runs on each device, interleaved round by round (``--rounds``,
 3 by default); the **median** counts. Software emulation makes absolute numbers
-meaningless, so the result is the ratio pybdev/kernel per job. Note that the pybdev paths
-cross the kernel twice (NBD or ublk in front of pybdev's initiator), the kernel's once.
+meaningless, so the result is the ratio pybdev/kernel per job. The pybdev paths carry a
+hop the kernel's lacks (NBD or ublk in front of pybdev's initiator); results and caveats
+are in docs/nvme-initiator.md.
 Usage::
 
     python bench/nvme_initiator_vs_kernel.py [--runtime 8] [--rounds 3] [--json out.json]
