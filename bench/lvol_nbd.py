@@ -1,21 +1,23 @@
 """Logical volumes: what the lvol layer costs, measured with fio's nbd engine and RPC timings.
 
 1. A thick lvol against a malloc bdev of the same size, both exported over NBD (Unix socket)
-   by one target, interleaved in the same run: 4 KiB QD32 random read and write. Both disks
-   are filled first so neither pays anything on first touch.
+   by one target, interleaved in the same run (the order alternates from round to round):
+   4 KiB QD32 random read and write. Both disks are filled first so neither pays anything on
+   first touch.
 2. First-write allocation: 4 KiB QD32 random writes on a fresh thin lvol (most writes
-   allocate a cluster: a metadata commit each, grouped), against the same on the thick lvol.
+   allocate a cluster: a metadata commit each, grouped), against the same on the thick lvol
+   right after it.
 3. Snapshot and clone creation while fio writes to the origin: the RPC latency.
 4. Start-up: an aio base holding an lvstore with N lvols and N/10 snapshots; the time
    ``bdev_aio_create`` takes (it answers after examine loaded the store and registered
    every lvol bdev), for a few N.
 
-    python bench/lvol_nbd.py [--runtime 5] [--rounds 3] [--size 256M] [--load 100,500,1000]
+    python bench/lvol_nbd.py [--runtime 5] [--rounds 3] [--size 256M] [--load 250,500,1000]
     python bench/lvol_nbd.py --micro
 
 ``--micro`` measures in process the CPU per 4 KiB request through a descriptor of a malloc
-bdev and of a thick lvol on another malloc (best of 7 rounds, process time): the lvol
-layer's own cost, without the NBD server or other processes' noise.
+bdev, of a thick lvol and of a fully allocated thin lvol on another malloc (best of 7 rounds,
+process time): the lvol layer's own cost, without the NBD server or other processes' noise.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Target:
-    def __init__(self, tmp: Path, name: str) -> None:
+    def __init__(self, tmp: Path, name: str, *args: str) -> None:
         self.sock = tmp / f"{name}.sock"
         self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "pybdev", "-r", str(self.sock)],
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "pybdev", "-r", str(self.sock),
+                                      *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while True:
             try:
                 self.rpc("spdk_get_version")
@@ -55,7 +59,9 @@ class Target:
             except (OSError, JsonRpcException):
                 if time.monotonic() > deadline:
                     raise SystemExit("target did not start") from None
-                time.sleep(0.05)
+                time.sleep(0.02)
+        # The socket answers once the --json replay (and its examine) is done.
+        self.ready_after = time.perf_counter() - self.started
 
     def rpc(self, method: str, params: dict[str, Any] | None = None) -> Any:
         with RpcClient(str(self.sock), timeout=600) as c:
@@ -112,9 +118,9 @@ def thick_vs_base(t: Target, tmp: Path, size: int, runtime: float, rounds: int) 
         got: dict[str, list[float]] = {k: [] for k in uris}
         cpu: dict[str, list[float]] = {k: [] for k in uris}
         ratios = []
-        for _ in range(rounds):
+        for i in range(rounds):
             r = {}
-            for k, u in uris.items():
+            for k, u in (list(uris.items()) if i % 2 == 0 else list(uris.items())[::-1]):
                 c0 = t.cpu_seconds()
                 res = fio(u, size, runtime, f"--rw={rw}", "--bs=4k", "--iodepth=32")
                 # fio's ramp time is not in total_ios: only a bound, the same for both.
@@ -132,8 +138,11 @@ def thick_vs_base(t: Target, tmp: Path, size: int, runtime: float, rounds: int) 
     thin = export(t, tmp, "lvs/thin", "thin")
     r = fio(thin, size, runtime, "--rw=randwrite", "--bs=4k", "--iodepth=32")
     n = t.rpc("bdev_lvol_get_lvols")[1]["num_allocated_clusters"]
+    thick = fio(uris["lvol"], size, runtime, "--rw=randwrite", "--bs=4k", "--iodepth=32")
     print(f"4k QD32 randwrite on a fresh thin lvol: {r['iops']:.0f} IOPS, mean latency "
-          f"{r['lat_us']:.0f} us, {n} clusters allocated during the run")
+          f"{r['lat_us']:.0f} us, {n} clusters allocated during the run; the thick lvol "
+          f"right after: {thick['iops']:.0f} IOPS, {thick['lat_us']:.0f} us "
+          f"(thin/thick {r['iops'] / thick['iops']:.2f})")
     # Snapshot and clone under I/O (the thin lvol goes: the origin needs room for copies).
     t.rpc("nbd_stop_disk", {"nbd_device": thin})
     t.rpc("bdev_lvol_delete", {"name": "lvs/thin"})
@@ -187,8 +196,22 @@ def load_time(tmp: Path, n: int) -> None:
         t.rpc("bdev_aio_create", {"name": "aio0", "filename": str(image), "block_size": 4096})
         dt = time.perf_counter() - t0
         count = len(t.rpc("bdev_lvol_get_lvols"))
-        print(f"start-up with {n} lvols + {n // 10} snapshots: bdev_aio_create answered in "
-              f"{dt:.2f} s with {count} lvols loaded")
+    finally:
+        t.stop()
+    # A real start-up: --json creates the aio bdev; the socket answers after examine.
+    config = tmp / f"load{n}.json"
+    config.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_aio_create",
+         "params": {"name": "aio0", "filename": str(image), "block_size": 4096}},
+        {"method": "bdev_wait_for_examine"}]}]}))
+    empty = Target(tmp, f"empty{n}")
+    empty.stop()
+    t = Target(tmp, f"load{n}c", "--json", str(config))
+    try:
+        count2 = len(t.rpc("bdev_lvol_get_lvols"))
+        print(f"{n} lvols + {n // 10} snapshots: bdev_aio_create answered in {dt:.2f} s "
+              f"({count} loaded); start-up with --json {t.ready_after:.2f} s ({count2} "
+              f"loaded), an empty target's {empty.ready_after:.2f} s")
     finally:
         t.stop()
         image.unlink()
@@ -210,12 +233,16 @@ def micro() -> None:
             layer.add_module(cls(layer))
         m = layer.module(MallocModule)
         m.create(name="B", block_size=512, num_blocks=128 * 2048)
-        m.create(name="L", block_size=512, num_blocks=136 * 2048)
+        m.create(name="L", block_size=512, num_blocks=264 * 2048)
         lv = layer.module(LvolModule)
         await lv.create_lvstore("L", "lvs")
         await lv.create_lvol(lv.stores[0], "thick", 128 * MiB, thin=False,
                              clear_method="default")
-        descs = {n: layer.open(n, write=True) for n in ("B", "lvs/thick")}
+        await lv.create_lvol(lv.stores[0], "thin", 128 * MiB, thin=True,
+                             clear_method="default")
+        descs = {n: layer.open(n, write=True) for n in ("B", "lvs/thick", "lvs/thin")}
+        for at in range(0, 128 * MiB, 4 * MiB):  # allocate every cluster of the thin lvol
+            await descs["lvs/thin"].write_async(at, b"\0" * 4096)
         offs = [random.randrange(0, 32768) * 4096 for _ in range(100000)]
         buf = b"x" * 4096
         best: dict[str, list[float]] = {}
@@ -237,8 +264,9 @@ def micro() -> None:
                 b = best.setdefault(name, [1e9, 1e9])
                 b[0] = min(b[0], (t1 - t0) / len(offs) * 1e9)
                 b[1] = min(b[1], (t2 - t1) / len(offs) * 1e9)
+        labels = {"B": "malloc", "lvs/thick": "thick lvol", "lvs/thin": "thin lvol"}
         for name, (r, w) in best.items():
-            label = "malloc" if name == "B" else "thick lvol"
+            label = labels[name]
             print(f"{label:10s}: read {r:5.0f} ns, write {w:5.0f} ns per 4 KiB request")
         for d in descs.values():
             d.close()
@@ -253,7 +281,7 @@ def main() -> None:
     ap.add_argument("--runtime", type=float, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", default="256M")
-    ap.add_argument("--load", default="100,500,1000")
+    ap.add_argument("--load", default="250,500,1000")
     ap.add_argument("--micro", action="store_true")
     a = ap.parse_args()
     if a.micro:

@@ -214,6 +214,9 @@ class Bdev:
     #: after the callback. An export may then serve them where its requests arrive (ublk's
     #: queue threads, docs/decisions/ublk-queue-serving.md) instead of on the event loop.
     thread_safe_submit: ClassVar[bool] = False
+    #: ``submit_read`` and ``submit_write`` call their callback before they return, always
+    #: (RAM-backed modules): a stacked bdev need not track such requests in flight.
+    completes_inline: bool = False
     # Metadata and protection information, SPDK's md_len, md_interleave, dif_type,
     # dif_is_head_of_md, dif_pi_format and dif_check_flags (values of pybdev.bdev.dif). With
     # interleaved metadata ``block_size`` counts data and metadata, as SPDK's blocklen

@@ -88,6 +88,7 @@ class MallocBdev(Bdev):
     fua_native = True  # a write is in the bdev's memory when it completes
     read_buffer = ReadBuffer.HELD  # views of the bdev's memory (it outlives them)
     thread_safe_submit = True  # a memcpy inside the call: ublk serves it on its queue thread
+    completes_inline = True
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None,
                  physical_block_size: int, optimal_io_boundary: int, numa_id: int,

@@ -41,6 +41,7 @@ class NullBdev(Bdev):
     module_name = "null"
     read_buffer = ReadBuffer.HELD  # a shared zero buffer that never changes
     thread_safe_submit = True  # completes inside the call, touches nothing
+    completes_inline = True
 
     def __init__(self, name: str, block_size: int, num_blocks: int, uuid: str | None, *,
                  physical_block_size: int = 0, md_size: int = 0, dif_type: int = 0,

@@ -19,7 +19,10 @@ framework does the rest, the way SPDK's vbdev modules each do it by hand:
 Shapes: one vbdev over one base (passthru, error, delay); one vbdev over several bases
 (RAID-like: built only once every base is present, torn down when any goes); several vbdevs
 over one base, each on an offset range (SPDK's partition model, ``lib/bdev/part.c``: the
-base is opened and claimed once, and each part forwards with its offset; split).
+base is opened and claimed once, and each part forwards with its offset; split). A module
+may also attach bases it opened and claimed itself and add parts over the attachment's life
+(:meth:`VbdevModule.attach`, :meth:`Attachment.add`, :attr:`VbdevModule.holds_bases`: the
+lvol module, whose lvstore is found on the base and owns it with or without lvols).
 docs/vbdev-framework.md describes the life cycle and the claim rules.
 """
 
@@ -31,6 +34,7 @@ import hashlib
 import logging
 import struct
 import uuid as uuidlib
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pybdev.bdev.core import (
@@ -206,7 +210,13 @@ class VirtualBdev(StackedBdev):
 
 
 class Attachment:
-    """A built config: its bases, opened and claimed, and the bdevs registered on them."""
+    """A built config: its bases, opened and claimed, and the bdevs registered on them.
+
+    Normally the bases are released with the last bdev. A module with
+    :attr:`VbdevModule.holds_bases` keeps them while it has no bdev (an lvstore with no
+    lvol still owns its base); they are released by :meth:`release` (the module's delete),
+    or once every bdev is gone after a base was removed.
+    """
 
     def __init__(self, module: VbdevModule[Any], config: VbdevConfig,
                  descs: list[Descriptor]) -> None:
@@ -214,11 +224,27 @@ class Attachment:
         self.config = config
         self.descs = descs
         self.bdevs: list[StackedBdev] = []
+        self.base_removed = False
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, bdev: StackedBdev) -> None:
+        """Register one more bdev over these bases (a part made after the build)."""
+        if not self.descs:
+            raise OperationError(errno.ENODEV, "the bases of this vbdev are released")
+        bdev.attachment = self
+        try:
+            self.module.layer.register(bdev)
+        except BaseException:
+            bdev.attachment = None
+            raise
+        self.bdevs.append(bdev)
 
     def on_base_event(self, event: BdevEvent, base: Bdev) -> None:
         if event is BdevEvent.REMOVE:
+            self.base_removed = True
             self.unregister_all()
+            if not self.bdevs:
+                self.release()
         elif event is BdevEvent.RESIZE:
             for bdev in self.bdevs:
                 bdev.on_base_resize(base)
@@ -246,7 +272,7 @@ class Attachment:
         """``bdev`` was destroyed; the last one gone releases the bases."""
         if bdev in self.bdevs:
             self.bdevs.remove(bdev)
-        if not self.bdevs:
+        if not self.bdevs and (self.base_removed or not self.module.holds_bases):
             self.release()
 
     def release(self) -> None:
@@ -272,6 +298,9 @@ class VbdevModule(BdevModule, Generic[C]):
     #: ``save_config`` writes configs still waiting for their bases (error, split), or only
     #: the built ones (passthru, delay).
     saves_pending: ClassVar[bool] = False
+    #: Keep the bases opened and claimed while no vbdev is built on them (an lvstore owns
+    #: its base with or without lvols); :meth:`Attachment.release` lets go of them.
+    holds_bases: ClassVar[bool] = False
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
@@ -321,26 +350,37 @@ class VbdevModule(BdevModule, Generic[C]):
             for desc in descs:
                 desc.close()
             raise
+        return self.attach(config, descs, bdevs)
+
+    def attach(self, config: C, descs: list[Descriptor],
+               bdevs: list[StackedBdev]) -> Attachment:
+        """Take ``descs`` (opened and claimed) as ``config``'s bases and register ``bdevs``.
+
+        :meth:`build` ends here; a module that opens and claims its bases itself (the lvol
+        module reads a base before it claims it) calls it directly. Registration failing
+        undoes it all: registered bdevs come down, the bases are released.
+        """
         attachment = Attachment(self, config, descs)
         for desc in descs:
             desc.event_cb = attachment.on_base_event
         config.attachment = attachment
+        if config not in self.configs:
+            self.configs.append(config)
         for bdev in bdevs:
-            bdev.attachment = attachment
             try:
-                layer.register(bdev)
+                attachment.add(bdev)
             except BaseException:
                 if attachment.bdevs:
                     # Registered parts may already carry vbdevs of their own (examine):
                     # they come down as on a hot-remove, which also releases the base.
+                    attachment.base_removed = True
                     attachment.unregister_all()
                 else:
                     attachment.release()
                 raise
-            attachment.bdevs.append(bdev)
         return attachment
 
-    def examine(self, bdev: Bdev) -> None:
+    def examine(self, bdev: Bdev) -> Awaitable[None] | None:
         for config in list(self.configs):
             if config.attachment is not None or bdev.name not in config.base_names:
                 continue
@@ -353,6 +393,7 @@ class VbdevModule(BdevModule, Generic[C]):
                           ", ".join(config.base_names), e)
                 if not self.keep_unbuilt and config in self.configs:
                     self.configs.remove(config)
+        return None
 
     def _present(self, name: str) -> bool:
         bdev = self.layer.bdevs.get(name)

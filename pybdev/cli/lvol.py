@@ -47,6 +47,15 @@ def bdev_lvol_clone(a: argparse.Namespace) -> None:
                      clone_name=a.clone_name))
 
 
+def bdev_lvol_clone_bdev(a: argparse.Namespace) -> None:
+    print_json(_call(a, "bdev_lvol_clone_bdev", bdev=a.bdev, lvs_name=a.lvs_name,
+                     clone_name=a.clone_name))
+
+
+def bdev_lvol_set_parent_bdev(a: argparse.Namespace) -> None:
+    _call(a, "bdev_lvol_set_parent_bdev", lvol_name=a.lvol_name, parent_name=a.parent_name)
+
+
 def bdev_lvol_rename(a: argparse.Namespace) -> None:
     _call(a, "bdev_lvol_rename", old_name=a.old_name, new_name=a.new_name)
 
@@ -161,6 +170,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = cmd("bdev_lvol_set_parent", bdev_lvol_set_parent, "Set the parent snapshot of a lvol")
     p.add_argument("lvol_name", help="UUID or alias of the lvol to set parent of")
     p.add_argument("parent_name", help="UUID or alias of the snapshot to become parent of lvol")
+
+    p = cmd("bdev_lvol_set_parent_bdev", bdev_lvol_set_parent_bdev,
+            "Set the parent external snapshot of a lvol")
+    p.add_argument("lvol_name", help="UUID or alias of the lvol to set external parent of")
+    p.add_argument("parent_name",
+                   help="UUID or name of the external snapshot to become parent of lvol")
+
+    p = cmd("bdev_lvol_clone_bdev", bdev_lvol_clone_bdev, "Create a clone of a non-lvol bdev")
+    p.add_argument("bdev", help="Name or UUID for bdev that acts as the external snapshot")
+    p.add_argument("lvs_name", help="Name of the logical volume store")
+    p.add_argument("clone_name", help="Name for the logical volume to create")
 
     p = cmd("bdev_lvol_start_shallow_copy", bdev_lvol_start_shallow_copy,
             "Start a shallow copy of an lvol over a given bdev")

@@ -722,3 +722,167 @@ def test_thin_lvol_holes_in_the_nbd_allocation_map(t: Target, nbd: Callable[[str
     t.rpc("nbd_stop_disk", {"nbd_device": uri})
     sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
     sp(t, "bdev_malloc_delete", "Malloc0")
+
+
+# -- test/bdev/nbd_common.sh: nbd_with_lvol_verify -----------------------------------------
+@pytest.mark.skipif(not all(shutil.which(p) for p in ("qemu-img", "mkfs.ext4", "e2fsck")),
+                    reason="needs qemu-img, mkfs.ext4 and e2fsck")
+def test_nbd_with_lvol_verify(t: Target, nbd: Callable[[str], str], tmp_path: Path) -> None:
+    """SPDK's ``nbd_with_lvol_verify`` over a network NBD export (the kernel device variant
+    is in tests/kernel/guest/test_nbd_kernel.py): a 4 MiB lvol on a 16 MiB malloc gets an
+    ext4 file system, which reads back whole and checks clean."""
+    sp(t, "bdev_malloc_create", "-b", "malloc_lvol_verify", "16", "512")
+    sp(t, "bdev_lvol_create_lvstore", "malloc_lvol_verify", "lvs")
+    sp(t, "bdev_lvol_create", "lvol", "4", "-l", "lvs")
+    uri = nbd("lvs/lvol")
+    # mkfs.ext4 cannot open an NBD URI: it writes an image that qemu-img copies in.
+    image, back = tmp_path / "fs.img", tmp_path / "back.img"
+    with image.open("wb") as f:
+        f.truncate(4 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60)
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(image), uri],
+                   check=True, timeout=60)
+    t.spdk("nbd_stop_disk", uri)
+    assert t.rpc("nbd_get_disks") == []
+    uri = nbd("lvs/lvol")
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, str(back)],
+                   check=True, timeout=60)
+    assert back.read_bytes() == image.read_bytes()
+    subprocess.run(["e2fsck", "-fn", str(back)], check=True, timeout=60, capture_output=True)
+    t.rpc("nbd_stop_disk", {"nbd_device": uri})
+    sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs")
+    sp(t, "bdev_malloc_delete", "malloc_lvol_verify")
+
+
+# -- external_snapshot.sh ----------------------------------------------------------------
+ESNAP_UUID = "e4b40d8b-f623-416d-8234-baf5a4c83cbd"
+
+
+def _aio_lvs(t: Target, path: Path, name: str = "aio_esnap") -> str:
+    if not path.exists():
+        with path.open("wb") as f:
+            f.truncate(64 * MiB)
+    sp(t, "bdev_aio_create", str(path), name, "512")
+    return name
+
+
+def test_esnap_reload_and_missing(t: Target, tmp_path: Path) -> None:
+    """test_esnap_reload and test_esnap_reload_missing: an esnap clone, its snapshot and a
+    clone of that snapshot come back with the store; without the esnap they are degraded
+    (listed, no bdev), and the esnap's late arrival brings their bdevs."""
+    aio = _aio_lvs(t, tmp_path / "aio0")
+    sp(t, "bdev_lvol_create_lvstore", "-c", str(16 * 1024), aio, "lvs_test")
+    sp(t, "bdev_malloc_create", "-u", ESNAP_UUID, "1", "512")
+    eclone = sp(t, "bdev_lvol_clone_bdev", ESNAP_UUID, "lvs_test", "eclone1")
+    esnap = t.rpc("bdev_get_bdevs", {"name": ESNAP_UUID})[0]
+    assert (esnap["claimed"], esnap["claim_type"]) == (True, "read_many_write_none")
+    info = sp(t, "bdev_get_bdevs", "-b", "lvs_test/eclone1")[0]
+    lv = info["driver_specific"]["lvol"]
+    assert info["name"] == eclone and lv["esnap_clone"] and not lv["clone"]
+    assert lv["external_snapshot_name"] == ESNAP_UUID and info["num_blocks"] == 2048
+    snap = sp(t, "bdev_lvol_snapshot", eclone, "snap1")
+    clone = sp(t, "bdev_lvol_clone", snap, "clone1")
+
+    def reload() -> None:
+        sp(t, "bdev_aio_delete", aio)
+        sp_fails(t, "bdev_lvol_get_lvstores", "-l", "lvs_test")
+        _aio_lvs(t, tmp_path / "aio0")
+
+    reload()
+    for name, uuid in (("eclone1", eclone), ("snap1", snap), ("clone1", clone)):
+        assert sp(t, "bdev_get_bdevs", "-b", f"lvs_test/{name}")[0]["name"] == uuid
+    lvols = {v["name"]: v for v in sp(t, "bdev_lvol_get_lvols")}
+    assert lvols["snap1"]["is_esnap_clone"] and not lvols["eclone1"]["is_esnap_clone"]
+    assert not any(v["is_degraded"] for v in lvols.values())
+
+    # Missing at load: degraded, no bdev; the esnap's arrival revives all three.
+    sp(t, "bdev_aio_delete", aio)
+    sp(t, "bdev_malloc_delete", ESNAP_UUID)
+    _aio_lvs(t, tmp_path / "aio0")
+    lvols = {v["name"]: v for v in sp(t, "bdev_lvol_get_lvols")}
+    assert sorted(lvols) == ["clone1", "eclone1", "snap1"]
+    assert all(v["is_degraded"] for v in lvols.values())
+    sp_fails(t, "bdev_get_bdevs", "-b", "lvs_test/eclone1")
+    sp(t, "bdev_malloc_create", "-u", ESNAP_UUID, "1", "512")
+    for name in ("eclone1", "snap1", "clone1"):
+        sp(t, "bdev_get_bdevs", "-b", f"lvs_test/{name}")
+    assert not any(v["is_degraded"] for v in sp(t, "bdev_lvol_get_lvols"))
+
+    # Hot-remove of the esnap degrades them again; degraded lvols can be deleted.
+    sp(t, "bdev_malloc_delete", ESNAP_UUID)
+    assert [b["name"] for b in lvol_bdevs(t)] == []
+    sp(t, "bdev_lvol_delete", "lvs_test/clone1")
+    sp(t, "bdev_lvol_delete", snap)
+    sp(t, "bdev_lvol_delete", "lvs_test/eclone1")
+    assert sp(t, "bdev_lvol_get_lvols") == []
+    assert t.rpc("bdev_lvol_check_lvstore", {"lvs_name": "lvs_test"})["ok"]
+    sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
+    sp(t, "bdev_aio_delete", aio)
+
+
+@needs_qemu_io
+def test_esnap_clone_data(t: Target, nbd: Callable[[str], str]) -> None:
+    """Reads of unwritten clusters come from the esnap, a partial write copies the rest of
+    its cluster from it, and the esnap itself is never written; errors as SPDK's."""
+    malloc(t)
+    sp(t, "bdev_lvol_create_lvstore", "Malloc0", "lvs_test")
+    esnap = sp(t, "bdev_malloc_create", "-b", "esnap", "8", "512")
+    uri = nbd(esnap)
+    qemu_io(uri, "write -P 0x11 0 8M")
+    # Written by an export: it cannot be claimed read_many_write_none.
+    assert "Operation not permitted" in sp_fails(t, "bdev_lvol_clone_bdev", "esnap",
+                                                 "lvs_test", "c")
+    t.rpc("nbd_stop_disk", {"nbd_device": uri})
+    err = sp_fails(t, "bdev_lvol_clone_bdev", "nope", "lvs_test", "c")
+    assert "bdev does not exist" in err
+    err = sp_fails(t, "bdev_lvol_clone_bdev", "esnap", "nope", "c")
+    assert "lvs does not exist" in err
+    inner = sp(t, "bdev_lvol_create", "-l", "lvs_test", "inner", "4")
+    err = sp_fails(t, "bdev_lvol_clone_bdev", inner, "lvs_test", "c")
+    assert "use bdev_lvol_clone instead" in err
+    odd = sp(t, "bdev_malloc_create", "-b", "odd", "6", "512")  # not whole 4 MiB clusters
+    assert "Invalid argument" in sp_fails(t, "bdev_lvol_clone_bdev", odd, "lvs_test", "c")
+    eclone = sp(t, "bdev_lvol_clone_bdev", "esnap", "lvs_test", "eclone")
+    # Claimed read_many_write_none: nobody may write the esnap now.
+    assert t.rpc_error("nbd_start_disk", {"bdev_name": "esnap",
+                                          "nbd_device": "nbd+unix:///x?socket=/tmp/x"})
+    u = nbd(eclone)
+    qemu_io(u, "read -P 0x11 0 8M", "write -P 0x22 4M 4k", "read -P 0x11 4100k 4092k",
+            "read -P 0x22 4M 4k", "read -P 0x11 0 4M")
+    assert sp(t, "bdev_lvol_get_lvols", "-l", "lvs_test")[1]["num_allocated_clusters"] == 1
+    # Inflate: every cluster copied, no more esnap.
+    sp(t, "bdev_lvol_inflate", eclone)
+    qemu_io(u, "read -P 0x11 0 4M", "read -P 0x22 4M 4k")
+    lv = sp(t, "bdev_get_bdevs", "-b", eclone)[0]["driver_specific"]["lvol"]
+    assert not lv["esnap_clone"] and not lv["thin_provision"]
+    assert not t.rpc("bdev_get_bdevs", {"name": "esnap"})[0]["claimed"]
+    t.rpc("nbd_stop_disk", {"nbd_device": u})
+    sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
+    for b in ("Malloc0", "esnap", "odd"):
+        sp(t, "bdev_malloc_delete", b)
+
+
+@needs_qemu_io
+def test_lvol_set_parent_bdev_from_none(t: Target, nbd: Callable[[str], str]) -> None:
+    """test_lvol_set_parent_bdev_from_none: a thin lvol gets an external parent; its own
+    clusters stay, the others read the esnap; a repeated call fails."""
+    malloc(t)
+    sp(t, "bdev_lvol_create_lvstore", "Malloc0", "lvs_test")
+    esnap = sp(t, "bdev_malloc_create", "-b", "esnap", "8", "512")
+    u = nbd(esnap)
+    qemu_io(u, "write -P 0x33 0 8M")
+    t.rpc("nbd_stop_disk", {"nbd_device": u})
+    thick = sp(t, "bdev_lvol_create", "-l", "lvs_test", "thick", "8")
+    assert "Invalid argument" in sp_fails(t, "bdev_lvol_set_parent_bdev", thick, "esnap")
+    lvol = sp(t, "bdev_lvol_create", "-l", "lvs_test", "-t", "lvol", "8")
+    u = nbd(lvol)
+    qemu_io(u, "write -P 0x44 0 4M")
+    sp(t, "bdev_lvol_set_parent_bdev", lvol, "esnap")
+    assert "File exists" in sp_fails(t, "bdev_lvol_set_parent_bdev", lvol, "esnap")
+    qemu_io(u, "read -P 0x44 0 4M", "read -P 0x33 4M 4M")
+    info = {v["name"]: v for v in sp(t, "bdev_lvol_get_lvols", "-l", "lvs_test")}
+    assert info["lvol"]["is_esnap_clone"] and not info["lvol"]["is_clone"]
+    t.rpc("nbd_stop_disk", {"nbd_device": u})
+    sp(t, "bdev_lvol_delete_lvstore", "-l", "lvs_test")
+    sp(t, "bdev_malloc_delete", "Malloc0")
+    sp(t, "bdev_malloc_delete", "esnap")

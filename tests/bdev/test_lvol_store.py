@@ -298,6 +298,7 @@ class CutDescriptor:
         self.budget = budget
         self.rng = rng
         self.can_unmap = desc.bdev.supports("unmap")
+        self.inline = False  # as BaseIo: the lvols count writes in flight
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._desc, name)

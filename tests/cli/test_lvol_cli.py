@@ -29,6 +29,8 @@ COMMANDS = [
     ["bdev_lvol_set_read_only", "lvs/vol"],
     ["bdev_lvol_delete", "lvs/vol"],
     ["bdev_lvol_set_parent", "lvs/vol", "lvs/snap"],
+    ["bdev_lvol_set_parent_bdev", "lvs/vol", "Malloc1"],
+    ["bdev_lvol_clone_bdev", "Malloc1", "lvs", "eclone"],
     ["bdev_lvol_start_shallow_copy", "lvs/snap", "Malloc1"],
     ["bdev_lvol_check_shallow_copy", "3"],
     ["bdev_lvol_delete_lvstore", "-l", "lvs"],

@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import KernelVM
 
-GUEST_TIMEOUT = 560.0
+GUEST_TIMEOUT = 680.0
 GUEST_FILE = "tests/kernel/guest/test_ublk.py"
 GROUPS = {
     "devices-and-data": "create_ublk or create_multi_ublk or data_ or mkfs or hot_remove",
@@ -18,7 +18,7 @@ GROUPS = {
 }
 
 
-@pytest.mark.timeout(620)
+@pytest.mark.timeout(740)
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_ublk_in_vm(kernel_vm: KernelVM, group: str) -> None:
     result = kernel_vm.pytest("-v", "-p", "no:cacheprovider", "--timeout", "240",

@@ -78,6 +78,8 @@ def check_store(store: LvolStore, *, settled: bool = True) -> Report:
                 break
             seen.add(p.uuid)
             p = p.parent
+        if lvol.parent is not None and lvol.esnap is not None:
+            problems.append(f"{where}: has a parent and an external snapshot")
         if lvol.parent is not None and lvol not in lvol.parent.children:
             problems.append(f"{where}: missing from its parent's clone list")
     report.used_clusters = len(owner)

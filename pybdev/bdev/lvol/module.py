@@ -1,16 +1,25 @@
 """The lvol bdev module: lvstores found by examine, lvol bdevs, the ``bdev_lvol_*`` RPCs.
 
-An lvstore owns its whole base: the module opens the base for write and claims it
-``read_many_write_one`` (SPDK's ``spdk_bs_bdev_claim``). Each lvol is a bdev named by its
-UUID with the one alias ``lvs/lvol`` (``module/bdev/lvol/vbdev_lvol.c: _create_lvol_disk``).
-Nothing is written to ``save_config``: the stores are on disk, and examine brings them back
-whenever a base with one appears, before ``bdev_wait_for_examine`` answers.
+Built on the vbdev framework (docs/vbdev-framework.md) as SPDK's part model: an lvstore is
+the :class:`~pybdev.bdev.vbdev.Attachment` of its base, which the module opens and claims
+``read_many_write_one`` (SPDK's ``spdk_bs_bdev_claim``), and each lvol is a stacked bdev
+over it, registered through the attachment. Hot-remove of the base unregisters every lvol
+and then releases the base, as the framework does for every vbdev. Two things are the
+lvol module's own: the attachment is made by examine after the base was read (a store is on
+disk, not in a saved config), and it holds the base while the store has no lvol
+(``holds_bases``). Each lvol is a bdev named by its UUID with the one alias ``lvs/lvol``
+(``module/bdev/lvol/vbdev_lvol.c: _create_lvol_disk``). Nothing is written to
+``save_config``: the stores are on disk, and examine brings them back whenever a base with
+one appears, before ``bdev_wait_for_examine`` answers.
 
 Errors follow ``module/bdev/lvol/vbdev_lvol_rpc.c``: checks made before the operation
 answer ``-errno``; failures of the operation itself answer ``-32602`` with strerror's text
-(``-32603`` for ``bdev_lvol_delete``). Not served (``-32601``): the external
-snapshot methods ``bdev_lvol_clone_bdev`` and ``bdev_lvol_set_parent_bdev``
-(docs/lvol-format.md).
+(``-32603`` for ``bdev_lvol_delete``).
+
+External snapshots (``bdev_lvol_clone_bdev``, ``bdev_lvol_set_parent_bdev``): any bdev, opened
+read-only and claimed ``read_many_write_none`` while an lvol's chain ends in it, found by
+UUID. An lvol whose external snapshot is missing is *degraded*: listed, deletable, without a
+bdev until the snapshot's bdev appears (examine, as SPDK's ``vbdev_lvs_examine_config``).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import asyncio
 import errno
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field
@@ -27,7 +36,6 @@ from pydantic import Field
 from pybdev.bdev.core import (
     Bdev,
     BdevEvent,
-    BdevModule,
     BdevState,
     Callback,
     ClaimType,
@@ -35,7 +43,7 @@ from pybdev.bdev.core import (
 )
 from pybdev.bdev.lvol.check import check_store
 from pybdev.bdev.lvol.store import NAME_MAX, Lvol, LvolStore, read_slots
-from pybdev.bdev.vbdev import StackedBdev
+from pybdev.bdev.vbdev import Attachment, StackedBdev, VbdevConfig, VbdevModule
 from pybdev.errors import OperationError
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from pybdev.rpc.registry import RpcTable
@@ -52,11 +60,7 @@ T = TypeVar("T")
 
 
 class LvolBdev(StackedBdev):
-    """An lvol as a bdev: requests go straight to the lvol's I/O path.
-
-    A stacked bdev without an attachment: the lvstore, not the vbdev framework's
-    :class:`~pybdev.bdev.vbdev.Attachment`, holds the base (docs/vbdev-framework.md).
-    """
+    """An lvol as a bdev: a part of its lvstore's base; requests go to the lvol's I/O path."""
 
     product_name = "Logical Volume"
     module_name = "lvol"
@@ -78,14 +82,43 @@ class LvolBdev(StackedBdev):
         # Reads complete with the base's buffers, or with buffers of the lvol's own that
         # nobody writes again (zeros, joined pieces): the base's promise holds.
         self.read_buffer = base.read_buffer
-        # The hot path: no frame of our own between the descriptor and the lvol.
-        self.submit_read = lvol.read  # type: ignore[method-assign]
-        self.submit_write = lvol.write  # type: ignore[method-assign]
-        self.submit_unmap = lvol.unmap  # type: ignore[method-assign]
-        self.submit_write_zeroes = lvol.write_zeroes  # type: ignore[method-assign]
+        self.submit_unmap = lvol.unmap  # type: ignore[method-assign,assignment]
+        self.submit_write_zeroes = lvol.write_zeroes  # type: ignore[method-assign,assignment]
+        self.offset: int | None = None  # where the lvol starts on the base, on the offset path
+        lvol.bdev = self
+        self.choose_path()
+
+    def choose_path(self) -> None:
+        """Point ``submit_read``/``submit_write`` at the cheapest correct path.
+
+        The hot path, so no frame of our own between the descriptor and the base: a thick
+        lvol laid out as one run (:meth:`Lvol.run_offset`) forwards reads with an offset add,
+        as a part does (``VirtualBdev``), and writes too where the base completes inside the
+        call (nothing to count in flight for a freeze) and the lvol is writable. Everything
+        else goes through the lvol's cluster map (:meth:`Lvol.read`, :meth:`Lvol.write`).
+        Called again whenever the lvol's layout, flags or freeze change.
+        """
+        lvol = self.lvol
+        at = lvol.run_offset()
+        self.offset = at
+        if at is None:
+            self.submit_read = lvol.read  # type: ignore[method-assign,assignment]
+            self.submit_write = lvol.write  # type: ignore[method-assign,assignment]
+            return
+        io = lvol.io
+        self.submit_read = _offset_read(io.read, at)  # type: ignore[method-assign,assignment]
+        if io.inline and not lvol.read_only:
+            self.submit_write = _offset_write(io.write, at)  # type: ignore[method-assign,assignment]
+        else:
+            self.submit_write = lvol.write  # type: ignore[method-assign,assignment]
 
     def on_removed(self) -> None:
         self.lvol.fail_queued(-errno.ENODEV)
+
+    async def destruct(self) -> None:
+        if self.lvol.bdev is self:
+            self.lvol.bdev = None
+        await super().destruct()  # the attachment forgets it (the store keeps the base)
 
     reports_holes = True
 
@@ -100,7 +133,7 @@ class LvolBdev(StackedBdev):
             idx = pos // cs
             n = min(end, (idx + 1) * cs) - pos
             owned = idx < len(lvol.clusters) and lvol.clusters[idx]
-            flags = 0 if owned or store.back_cluster(lvol, idx) else 3
+            flags = 0 if owned or store.back_cluster(lvol, idx) or lvol.root_esnap else 3
             if extents and extents[-1][1] == flags:
                 extents[-1] = (extents[-1][0] + n, flags)
             else:
@@ -123,23 +156,71 @@ class LvolBdev(StackedBdev):
             out["base_snapshot"] = lvol.parent.name
         if lvol.children:
             out["clones"] = sorted(c.name for c in lvol.children)
-        out["esnap_clone"] = False
+        out["esnap_clone"] = lvol.esnap is not None
+        if lvol.esnap is not None:
+            out["external_snapshot_name"] = lvol.esnap
         return {"lvol": out}
 
 
-class LvolModule(BdevModule):
+def _offset_read(read: Callable[[int, int, Callback], None],
+                 at: int) -> Callable[[int, int, Callback], None]:
+    def submit_read(offset: int, length: int, cb: Callback) -> None:
+        read(offset + at, length, cb)
+    return submit_read
+
+
+def _offset_write(write: Callable[[int, Any, Callback, bool], None],
+                  at: int) -> Callable[[int, Any, Callback, bool], None]:
+    def submit_write(offset: int, data: Any, cb: Callback, fua: bool) -> None:
+        write(offset + at, data, cb, fua)
+    return submit_write
+
+
+class LvstoreConfig(VbdevConfig):
+    """A loaded lvstore as the vbdev framework sees it: a config built over one base."""
+
+    def __init__(self, store: LvolStore) -> None:
+        self.store = store
+
+    @property
+    def base_names(self) -> tuple[str, ...]:
+        return (self.store.desc.bdev.name,)
+
+
+class LvolModule(VbdevModule[LvstoreConfig]):
     name = "lvol"
     rpc = RPC
+    claim_type = ClaimType.READ_MANY_WRITE_ONE
+    open_for_write = False  # the claim makes the descriptor writable
+    keep_unbuilt = False  # a store whose base went is found again by examine
+    holds_bases = True  # a store owns its base with or without lvols
 
     def __init__(self, layer: BdevLayer) -> None:
         super().__init__(layer)
-        self.stores: list[LvolStore] = []
+        # External snapshots by bdev UUID, open while an lvol's chain ends in one.
+        self.esnaps: dict[str, Descriptor] = {}
+        # UUIDs of external snapshots degraded lvols wait for (checked by examine).
+        self.awaited_esnaps: set[str] = set()
+        self._esnap_tasks: set[asyncio.Task[None]] = set()
         self.copies: dict[int, dict[str, Any]] = {}  # shallow copies by operation id
         self._next_copy = 1
         self._copy_tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def stores(self) -> list[LvolStore]:
+        """The loaded lvstores, in the order they were created or found."""
+        return [c.store for c in self.configs]
+
+    def attachment_of(self, store: LvolStore) -> Attachment:
+        for c in self.configs:
+            if c.store is store and c.attachment is not None:
+                return c.attachment
+        raise OperationError(errno.ENODEV, f"lvstore {store.name} is not loaded")
+
     # -- finding stores ---------------------------------------------------------------
     def examine(self, bdev: Bdev) -> Awaitable[None] | None:
+        if self.awaited_esnaps and bdev.uuid in self.awaited_esnaps:
+            self._esnap_arrived(bdev)
         if bdev.claim_type is not ClaimType.NONE or bdev.state is not BdevState.REGISTERED:
             return None
         return self._taste(bdev)
@@ -171,51 +252,47 @@ class LvolModule(BdevModule):
             log.info("lvstore %s on %s not loaded: %s", store.name, bdev.name, e)
             desc.close()
             return
-        self._attach(store)
+        store.esnaps = self.esnaps
+        attachment = self.attach(LvstoreConfig(store), [desc], [])
         report = check_store(store)
         if not report.ok:
             log.error("lvstore %s on %s: %s", store.name, bdev.name, "; ".join(report.problems))
         for lvol in list(store.lvols.values()):
+            if lvol.esnap is not None and lvol.esnap not in self.esnaps:
+                try:
+                    self.open_esnap(lvol.esnap)
+                except OperationError as e:
+                    log.warning("lvol %s of %s is degraded: external snapshot %s: %s",
+                                lvol.name, store.name, lvol.esnap, e)
+                    self.awaited_esnaps.add(lvol.esnap)
+        for lvol in list(store.lvols.values()):
+            if lvol.degraded:
+                continue
             try:
-                self._register(lvol)
+                self._register(lvol, attachment)
             except OperationError as e:
                 log.error("lvol %s of %s not registered: %s", lvol.name, store.name, e)
         log.info("lvstore %s loaded from %s with %d lvols", store.name, bdev.name,
                  len(store.lvols))
 
-    def _attach(self, store: LvolStore) -> None:
-        """Take a store whose descriptor holds the claim on its base."""
-        desc = store.desc
-        desc.event_cb = lambda event, _bdev: self._base_event(store, event)
-        self.stores.append(store)
-
-    def _base_event(self, store: LvolStore, event: BdevEvent) -> None:
-        if event is BdevEvent.REMOVE and store in self.stores:
-            store.spawn(self._unload(store))
-
-    async def _unload(self, store: LvolStore) -> None:
-        """The base went away: every lvol bdev goes, then the store lets go of the base."""
-        await self._unregister_all(store)
-        if store in self.stores:
-            self.stores.remove(store)
-        store.desc.close()  # releases the claim
+    def construct(self, config: LvstoreConfig, descs: list[Descriptor]) -> list[StackedBdev]:
+        raise NotImplementedError("lvstores are attached by examine and create_lvstore")
 
     async def _unregister_all(self, store: LvolStore) -> None:
-        for lvol in reversed(list(store.lvols.values())):
-            bdev = lvol.bdev
-            if bdev is not None and bdev.state is BdevState.REGISTERED:
-                await self.layer.unregister(bdev)
-            lvol.bdev = None
+        tasks = self.attachment_of(store).unregister_all()
+        if tasks:
+            await asyncio.gather(*tasks)
 
-    def _register(self, lvol: Lvol) -> LvolBdev:
+    def _register(self, lvol: Lvol, attachment: Attachment | None = None) -> LvolBdev:
         if self.layer.get(lvol.alias) is not None:
             raise OperationError(errno.EEXIST, f"bdev name or alias {lvol.alias} already exists")
-        bdev = LvolBdev(lvol)
-        lvol.bdev = bdev
+        if attachment is None:
+            attachment = self.attachment_of(lvol.store)
+        bdev = LvolBdev(lvol)  # sets lvol.bdev
         # The alias before register: examine of the new bdev (a nested lvstore) may see it.
         bdev.aliases.append(lvol.alias)
         try:
-            self.layer.register(bdev)
+            attachment.add(bdev)
         except OperationError:
             lvol.bdev = None
             raise
@@ -236,6 +313,17 @@ class LvolModule(BdevModule):
         if not isinstance(bdev, LvolBdev) or bdev.state is not BdevState.REGISTERED:
             raise OperationError(errno.ENODEV)
         return bdev.lvol
+
+    def lvol_or_degraded(self, name: str) -> Lvol:
+        """An lvol by UUID or alias, including degraded ones, which have no bdev."""
+        try:
+            return self.lvol_by(name)
+        except OperationError:
+            for store in self.stores:
+                for lvol in store.lvols.values():
+                    if lvol.bdev is None and name in (lvol.uuid, lvol.alias):
+                        return lvol
+            raise
 
     # -- lvstores ---------------------------------------------------------------------
     async def create_lvstore(self, bdev_name: str, lvs_name: str, *, cluster_sz: int = 0,
@@ -263,15 +351,124 @@ class LvolModule(BdevModule):
         except BaseException:
             desc.close()  # releases the claim
             raise
-        self._attach(store)
+        store.esnaps = self.esnaps
+        self.attach(LvstoreConfig(store), [desc], [])
         return store.uuid
 
     async def delete_lvstore(self, store: LvolStore) -> None:
+        attachment = self.attachment_of(store)
         await self._unregister_all(store)
         await _completion(store.destroy())
-        if store in self.stores:
-            self.stores.remove(store)
-        store.desc.close()  # releases the claim
+        attachment.release()  # closes the base descriptor, which releases the claim
+        self.release_unused_esnaps()
+
+    def unbuilt(self, config: LvstoreConfig) -> None:
+        super().unbuilt(config)
+        self.release_unused_esnaps()
+
+    # -- external snapshots -----------------------------------------------------------
+    def open_esnap(self, uuid: str) -> Bdev:
+        """Open and claim external snapshot ``uuid`` (a bdev UUID) unless it is open."""
+        desc = self.esnaps.get(uuid)
+        if desc is not None:
+            return desc.bdev
+        bdev = self.layer.get(uuid)
+        if bdev is None or bdev.state is not BdevState.REGISTERED:
+            raise OperationError(errno.ENODEV, f"bdev {uuid} not found")
+        desc = self.layer.open(bdev.name, write=False)
+        try:
+            self.layer.claim(desc, self.name, ClaimType.READ_MANY_WRITE_NONE)
+        except OperationError:
+            desc.close()
+            raise
+        desc.event_cb = lambda event, _b: self._esnap_event(uuid, event)
+        self.esnaps[uuid] = desc
+        return bdev
+
+    def _esnaps_in_use(self) -> set[str]:
+        return {v.esnap for s in self.stores for v in s.lvols.values() if v.esnap is not None}
+
+    def release_unused_esnaps(self) -> None:
+        used = self._esnaps_in_use()
+        for uuid in [u for u in self.esnaps if u not in used]:
+            self.esnaps.pop(uuid).close()  # releases the claim
+
+    def _esnap_arrived(self, bdev: Bdev) -> None:
+        """An external snapshot degraded lvols wait for registered: their bdevs come back."""
+        try:
+            self.open_esnap(bdev.uuid)
+        except OperationError as e:
+            log.warning("external snapshot %s not opened: %s", bdev.name, e)
+            return
+        self.awaited_esnaps.discard(bdev.uuid)
+        for config in self.configs:
+            if config.attachment is None:
+                continue
+            for lvol in list(config.store.lvols.values()):
+                if lvol.bdev is None and not lvol.deleted and not lvol.degraded:
+                    try:
+                        self._register(lvol, config.attachment)
+                    except OperationError as e:
+                        log.error("lvol %s not registered: %s", lvol.alias, e)
+        self.release_unused_esnaps()  # nobody waited any more (the store went meanwhile)
+
+    def _esnap_event(self, uuid: str, event: BdevEvent) -> None:
+        if event is BdevEvent.REMOVE:
+            task = asyncio.get_running_loop().create_task(self._esnap_gone(uuid))
+            self._esnap_tasks.add(task)
+            task.add_done_callback(self._esnap_tasks.discard)
+
+    async def _esnap_gone(self, uuid: str) -> None:
+        """Every lvol reading the removed snapshot loses its bdev (degraded), then the
+        snapshot's descriptor closes."""
+        desc = self.esnaps.get(uuid)
+        if desc is None:
+            return
+        lvols = [v for s in self.stores for v in s.lvols.values() if v.root_esnap == uuid]
+        self.esnaps.pop(uuid)
+        self.awaited_esnaps.add(uuid)
+        tasks = [self.layer.unregister(v.bdev) for v in lvols
+                 if v.bdev is not None and v.bdev.state is BdevState.REGISTERED]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            desc.close()
+
+    async def clone_bdev(self, bdev_name: str, lvs_name: str, clone_name: str) -> str:
+        """An lvol over external snapshot ``bdev_name`` (SPDK's ``bdev_lvol_clone_bdev``)."""
+        store = next((s for s in self.stores if s.name == lvs_name), None)
+        if store is None:
+            raise RpcError(INVALID_PARAMS, "lvs does not exist")
+        esnap = self.layer.get(bdev_name)
+        if esnap is None or esnap.state is not BdevState.REGISTERED:
+            raise RpcError(INVALID_PARAMS, "bdev does not exist")
+        if isinstance(esnap, LvolBdev) and esnap.lvol.store is store:
+            raise RpcError(INVALID_PARAMS,
+                           "bdev is an lvol in same lvs as clone; use bdev_lvol_clone instead")
+        if esnap.size % store.cluster_size or store.block_size % esnap.block_size:
+            raise _async_error(errno.EINVAL)
+        try:
+            self.open_esnap(esnap.uuid)  # claimed: refused while someone writes it
+            clone = await _completion(store.esnap_clone(esnap.uuid, esnap.size, clone_name))
+        except OperationError as e:
+            raise _async_error(e.errno) from e
+        finally:
+            self.release_unused_esnaps()
+        await self._register_or_delete(clone)
+        return clone.uuid
+
+    async def set_parent_bdev(self, lvol: Lvol, parent_name: str) -> None:
+        """Make bdev ``parent_name`` the external snapshot of thin ``lvol``."""
+        esnap = self.layer.get(parent_name)
+        if esnap is None or esnap.state is not BdevState.REGISTERED:
+            raise _async_error(errno.ENODEV)
+        try:
+            self.open_esnap(esnap.uuid)
+            await _completion(lvol.store.set_external_parent(lvol, esnap.uuid, esnap.size))
+        except OperationError as e:
+            raise _async_error(e.errno) from e
+        finally:
+            self.release_unused_esnaps()
 
     async def rename_lvstore(self, old_name: str, new_name: str) -> None:
         store = next((s for s in self.stores if s.name == old_name), None)
@@ -363,6 +560,8 @@ class LvolModule(BdevModule):
             await lvol.store.delete_lvol(lvol)
         except OperationError as e:
             raise RpcError(INTERNAL_ERROR, os.strerror(e.errno)) from e
+        finally:
+            self.release_unused_esnaps()
 
     # -- shallow copy -----------------------------------------------------------------
     def start_shallow_copy(self, src: Lvol, dst_name: str) -> int:
@@ -429,19 +628,26 @@ class LvolModule(BdevModule):
             "is_thin_provisioned": lvol.thin,
             "is_snapshot": lvol.is_snapshot,
             "is_clone": lvol.is_clone,
-            "is_esnap_clone": False,
-            "is_degraded": False,
+            "is_esnap_clone": lvol.esnap is not None,
+            "is_degraded": lvol.degraded,
             "num_allocated_clusters": lvol.num_allocated_clusters,
             "lvs": {"name": store.name, "uuid": store.uuid},
         }
+
+    def config_entry(self, config: LvstoreConfig) -> dict[str, Any]:
+        raise NotImplementedError("lvstores are not in save_config")
 
     def write_config(self) -> list[Any]:
         return []  # "configuration is saved on physical device" (vbdev_lvol.c)
 
     async def fini(self) -> None:
-        for store in list(self.stores):
-            store.desc.close()
-        self.stores.clear()
+        for config in list(self.configs):
+            if config.attachment is not None:
+                config.attachment.release()
+        for desc in self.esnaps.values():
+            desc.close()
+        self.esnaps.clear()
+        await super().fini()
 
 
 def _async_error(err: int) -> RpcError:
@@ -598,8 +804,8 @@ async def bdev_lvol_set_read_only(module: LvolModule, p: NameParams) -> bool:
 
 @RPC.method("bdev_lvol_delete", NameParams, decode_error=DECODE, result={"type": "boolean"})
 async def bdev_lvol_delete(module: LvolModule, p: NameParams) -> bool:
-    """Delete an lvol; a snapshot with one clone is merged into it."""
-    await module.delete_lvol(module.lvol_by(p.name))
+    """Delete an lvol (degraded ones too); a snapshot with one clone is merged into it."""
+    await module.delete_lvol(module.lvol_or_degraded(p.name))
     return True
 
 
@@ -607,7 +813,10 @@ async def bdev_lvol_delete(module: LvolModule, p: NameParams) -> bool:
 async def bdev_lvol_inflate(module: LvolModule, p: NameParams) -> bool:
     """Allocate every cluster of an lvol and drop its parent: it becomes thick."""
     lvol = module.lvol_by(p.name)
-    await _completion(lvol.store.inflate(lvol))
+    try:
+        await _completion(lvol.store.inflate(lvol))
+    finally:
+        module.release_unused_esnaps()
     return True
 
 
@@ -616,7 +825,10 @@ async def bdev_lvol_inflate(module: LvolModule, p: NameParams) -> bool:
 async def bdev_lvol_decouple_parent(module: LvolModule, p: NameParams) -> bool:
     """Copy the parent's own clusters into an lvol; its grandparent becomes its parent."""
     lvol = module.lvol_by(p.name)
-    await _completion(lvol.store.decouple_parent(lvol))
+    try:
+        await _completion(lvol.store.decouple_parent(lvol))
+    finally:
+        module.release_unused_esnaps()
     return True
 
 
@@ -631,7 +843,36 @@ async def bdev_lvol_set_parent(module: LvolModule, p: SetParentParams) -> bool:
     """Make a snapshot the parent of a thin lvol; the lvol keeps the clusters it owns."""
     lvol = module.lvol_by(p.lvol_name)
     parent = module.lvol_by(p.parent_name)
-    await _completion(lvol.store.set_parent(lvol, parent))
+    try:
+        await _completion(lvol.store.set_parent(lvol, parent))
+    finally:
+        module.release_unused_esnaps()
+    return True
+
+
+class CloneBdevParams(Params):
+    bdev: Str
+    lvs_name: Str
+    clone_name: Str
+
+
+@RPC.method("bdev_lvol_clone_bdev", CloneBdevParams, decode_error=DECODE,
+            result={"type": "string", "format": "uuid"})
+async def bdev_lvol_clone_bdev(module: LvolModule, p: CloneBdevParams) -> str:
+    """Clone any bdev as an external snapshot; answers the clone's UUID."""
+    return await module.clone_bdev(p.bdev, p.lvs_name, p.clone_name)
+
+
+class SetParentBdevParams(Params):
+    lvol_name: Str
+    parent_name: Str
+
+
+@RPC.method("bdev_lvol_set_parent_bdev", SetParentBdevParams, decode_error=DECODE,
+            result={"type": "boolean"})
+async def bdev_lvol_set_parent_bdev(module: LvolModule, p: SetParentBdevParams) -> bool:
+    """Make a bdev the external snapshot of a thin lvol; the lvol keeps its clusters."""
+    await module.set_parent_bdev(module.lvol_by(p.lvol_name), p.parent_name)
     return True
 
 

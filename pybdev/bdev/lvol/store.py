@@ -74,6 +74,8 @@ class BaseIo:
         self.unmap = bdev.submit_unmap
         self.write_zeroes = bdev.submit_write_zeroes
         self.can_unmap = bdev.supports("unmap")
+        # Requests complete inside the call, FUA included: nothing is ever in flight.
+        self.inline = bdev.completes_inline and bdev.fua_native
 
     def _write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
         if fua:
@@ -97,9 +99,12 @@ class Lvol:
         self.clear_method = clear_method
         self.parent: Lvol | None = None
         self.children: list[Lvol] = []
+        # The UUID of an external snapshot (any read-only bdev) read where this lvol and its
+        # parents own nothing; only the root of a chain (parent None) has one.
+        self.esnap: str | None = None
         # SPDK keeps a blob a snapshot until reload once it had a clone (bs_blob_list_remove).
         self.was_parent = False
-        self.bdev: Any = None  # the lvol bdev, set by the module
+        self.bdev: Any = None  # the lvol bdev, set by the module (has choose_path())
         self.deleted = False
         # I/O state
         self.frozen = 0
@@ -128,6 +133,20 @@ class Lvol:
         return self.parent is not None
 
     @property
+    def root_esnap(self) -> str | None:
+        """The external snapshot at the root of this lvol's chain, if any."""
+        lvol = self
+        while lvol.parent is not None:
+            lvol = lvol.parent
+        return lvol.esnap
+
+    @property
+    def degraded(self) -> bool:
+        """Its chain ends in an external snapshot that is not present."""
+        esnap = self.root_esnap
+        return esnap is not None and esnap not in self.store.esnaps
+
+    @property
     def num_allocated_clusters(self) -> int:
         return len(self.clusters) - self.clusters.count(0)
 
@@ -139,24 +158,56 @@ class Lvol:
         return f"<Lvol {self.alias} {self.uuid}>"
 
     def set_io(self, io: BaseIo) -> None:
+        self.io = io
         self._read, self._write = io.read, io.write
         self._unmap, self._write_zeroes = io.unmap, io.write_zeroes
         self._can_unmap = io.can_unmap
+        self._inline = io.inline
+        self.layout_changed()
+
+    def run_offset(self) -> int | None:
+        """Where this lvol starts on the base if it is one run there that nothing moves.
+
+        A thick, unfrozen lvol whose clusters are consecutive: its bdev may then forward
+        requests with an offset add, as a part does, instead of a cluster-map lookup. Maps
+        of thick lvols change only under a freeze (snapshot, shrink) or by growing, and
+        both call :meth:`layout_changed`.
+        """
+        c = self.clusters
+        n = len(c)
+        if self.thin or self.frozen or not n or not c[0] or c[n - 1] - c[0] != n - 1:
+            return None
+        first = c[0]
+        if any(c[i] != first + i for i in range(n)):
+            return None
+        return first * self._cs
+
+    def layout_changed(self) -> None:
+        """The map, the flags or the freeze changed: the bdev picks its submit path again."""
+        bdev = self.bdev
+        if bdev is not None:
+            bdev.choose_path()
 
     # -- freezing ---------------------------------------------------------------------
     async def freeze(self) -> None:
         """Queue new requests; return once no write or allocation is in flight."""
         self.frozen += 1
+        if self.frozen == 1:
+            # Off the offset path, whose writes are not counted in flight: it is only
+            # taken where they complete inside the call, so none is in flight now.
+            self.layout_changed()
         while self.inflight or self._allocating:
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
 
     def unfreeze(self) -> None:
         self.frozen -= 1
-        if self.frozen == 0 and self._queued:
-            queued, self._queued = self._queued, []
-            for fn, args in queued:
-                fn(*args)
+        if self.frozen == 0:
+            self.layout_changed()
+            if self._queued:
+                queued, self._queued = self._queued, []
+                for fn, args in queued:
+                    fn(*args)
 
     def _maybe_drained(self) -> None:
         if self._drained is not None and not self.inflight and not self._allocating:
@@ -202,23 +253,37 @@ class Lvol:
         self.read(offset, length, cb)
 
     def _read_back(self, idx: int, off: int, length: int, cb: Callback) -> None:
-        """Read cluster ``idx`` of this lvol where it owns nothing: the parent chain, or zeros."""
-        phys = self.store.back_cluster(self, idx)
+        """Read cluster ``idx`` of this lvol where it owns nothing: the parent chain, then the
+        external snapshot at its root, or zeros."""
+        store = self.store
+        phys = store.back_cluster(self, idx)
         if phys:
             self._read(phys * self._cs + off, length, cb)
-        else:
-            cb(0, self.store.zeros(length))
+            return
+        esnap = self.root_esnap
+        if esnap is None:
+            cb(0, store.zeros(length))
+            return
+        desc = store.esnaps.get(esnap)
+        if desc is None:
+            cb(-errno.ENODEV, None)
+            return
+        store.read_esnap(desc, idx * self._cs + off, length, cb)
 
     def write(self, offset: int, data: Any, cb: Callback, fua: bool = False) -> None:
         # The hot path (bench/lvol_nbd.py): a write inside one allocated cluster of a
-        # writable, unfrozen lvol costs a lookup and one closure (counted in flight, so a
-        # freeze can wait for it); everything else goes to _write_slow.
+        # writable, unfrozen lvol costs a lookup, and on a base that completes later one
+        # closure (counted in flight, so a freeze can wait for it); everything else goes to
+        # _write_slow.
         cs = self._cs
         idx = offset // cs
         off = offset - idx * cs
         if not self.frozen and not self.read_only and off + len(data) <= cs:
             phys = self.clusters[idx]
             if phys:
+                if self._inline:  # done before the call returns: never in flight
+                    self._write(phys * cs + off, data, cb, fua)
+                    return
                 self.inflight += 1
 
                 def done(status: int, got: Any) -> None:
@@ -266,7 +331,7 @@ class Lvol:
         if not phys:
             cb(0, None)
             return
-        if self.thin and self.parent is None and length == cs:
+        if self.thin and self.parent is None and self.esnap is None and length == cs:
             # A whole cluster of a thin lvol over zeroes is given back
             # (SPDK's blob_request_submit_op_single).
             self.inflight += 1
@@ -300,7 +365,7 @@ class Lvol:
         phys = self.clusters[idx]
         if phys:
             self._write_zeroes(phys * cs + off, length, self._tracked(cb))
-        elif not self.store.back_cluster(self, idx):
+        elif not self.store.back_cluster(self, idx) and self.root_esnap is None:
             # Reads there give zeros already; SPDK allocates, we keep the space
             # (docs/lvol-format.md).
             cb(0, None)
@@ -383,6 +448,8 @@ class LvolStore:
         self.op_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._zeros = bytes(min(geometry.cluster_size, _ZERO_CHUNK))
+        # External snapshots by bdev UUID, opened by the module (shared by its stores).
+        self.esnaps: dict[str, Descriptor] = {}
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` as a task the store keeps a reference to until it is done."""
@@ -420,6 +487,21 @@ class LvolStore:
             if lvol.name == name:
                 return lvol
         return None
+
+    def read_esnap(self, desc: Descriptor, offset: int, length: int, cb: Callback) -> None:
+        """Read an external snapshot; zeros past its end (it may be smaller than the lvol)."""
+        size = desc.bdev.size
+        if offset + length <= size:
+            desc.read(offset, length, cb)
+        elif offset >= size:
+            cb(0, self.zeros(length))
+        else:
+            head = size - offset
+
+            def done(status: int, data: Any) -> None:
+                cb(status, None if status else bytes(data) + bytes(length - head))
+
+            desc.read(offset, head, done)
 
     def back_cluster(self, lvol: Lvol, idx: int) -> int:
         """The device cluster holding ``lvol``'s cluster ``idx`` in its parent chain, or 0."""
@@ -487,6 +569,8 @@ class LvolStore:
                 store.lvols[lvol.uuid] = lvol
                 if r.get("parent") is not None:
                     parents.append((lvol, int(r["parent"])))
+                if r.get("esnap") is not None:
+                    lvol.esnap = str(r["esnap"])
             for lvol, pid in parents:
                 store._set_parent(lvol, by_id[pid])
         except (KeyError, TypeError, ValueError, zlib.error) as e:
@@ -505,6 +589,7 @@ class LvolStore:
                 "id": v.id, "uuid": v.uuid, "name": v.name, "thin": v.thin,
                 "read_only": v.read_only, "clear_method": v.clear_method,
                 "parent": v.parent.id if v.parent is not None else None,
+                **({"esnap": v.esnap} if v.esnap is not None else {}),
                 "clusters": layout.encode_clusters(v.clusters),
             } for v in self.lvols.values()],
         }
@@ -582,9 +667,7 @@ class LvolStore:
         """First write to ``lvol``'s cluster ``idx``: take a cluster, copy the parent's data."""
         phys = self.take_cluster()
         try:
-            back = self.back_cluster(lvol, idx)
-            if back:
-                await self._copy_cluster(back, phys)
+            await self._fill_from_back(lvol, idx, phys)
             lvol.clusters[idx] = phys
             await self.commit()
         except BaseException:
@@ -592,6 +675,33 @@ class LvolStore:
                 lvol.clusters[idx] = 0
             self._release(phys)
             raise
+
+    async def _fill_from_back(self, lvol: Lvol, idx: int, phys: int) -> None:
+        """Give new cluster ``phys`` what ``lvol`` reads at ``idx``: the chain's or the
+        external snapshot's data (nothing to do over zeros: reads see the new data only)."""
+        back = self.back_cluster(lvol, idx)
+        if back:
+            await self._copy_cluster(back, phys)
+            return
+        esnap = lvol.root_esnap
+        if esnap is None:
+            return
+        desc = self.esnaps.get(esnap)
+        if desc is None:
+            raise OperationError(errno.ENODEV, f"external snapshot {esnap} is missing")
+        cs = self.cluster_size
+        step = min(cs, _ZERO_CHUNK * 4)
+        for at in range(0, cs, step):
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+            def done(status: int, data: Any, fut: asyncio.Future[Any] = fut) -> None:
+                if status:
+                    fut.set_exception(OperationError(-status))
+                else:
+                    fut.set_result(bytes(data))
+
+            self.read_esnap(desc, idx * cs + at, step, done)
+            await self.desc.write_async(phys * cs + at, await fut)
 
     async def _copy_cluster(self, src: int, dst: int) -> None:
         cs = self.cluster_size
@@ -676,16 +786,18 @@ class LvolStore:
             try:
                 snap = self._new_lvol(name, 0, thin=True, read_only=True,
                                       clear_method=origin.clear_method)
-                old = (origin.clusters, origin.parent, origin.thin)
+                old = (origin.clusters, origin.parent, origin.thin, origin.esnap)
                 snap.clusters = origin.clusters
                 origin.clusters = _zero_map(len(snap.clusters))
                 self._set_parent(snap, origin.parent)
                 self._set_parent(origin, snap)
+                # An esnap clone's snapshot takes the external snapshot (SPDK moves EXTSNAP).
+                snap.esnap, origin.esnap = origin.esnap, None
                 origin.thin = True
                 self.lvols[snap.uuid] = snap
 
                 def undo() -> None:
-                    origin.clusters, parent, origin.thin = old
+                    origin.clusters, parent, origin.thin, origin.esnap = old
                     self._set_parent(origin, parent)
                     self._set_parent(snap, None)
                     self.lvols.pop(snap.uuid, None)
@@ -713,6 +825,46 @@ class LvolStore:
 
             await self._commit_or_undo(undo)
         return clone
+
+    async def esnap_clone(self, esnap: str, size: int, name: str) -> Lvol:
+        """A thin lvol of ``size`` bytes whose unwritten clusters read external snapshot
+        ``esnap`` (a bdev UUID; the module opened it)."""
+        self._check_new_name(name)
+        if size <= 0 or size % self.cluster_size:
+            raise OperationError(errno.EINVAL, "Invalid argument")
+        async with self.op_lock:
+            self._check_new_name(name)
+            clone = self._new_lvol(name, size // self.cluster_size, thin=True)
+            clone.esnap = esnap
+            self.lvols[clone.uuid] = clone
+
+            def undo() -> None:
+                self.lvols.pop(clone.uuid, None)
+
+            await self._commit_or_undo(undo)
+        return clone
+
+    async def set_external_parent(self, lvol: Lvol, esnap: str, esnap_size: int) -> None:
+        """Make external snapshot ``esnap`` what ``lvol``'s unallocated clusters read
+        (metadata only), as SPDK's ``spdk_bs_blob_set_external_parent``."""
+        if esnap == lvol.uuid or esnap_size % self.cluster_size or not lvol.thin:
+            raise OperationError(errno.EINVAL, "Invalid argument")
+        if lvol.esnap == esnap:
+            raise OperationError(errno.EEXIST, "File exists")
+        async with self.op_lock:
+            await lvol.freeze()
+            try:
+                old, old_esnap = lvol.parent, lvol.esnap
+                self._set_parent(lvol, None)
+                lvol.esnap = esnap
+
+                def undo() -> None:
+                    self._set_parent(lvol, old)
+                    lvol.esnap = old_esnap
+
+                await self._commit_or_undo(undo)
+            finally:
+                lvol.unfreeze()
 
     async def rename_lvol(self, lvol: Lvol, new_name: str) -> None:
         if new_name == lvol.name:
@@ -746,6 +898,7 @@ class LvolStore:
             if lvol.read_only:
                 return
             lvol.read_only = True
+            lvol.layout_changed()
             await self.commit()
 
     async def resize(self, lvol: Lvol, size: int) -> None:
@@ -764,6 +917,8 @@ class LvolStore:
                 if not lvol.thin:
                     for i in range(old_n, n):
                         lvol.clusters[i] = self.take_cluster()
+                # Before the bdev grows (the module resizes it after this returns).
+                lvol.layout_changed()
                 await self.commit()
                 return
             await lvol.freeze()
@@ -790,6 +945,8 @@ class LvolStore:
                             child.clusters[i] = lvol.clusters[i]
                             lvol.clusters[i] = 0
                     self._set_parent(child, lvol.parent)
+                    if lvol.esnap is not None:
+                        child.esnap = lvol.esnap  # the external snapshot moves back
                 self._set_parent(lvol, None)
                 del self.lvols[lvol.uuid]
                 lvol.deleted = True
@@ -803,7 +960,11 @@ class LvolStore:
         await self._copy_up(lvol, allocate_all=True)
 
     async def decouple_parent(self, lvol: Lvol) -> None:
-        """Copy the parent's own clusters; the grandparent becomes the parent."""
+        """Copy the parent's own clusters; the grandparent becomes the parent. An esnap
+        clone is inflated (SPDK decouples it from the external snapshot with allocate_all)."""
+        if lvol.esnap is not None:
+            await self._copy_up(lvol, allocate_all=True)
+            return
         if lvol.parent is None:
             raise OperationError(errno.EINVAL, "Invalid argument")
         await self._copy_up(lvol, allocate_all=False)
@@ -828,24 +989,25 @@ class LvolStore:
                 for i in todo:
                     phys = self.take_cluster()
                     taken.append((i, phys))
-                    back = self.back_cluster(lvol, i)
-                    if back:
-                        await self._copy_cluster(back, phys)
-                old = (lvol.parent, lvol.thin)
+                    await self._fill_from_back(lvol, i, phys)
+                old = (lvol.parent, lvol.thin, lvol.esnap)
                 for i, phys in taken:
                     lvol.clusters[i] = phys
                 if allocate_all:
                     self._set_parent(lvol, None)
                     lvol.thin = False
+                    lvol.esnap = None
                 else:
                     assert parent is not None
                     self._set_parent(lvol, parent.parent)
+                    if parent.parent is None:
+                        lvol.esnap = parent.esnap  # the chain still ends in it
 
                 def undo() -> None:
                     for i, _phys in taken:
                         lvol.clusters[i] = 0
                     self._set_parent(lvol, old[0])
-                    lvol.thin = old[1]
+                    lvol.thin, lvol.esnap = old[1], old[2]
 
                 await self._commit_or_undo(undo)
                 taken = []
@@ -871,11 +1033,13 @@ class LvolStore:
         async with self.op_lock:
             await lvol.freeze()
             try:
-                old = lvol.parent
+                old, old_esnap = lvol.parent, lvol.esnap
                 self._set_parent(lvol, parent)
+                lvol.esnap = None
 
                 def undo() -> None:
                     self._set_parent(lvol, old)
+                    lvol.esnap = old_esnap
 
                 await self._commit_or_undo(undo)
             finally:

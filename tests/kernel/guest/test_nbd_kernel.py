@@ -4,7 +4,9 @@
 ``python -m pybdev`` is started here as a subprocess and driven over its RPC socket with
 pybdev's client, ``scripts/rpc.py`` and SPDK's ``spdk-rpc``: start with and without a
 device, data through O_DIRECT, ext4, stop, busy devices, hot-remove under I/O, SIGKILL of
-the target, and a config round trip through ``--json``.
+the target, a config round trip through ``--json``, and logical volumes: SPDK's
+``nbd_with_lvol_verify`` (``test/bdev/nbd_common.sh``) and ext4 on an lvol snapshotted while
+mounted, its clone mounted from a second device.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 from pathlib import Path
 
 from tests.conftest import Target
-from tests.kernel.guest.blockdev import MiB, dev_size, start, wait_for
+from tests.kernel.guest.blockdev import MiB, dev_size, lvol_fs_snapshot_clone, start, wait_for
 
 SIZE = 64 * MiB
 
@@ -163,6 +165,47 @@ def test_ext4(targets: list[Target], tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(mnt)], check=True, timeout=60)
     stop_and_wait_free(t, dev)
+
+
+def test_lvol_nbd_with_lvol_verify(targets: list[Target], tmp_path: Path) -> None:
+    """SPDK's ``nbd_with_lvol_verify``, with SPDK's rpc.py: mkfs.ext4 on an exported lvol."""
+    t = start(targets, tmp_path)
+    t.spdk("bdev_malloc_create", "-b", "malloc_lvol_verify", "16", "512")
+    t.spdk("bdev_lvol_create_lvstore", "malloc_lvol_verify", "lvs")
+    t.spdk("bdev_lvol_create", "lvol", "4", "-l", "lvs")
+    dev = "/dev/nbd10"
+    assert t.spdk("nbd_start_disk", "lvs/lvol", dev).stdout.strip() == dev
+    # wait_for_nbd_set_capacity
+    wait_for(lambda: sys_int(dev, "size") > 0, 30, f"{dev} to get its capacity")
+    assert sys_int(dev, "size") * 512 == 4 * MiB
+    subprocess.run(["mkfs.ext4", "-F", dev], check=True, timeout=120, capture_output=True)
+    t.spdk("nbd_stop_disk", dev)
+    wait_for(lambda: is_free(dev), 20, f"{dev} to be free")
+    assert t.rpc("nbd_get_disks") == []
+    # What mkfs wrote is on the lvol: its superblock magic (0xEF53 at 1024 + 56).
+    uri = t.rpc("nbd_start_disk", {"bdev_name": "lvs/lvol", "nbd_device": dev})
+    fd = os.open(uri, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 2, 1024 + 56) == b"\x53\xef"
+    finally:
+        os.close(fd)
+    stop_and_wait_free(t, dev)
+
+
+def test_lvol_fs_snapshot_clone(targets: list[Target], tmp_path: Path) -> None:
+    t = start(targets, tmp_path)
+
+    def start_disk(bdev: str) -> str:
+        dev = "/dev/nbd11" if bdev == "lvs/vol" else "/dev/nbd12"
+        got: str = t.rpc("nbd_start_disk", {"bdev_name": bdev, "nbd_device": dev})
+        return got
+
+    lvol_fs_snapshot_clone(t, tmp_path, start_disk, lambda dev: stop_and_wait_free_one(t, dev))
+
+
+def stop_and_wait_free_one(t: Target, dev: str) -> None:
+    assert t.rpc("nbd_stop_disk", {"nbd_device": dev}) is True
+    wait_for(lambda: is_free(dev), 20, f"{dev} to be free")
 
 
 def test_hot_remove_under_io(targets: list[Target], tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """ublk on a real kernel: runs inside the kernel VM (``tests/kernel/test_ublk_kernel.py``).
 
-SPDK's ``test/ublk/ublk.sh`` and ``ublk_recovery.sh`` scenarios plus data, file system,
-hot-remove, config round trip and bad-input checks, against ``python -m pybdev`` started
-here as a subprocess and driven over its RPC socket.
+SPDK's ``test/ublk/ublk.sh`` and ``ublk_recovery.sh`` scenarios plus data, file system
+(also on an lvol, snapshotted while mounted and its clone mounted), hot-remove, config round
+trip and bad-input checks, against ``python -m pybdev`` started here as a subprocess and
+driven over its RPC socket.
 """
 
 from __future__ import annotations
@@ -284,6 +285,20 @@ def test_mkfs_mount(tgt: Target, tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(mnt)], check=True, timeout=60)
     assert tgt.rpc("ublk_stop_disk", {"ublk_id": 0}) is True
+
+
+def test_mkfs_lvol_snapshot_clone(tgt: Target, tmp_path: Path) -> None:
+    ids = {"lvs/vol": 1, "lvs/clone": 2}
+
+    def start_disk(bdev: str) -> str:
+        assert tgt.rpc("ublk_start_disk", {"bdev_name": bdev, "ublk_id": ids[bdev]}) == ids[bdev]
+        return f"/dev/ublkb{ids[bdev]}"
+
+    def stop_disk(dev: str) -> None:
+        assert tgt.rpc("ublk_stop_disk", {"ublk_id": int(dev[len("/dev/ublkb"):])}) is True
+        wait_for(lambda: not os.path.exists(dev), 30, f"{dev} to go")
+
+    blockdev.lvol_fs_snapshot_clone(tgt, tmp_path, start_disk, stop_disk)
 
 
 def test_hot_remove_under_io(tgt: Target) -> None:
