@@ -409,3 +409,39 @@ def test_remove_ns_answers_commands_in_flight_then_frees_the_bdev(nvmf: Nvmf) ->
     assert cqe is not None and cqe.status == Sc.INVALID_NAMESPACE | DNR
     t.rpc("bdev_delay_delete", {"name": "Delayed"})  # nothing holds it any more
     host.close()
+
+
+def test_io_to_a_hot_removed_namespace_fails_with_dnr(nvmf: Nvmf) -> None:
+    """Reads and writes to the NSID of a deleted bdev are refused with Invalid Namespace
+    and Do Not Retry (the Linux host then fails them at once instead of requeueing),
+    including a write whose R2T went out before the deletion: nothing is acknowledged."""
+    t = nvmf.target
+    t.rpc("bdev_malloc_create", {"name": "Doomed", "num_blocks": 2048, "block_size": 512})
+    assert t.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {
+        "bdev_name": "Doomed", "nsid": 2}}) == 2
+    host = Host(nvmf.port, NQN)
+    (q,) = host.open_io()
+    big = os.urandom(64 * 1024)  # beyond the in-capsule size: goes through R2T
+    q.ok(lambda c: nvme.encode_write(c, 2, 0, 8, 512), b"\x5a" * 4096)
+    q.ok(lambda c: nvme.encode_write(c, 2, 8, len(big) // 512, 512), big, in_capsule=False)
+    # a write waiting for its data when the bdev goes
+    cid = q.next_cid()
+    q.submit(nvme.encode_write(cid, 2, 0, len(big) // 512, 512))
+    r2t = q.next_pdu()
+    assert isinstance(r2t, nvme.R2T) and r2t.cccid == cid
+    t.rpc("bdev_malloc_delete", {"name": "Doomed"})
+    q.send(*q.framer.h2c_data(cid, r2t.ttag, 0, big, last=True))
+    cqe, _ = q.wait(cid)
+    assert cqe is not None and cqe.status == Sc.INVALID_NAMESPACE | DNR
+    cqe, _ = q.command(lambda c: nvme.encode_write(c, 2, 0, 8, 512), b"\xa5" * 4096,
+                       in_capsule=True)
+    assert cqe is not None and cqe.status == Sc.INVALID_NAMESPACE | DNR
+    cqe, _ = q.command(lambda c: nvme.encode_write(c, 2, 0, len(big) // 512, 512), big,
+                       in_capsule=False)
+    assert cqe is not None and cqe.status == Sc.INVALID_NAMESPACE | DNR
+    cqe, _ = q.command(lambda c: nvme.encode_read(c, 2, 0, 8, 512))
+    assert cqe is not None and cqe.status == Sc.INVALID_NAMESPACE | DNR
+    cqe, _ = q.command(lambda c: nvme.encode_flush(c, 2))
+    assert cqe is not None and cqe.status == Sc.INVALID_NAMESPACE | DNR
+    assert read(q, 0, 8) is not None  # namespace 1 still serves
+    host.close()

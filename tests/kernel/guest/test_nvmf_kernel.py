@@ -33,6 +33,17 @@ def nvme_disks() -> dict[str, str]:
     return {n: s for n, s in (line.split() for line in out if line.startswith("nvme"))}
 
 
+def disk_of_nsid(nsid: int) -> str | None:
+    """The block device of NSID ``nsid``: the kernel names a namespace nvme<S>n<I> with I
+    in the order its (parallel) scan reached it, not after the NSID, so nvme0n2 may well be
+    NSID 1 (``nvme_alloc_ns_head`` in the kernel's drivers/nvme/host/core.c)."""
+    for name in nvme_disks():
+        attr = Path(f"/sys/block/{name}/nsid")
+        if attr.exists() and int(attr.read_text()) == nsid:
+            return name
+    return None
+
+
 def test_kernel_initiator(targets: list[Target], tmp_path: Path) -> None:
     sh("ip link set lo up")
     sh("modprobe nvme-tcp")
@@ -117,28 +128,44 @@ def test_bdev_deleted_under_fio_and_target_killed(targets: list[Target],
     t.cli("nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", "4421")
     sh(f"nvme connect -t tcp -a 127.0.0.1 -s 4421 -n {NQN} --ctrl-loss-tmo=5 "
        "--reconnect-delay=1")
-    wait_until(lambda: {"nvme0n1", "nvme0n2"} <= set(nvme_disks()), timeout=30,
+    wait_until(lambda: disk_of_nsid(1) and disk_of_nsid(2), timeout=30,
                what="two namespaces")
+    keep, doomed = f"/dev/{disk_of_nsid(1)}", f"/dev/{disk_of_nsid(2)}"
 
-    # the bdev deleted under fio: the namespace goes, fio gets errors and ends
-    fio = fio_background("/dev/nvme0n2", 60)
-    time.sleep(3)
+    def doomed_ops() -> int:
+        (st,) = t.rpc("bdev_get_iostat", {"name": "Doomed"})["bdevs"]
+        return int(st["num_read_ops"] + st["num_write_ops"])
+
+    # the bdev deleted under fio: the namespace goes, fio gets errors and ends.  fio must
+    # be doing I/O to the bdev first (its start takes seconds under emulation).
+    fio = fio_background(doomed, 60)
+    wait_until(lambda: doomed_ops() > 64 or fio.poll() is not None, timeout=40,
+               what="fio's I/O reaching the Doomed bdev")
     assert fio.poll() is None, fio.communicate()
     t.rpc("bdev_malloc_delete", {"name": "Doomed"})
     try:
-        fio.communicate(timeout=90)
+        out, err = fio.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         fio.kill()
         raise AssertionError(f"fio hung after the bdev was deleted:\n{sh('dmesg').stdout}"
                              ) from None
-    assert fio.returncode != 0, "fio saw no error on a deleted namespace"
-    wait_until(lambda: "nvme0n2" not in nvme_disks(), timeout=30, what="nvme0n2 gone")
+    # terse v3: field 5 is the job's error; fio also exits non-zero on an I/O error
+    fields = out.strip().split(";")
+    job_err = int(fields[4]) if len(fields) > 4 and fields[4].isdigit() else None
+    assert fio.returncode != 0 and job_err != 0, (
+        f"fio saw no error on a deleted namespace ({doomed}): rc {fio.returncode}, "
+        f"job error {job_err}\nstdout: {out}\nstderr: {err}\ndmesg: {sh('dmesg').stdout}")
+    wait_until(lambda: disk_of_nsid(2) is None, timeout=30, what="NSID 2's disk gone")
+    assert not Path(doomed).exists() or subprocess.run(
+        ["dd", f"if={doomed}", "of=/dev/null", "bs=4k", "count=1", "iflag=direct"],
+        capture_output=True, timeout=60).returncode != 0
     assert [n["nsid"] for n in t.rpc("nvmf_get_subsystems", {"nqn": NQN})[0]["namespaces"]] \
         == [1]
-    sh("dd if=/dev/nvme0n1 of=/dev/null bs=64k count=16 iflag=direct status=none")
+    assert f"/dev/{disk_of_nsid(1)}" == keep
+    sh(f"dd if={keep} of=/dev/null bs=64k count=16 iflag=direct status=none")
 
     # kill -9 of the target under fio: errors after ctrl-loss-tmo, and disconnect returns
-    fio = fio_background("/dev/nvme0n1", 120)
+    fio = fio_background(keep, 120)
     time.sleep(3)
     os.kill(t.proc.pid, signal.SIGKILL)
     t.proc.wait(30)
