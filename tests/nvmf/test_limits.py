@@ -41,25 +41,38 @@ def stall(q: Queue) -> None:
     q.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 
 
-def test_reads_never_read_hold_at_most_the_cap(start_target: Callable[..., Target]) -> None:
-    t, port = setup(start_target)
+def hold_reads(port: int) -> Callable[[], None]:
+    """One hostile host: every queue full of 128 KiB reads whose data it never reads;
+    returns what closes it."""
     host = Host(port, NQN)
     queues = host.open_io(QUEUES, sqsize=DEPTH - 1)
-    before = rss(t)
     for q in queues:
         stall(q)
         q.send(*[b"".join(bytes(p) for p in q.framer.capsule_cmd(
             nvme.encode_read(cid, 1, (cid * 32) % 16384, 32, 4096))) for cid in range(DEPTH)])
-    asked = QUEUES * DEPTH * IO  # 190 MiB of read data asked for and never read
     time.sleep(3)  # let the target take what it will (memory is asserted, not time)
-    grown = rss(t) - before
-    assert grown < (CAP_MIB + 24) * MIB, f"{grown / MIB:.0f} MiB held for {asked / MIB:.0f} MiB"
-    host.io.clear()
-    for q in queues:
-        q.close()
-    # freed at close, and a new host reads normally
-    wait_until(lambda: rss(t) < before + 16 * MIB,
-               what=f"memory back after close (had grown {grown / MIB:.0f} MiB)")
+
+    def close() -> None:
+        host.io.clear()
+        for q in queues:
+            q.close()
+    return close
+
+
+def test_reads_never_read_hold_at_most_the_cap(start_target: Callable[..., Target]) -> None:
+    t, port = setup(start_target)
+    Host(port, NQN).close()  # the first connection's one-time costs are not the bound's
+    before = rss(t)
+    asked = QUEUES * DEPTH * IO  # 190 MiB of read data asked for and never read
+    # Twice: the second round must reuse what the first freed at close. RSS is not
+    # asserted to shrink, since the allocator may keep freed memory for reuse.
+    for round_ in (1, 2):
+        close = hold_reads(port)
+        grown = rss(t) - before
+        assert grown < (CAP_MIB + 24) * MIB, \
+            f"round {round_}: {grown / MIB:.0f} MiB held for {asked / MIB:.0f} MiB"
+        close()
+    # a new host reads normally
     again = Host(port, NQN)
     (q,) = again.open_io(1)
     _, data = q.ok(lambda c: nvme.encode_read(c, 1, 64, 32, 4096))
