@@ -38,6 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+POLL_US = 50  # pybdev-poll's window: a QD1 client's turnaround here is 10-20 µs
 
 WORKLOADS: dict[str, list[str]] = {
     "rr4k_qd1": ["--rw=randread", "--bs=4k", "--iodepth=1"],
@@ -92,7 +93,7 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
     started: list[Server] = []
     try:
         for name in names:
-            if name in ("pybdev", "pybdev-tcp", "pybdev-asyncio"):
+            if name in ("pybdev", "pybdev-tcp", "pybdev-asyncio", "pybdev-poll"):
                 sock = tmp / f"{name}.sock"
                 uri = f"nbd+unix:///Malloc0?socket={sock}"
                 if name == "pybdev-tcp":
@@ -106,10 +107,12 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
                 py = [sys.executable]
                 if profile and name in ("pybdev", "pybdev-asyncio"):
                     py += ["-m", "cProfile", "-o", profile]
+                # pybdev-poll: adaptive polling on (--nbd-poll-us), CPU for latency.
+                extra = ["--nbd-poll-us", str(POLL_US)] if name == "pybdev-poll" else []
                 rpc = tmp / f"{name}-rpc.sock"
                 # pybdev-asyncio: asyncio's own loop, what a plain `pip install` runs.
                 env = {"PYBDEV_EVENT_LOOP": "asyncio"} if name == "pybdev-asyncio" else {}
-                s = Server(name, [*py, "-m", "pybdev", "-r", str(rpc), "--json", str(cfg)],
+                s = Server(name, [*py, "-m", "pybdev", "-r", str(rpc), "--json", str(cfg), *extra],
                            sock, uri, tmp / f"{name}.log", ready=rpc, env=env)
                 if name == "pybdev-tcp":
                     s.uri = _wait_tcp_uri(rpc)
@@ -394,6 +397,7 @@ def main() -> int:
     p.add_argument("--size", default="1G", help="disk size (K, M, G suffixes)")
     p.add_argument("--servers", default="pybdev,nbdkit,qemu-nbd",
                    help="comma list of pybdev, pybdev-asyncio (asyncio's own loop), "
+                        f"pybdev-poll (--nbd-poll-us {POLL_US}), "
                         "pybdev-tcp, nbdkit, qemu-nbd, ceiling (bench/nbd_ceiling.py: a "
                         "minimal blocking Python server, the Unix-socket ceiling)")
     p.add_argument("--workloads", default="", help=f"comma list of {', '.join(WORKLOADS)}")

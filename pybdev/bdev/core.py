@@ -310,6 +310,21 @@ class Bdev:
     def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
         cb(-errno.ENOTSUP, None)
 
+    def zcopy_buffer(self, offset: int, length: int) -> memoryview | None:
+        """Writable memory where a write of the range can be received in place, or None.
+
+        SPDK's zcopy start without populate: a RAM-backed module hands out its own storage,
+        so an export receives a payload straight into it and then commits it with
+        ``submit_zcopy_commit``. Readers may see the bytes before the commit, as with any
+        write in flight. The default (and any module that must see the data go by, to
+        check or transform it): None, and the write takes the usual path.
+        """
+        return None
+
+    def submit_zcopy_commit(self, offset: int, length: int, cb: Callback, fua: bool) -> None:
+        """The range of a ``zcopy_buffer`` holds the write: make it the bdev's data."""
+        cb(-errno.ENOTSUP, None)
+
     def submit_read_md(self, offset: int, length: int, cb: Callback) -> None:
         """Read with separate metadata: ``cb(status, (data, md))``."""
         cb(-errno.ENOTSUP, None)
@@ -784,6 +799,34 @@ class Descriptor:
         bdev.submit_write(offset, data,
                           _completion(bdev, "write", "write", offset, length, data, fua, cb),
                           fua)
+
+    # -- zero-copy writes (SPDK's spdk_bdev_zcopy_start/end) --------------------------------
+    def zcopy_buffer(self, offset: int, length: int) -> memoryview | None:
+        """Memory to receive a write of the range into (then ``zcopy_commit``), or None.
+
+        None unless the request would take the fast path whole: a valid range on a module
+        with zero-copy buffers, no QoS or histogram (they must see the request go by),
+        within ``max_io_bytes``. A caller that gets None uses ``write``.
+        """
+        bdev = self.bdev
+        bs = bdev.block_size
+        if (self.closed or not self.write_allowed or bdev.state is not _REGISTERED
+                or offset < 0 or length <= 0 or offset % bs or length % bs
+                or offset + length > bs * bdev.num_blocks or length > self._max_io
+                or bdev._hooked or "zcopy" not in bdev.io_types):
+            return None
+        return bdev.zcopy_buffer(offset, length)
+
+    def zcopy_commit(self, offset: int, length: int, cb: Callback, fua: bool = False) -> None:
+        """The ``zcopy_buffer`` of the range was filled: complete the write."""
+        rc = self._check(offset, length, "write", True)
+        if rc:
+            cb(rc, None)
+            return
+        bdev = self.bdev
+        bdev.submit_zcopy_commit(offset, length,
+                                 _completion(bdev, "write", "write", offset, length, None,
+                                             fua, cb), fua)
 
     # -- separate metadata (SPDK's spdk_bdev_{read,write}_blocks_with_md) ------------------
     # Off the hot path: a bdev with separate metadata (md_size, not md_interleave) takes

@@ -128,6 +128,12 @@ class MallocBdev(Bdev):
         self.view[offset:offset + len(data)] = data
         cb(0, None)
 
+    def zcopy_buffer(self, offset: int, length: int) -> memoryview | None:
+        return self.view[offset:offset + length]
+
+    def submit_zcopy_commit(self, offset: int, length: int, cb: Callback, fua: bool) -> None:
+        cb(0, None)  # the payload is already in the bdev's memory
+
     def _md_range(self, offset: int, length: int) -> tuple[int, int]:
         bs = self.block_size
         return offset // bs * self.md_size, length // bs * self.md_size
@@ -259,6 +265,9 @@ class MallocDifBdev(MallocBdev):
             return
         self.view[offset:offset + len(data)] = data
         cb(0, None)
+
+    def zcopy_buffer(self, offset: int, length: int) -> memoryview | None:
+        return None  # protection information is checked as a write goes by
 
     def submit_read_md(self, offset: int, length: int, cb: Callback) -> None:
         at, n = self._md_range(offset, length)

@@ -142,3 +142,51 @@ def test_creating_a_4_gib_bdev_does_not_stall_the_target(
     assert rss(t.proc.pid) - before < 256 * MIB  # a 4 GiB bdev costs nothing until written
     assert t.rpc("bdev_malloc_delete", {"name": "Big"}) is True
     assert rss(t.proc.pid) - before < 256 * MIB
+
+
+async def test_zero_copy_write_lands_in_place_and_counts_once(layer: BdevLayer) -> None:
+    """SPDK's zcopy start/commit: the payload is received into the bdev's own memory."""
+    b = module(layer, MallocModule).create(block_size=512, num_blocks=64)
+    desc = layer.open(b.name, write=True)
+    buf = desc.zcopy_buffer(1024, 2048)
+    assert buf is not None and len(buf) == 2048
+    buf[:] = b"\xa5" * 2048
+    assert complete(lambda cb: desc.zcopy_commit(1024, 2048, cb)) == (0, None)
+    assert await read(desc, 512, 3072) == bytes(512) + b"\xa5" * 2048 + bytes(512)
+    st = b.stat.to_json(b.name)
+    assert (st["num_write_ops"], st["bytes_written"]) == (1, 2048)
+    desc.close()
+
+
+async def test_zero_copy_write_refused_where_the_write_must_be_seen(layer: BdevLayer) -> None:
+    """None sends the caller to the plain write: bad ranges, read-only descriptors, PI
+    checked on write, hooks (histogram, QoS) and modules without in-place memory."""
+    from pybdev.bdev.histogram import Histogram
+    from pybdev.bdev.passthru import PassthruModule
+
+    m = module(layer, MallocModule)
+    b = m.create(name="M0", block_size=512, num_blocks=64)
+    desc = layer.open("M0", write=True)
+    for offset, length in [(1, 512), (0, 100), (0, 0), (63 * 512, 1024), (-512, 512)]:
+        assert desc.zcopy_buffer(offset, length) is None
+    ro = layer.open("M0", write=False)
+    assert ro.zcopy_buffer(0, 512) is None
+    assert complete(lambda cb: ro.zcopy_commit(0, 512, cb))[0] == -errno.EBADF
+    ro.close()
+    b.histogram = Histogram()
+    b.update_hooks()
+    assert desc.zcopy_buffer(0, 512) is None
+    b.histogram = None
+    b.update_hooks()
+    assert desc.zcopy_buffer(0, 512) is not None
+    desc.close()
+    m.create(name="Dif", block_size=512, num_blocks=64, md_size=8, md_interleave=True,
+             dif_type=1)
+    dif = layer.open("Dif", write=True)
+    assert dif.zcopy_buffer(0, 520) is None
+    dif.close()
+    module(layer, PassthruModule).create(base_bdev_name="M0", name="P0")
+    await layer.wait_for_examine()
+    p = layer.open("P0", write=True)
+    assert p.zcopy_buffer(0, 512) is None
+    p.close()
