@@ -8,6 +8,9 @@ and runs itself there with ``--in-vm``. Inside:
 * ``ublk-loop``: ``/dev/ublkb1`` on a second target started with
   ``PYBDEV_UBLK_QUEUE_SERVING=0``: every request hops to the event loop and back (the path
   of bdevs that do not declare ``thread_safe_submit``);
+* ``ublk-buf``: ``/dev/ublkb3`` like ``ublk`` but on a third target created with
+  ``disable_user_copy``: the kernel copies data to and from a buffer per tag instead of
+  the server's ``pread``/``pwrite`` on the cdev (one system call less per request);
 * ``nbd``: pybdev's kernel NBD export of Malloc0 on ``/dev/nbd0``;
 * ``qemu-nbd``: ``qemu-nbd -c /dev/nbd1`` on a 64 MiB file in /dev/shm (the same kind of
   backing: RAM);
@@ -85,25 +88,30 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
         t2 = Target(tmp / "c.sock", ["-m", "0x3"], tmp / "target2.log")
     finally:
         del os.environ["PYBDEV_UBLK_QUEUE_SERVING"]
+    t3 = Target(tmp / "d.sock", ["-m", "0x3"], tmp / "target3.log")
     # Generous: starting Python over 9p under emulation on a loaded host is slow.
     t.wait_ready(300)
     t2.wait_ready(300)
+    t3.wait_ready(300)
     devices: dict[str, str] = {}
     parallel: dict[str, str] = {}
     notes = []
     qemu_nbd: subprocess.Popen[bytes] | None = None
     image = Path("/dev/shm/qemu-nbd-bench.raw")
     try:
-        for tgt, bdev in ((t, "Malloc0"), (t2, "Malloc1")):
+        for tgt, bdev in ((t, "Malloc0"), (t2, "Malloc1"), (t3, "Malloc2")):
             tgt.rpc("bdev_malloc_create", {"name": bdev, "num_blocks": 64 * 256,
                                            "block_size": 4096})
-            tgt.rpc("ublk_create_target")
+            tgt.rpc("ublk_create_target", {"disable_user_copy": True} if tgt is t3 else None)
         t.rpc("ublk_start_disk", {"bdev_name": "Malloc0", "ublk_id": 0,
                                   "num_queues": 1, "queue_depth": 128})
         devices["ublk"] = "/dev/ublkb0"
         t2.rpc("ublk_start_disk", {"bdev_name": "Malloc1", "ublk_id": 1,
                                    "num_queues": 1, "queue_depth": 128})
         devices["ublk-loop"] = "/dev/ublkb1"
+        t3.rpc("ublk_start_disk", {"bdev_name": "Malloc2", "ublk_id": 3,
+                                   "num_queues": 1, "queue_depth": 128})
+        devices["ublk-buf"] = "/dev/ublkb3"
         t.rpc("ublk_start_disk", {"bdev_name": "Malloc0", "ublk_id": 2,
                                   "num_queues": 2, "queue_depth": 64})
         parallel["ublk"] = "/dev/ublkb0"
@@ -117,9 +125,12 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
             # The same kind of backing for qemu-nbd: a RAM file of the same size.
             with open(image, "wb") as f:
                 f.truncate(64 * MiB)
+            qemu_log = open(tmp / "qemu-nbd.log", "wb")  # noqa: SIM115 - closed below
             qemu_nbd = subprocess.Popen(
-                ["qemu-nbd", "-f", "raw", "--cache=writeback", "--persistent", "-c",
-                 "/dev/nbd1", str(image)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                # -k: its default socket is under /var/lock, absent in the guest.
+                ["qemu-nbd", "-f", "raw", "--cache=writeback", "--persistent", "-k",
+                 str(tmp / "qemu-nbd.sock"), "-c", "/dev/nbd1", str(image)],
+                stdout=qemu_log, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 size = Path("/sys/block/nbd1/size")
@@ -128,7 +139,10 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
                     break
                 time.sleep(0.2)
             else:
-                notes.append("qemu-nbd -c /dev/nbd1 did not connect")
+                qemu_log.flush()
+                why = (tmp / "qemu-nbd.log").read_text(errors="replace").strip()[-300:]
+                notes.append(f"qemu-nbd -c /dev/nbd1 did not connect: {why or 'no output'}"
+                             f" (exit status {qemu_nbd.poll()})")
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
         for rnd in range(opts.repeat):
             for jobs, devs in ((JOBS, devices), (PARALLEL_JOBS, parallel)):
@@ -151,6 +165,8 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
             "ublk/nbd": {j: ratio(j, "ublk", "nbd") for j in JOBS},
             "ublk-loop/nbd": {j: ratio(j, "ublk-loop", "nbd") for j in JOBS},
             "ublk/ublk-loop": {j: ratio(j, "ublk", "ublk-loop") for j in JOBS},
+            "ublk-buf/nbd": {j: ratio(j, "ublk-buf", "nbd") for j in JOBS},
+            "ublk-buf/ublk": {j: ratio(j, "ublk-buf", "ublk") for j in JOBS},
             "nbd/qemu-nbd": {j: ratio(j, "nbd", "qemu-nbd") for j in JOBS},
             "ublk-2q/ublk": {j: ratio(j, "ublk-2q", "ublk") for j in PARALLEL_JOBS},
         }
@@ -171,10 +187,11 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
                             ("ublk_destroy_target", None)):
             with contextlib.suppress(Exception):
                 t.rpc(cmd, params, timeout=60)
-        with contextlib.suppress(Exception):
-            t2.rpc("ublk_destroy_target", None, timeout=60)
-        t.stop(timeout=60)
-        t2.stop(timeout=60)
+        for other in (t2, t3):
+            with contextlib.suppress(Exception):
+                other.rpc("ublk_destroy_target", None, timeout=60)
+        for tgt in (t, t2, t3):
+            tgt.stop(timeout=60)
 
 
 def report(data: dict[str, Any]) -> str:
@@ -212,7 +229,7 @@ def main() -> int:
         print("cannot run: fio is not installed", file=sys.stderr)
         return 1
     share = Path(tempfile.mkdtemp(prefix="ublk-bench-"))
-    budget = (len(JOBS) * 4 + len(PARALLEL_JOBS) * 2) * opts.repeat * (opts.runtime + 20) + 240
+    budget = (len(JOBS) * 5 + len(PARALLEL_JOBS) * 2) * opts.repeat * (opts.runtime + 20) + 240
     start = time.monotonic()
     r = vm.run_in_vm(f"{sys.executable} bench/ublk_vs_nbd.py --in-vm --runtime {opts.runtime} "
                      f"--repeat {opts.repeat}", timeout=budget, share_dir=share)

@@ -127,18 +127,18 @@ class TargetCollector:
         total = counter("pybdev_export_connections", "Clients an export has served",
                         labels=labels)
         nbytes = counter("pybdev_export_bytes", "Payload bytes clients asked an export to read "
-                         "or write (network NBD)", labels=[*labels, "direction"])
+                         "or write (NBD)", labels=[*labels, "direction"])
         nbd = app.subsystem(NbdSubsystem)
         for key, export in list(nbd.exports.items()):
             lab = [key, "nbd", export.bdev_name]
+            nbytes.add_metric([*lab, "read"], export.bytes_read)
+            nbytes.add_metric([*lab, "write"], export.bytes_written)
             conns = getattr(export, "connections", None)
             if conns is None:  # a kernel export: the kernel is its one client
                 current.add_metric(lab, 0 if export.stopping else 1)
                 continue
             current.add_metric(lab, len(conns))
             total.add_metric(lab, export.connections_total)  # type: ignore[attr-defined]
-            nbytes.add_metric([*lab, "read"], export.bytes_read)  # type: ignore[attr-defined]
-            nbytes.add_metric([*lab, "write"], export.bytes_written)  # type: ignore[attr-defined]
         ublk = app.subsystem(UblkSubsystem).target
         for dev in list(ublk.devices.values()) if ublk is not None else ():
             current.add_metric([dev.path, "ublk", dev.bdev_name], 0 if dev.stopping else 1)

@@ -54,6 +54,10 @@ class NbdExport(Export):
         super().__init__(subsystem.layer, bdev_name)
         self.subsystem = subsystem
         self.nbd_device = nbd_device or ""
+        # For /metrics: payload bytes clients asked for (counted per batch of requests as
+        # they are submitted, not per request).
+        self.bytes_read = 0
+        self.bytes_written = 0
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -26,16 +26,14 @@ import re
 import socket
 import threading
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pybdev.bdev.core import Bdev, Descriptor
+from pybdev.bdev.core import Bdev
 from pybdev.errors import OperationError
-from pybdev.export import io
 from pybdev.export.base import refuse_interleaved_md
-from pybdev.export.status import NBD_STATUS
 from pybdev.nbd.errors import IllegalDevice
-from pybdev.nbd.export import NBD_OPS, NbdExport
+from pybdev.nbd.export import NbdExport
+from pybdev.nbd.transmission import DEFAULT_MAX_BUFFERED, PayloadBudget, Transmission
 from pybdev.proto import nbd as proto
 
 if TYPE_CHECKING:
@@ -311,8 +309,10 @@ class KernelExport(NbdExport):
             # Serve before NBD_DO_IT: the kernel reads the partition table right away.
             server.setblocking(False)
             loop = asyncio.get_running_loop()
+            network = self.subsystem.network
             _, conn = await loop.connect_accepted_socket(
-                lambda: KernelConnection(self, bdev, flags), sock=server)
+                lambda: KernelConnection(self, bdev, flags, network.budget, network.poll_us),
+                sock=server)
             self.conn = conn
             self._flusher = True
             io_flusher_acquire()
@@ -398,7 +398,7 @@ class KernelExport(NbdExport):
             if not drain:
                 conn.abort()
             elif disc is None:
-                conn.shutdown()  # no NBD_CMD_DISC will come: close once answered
+                conn.shutdown(True)  # no NBD_CMD_DISC will come: close once answered
             try:
                 await asyncio.wait_for(asyncio.shield(conn.closed), DRAIN_TIMEOUT)
             except TimeoutError:
@@ -451,138 +451,35 @@ class KernelExport(NbdExport):
 # ============================================================================================
 
 
-class KernelConnection(asyncio.Protocol):
-    """Transmission-phase server for the kernel: simple replies, no handshake.
+class KernelConnection(Transmission):
+    """The server end of the device's socketpair: NBD's transmission phase, no handshake.
 
-    Requests are parsed only once complete (the stream delivers headers and payloads in
-    arbitrary pieces: treating a short read as a request hangs the kernel's block layer).
-    WRITE payloads are views of the receive buffer; the buffer is replaced rather than
-    compacted after each parse, so a write still in flight keeps its bytes.
+    The ioctls replaced the handshake, so the connection starts in transmission with
+    simple replies, and gets the network export's hot path, limits and large-write
+    handling (:mod:`pybdev.nbd.transmission`). The kernel never sends a request the
+    validator refuses; a stream that breaks the protocol cannot be resynchronised, so the
+    socket closes, which ends the device.
     """
 
-    def __init__(self, export: KernelExport, bdev: Bdev, flags: int) -> None:
-        self.export = export
-        desc = export.desc
-        assert desc is not None
-        self.desc: Descriptor = desc
+    def __init__(self, export: KernelExport, bdev: Bdev, flags: int,
+                 budget: PayloadBudget | None = None, poll_us: int = 0) -> None:
+        super().__init__(budget or PayloadBudget(DEFAULT_MAX_BUFFERED), poll_us)
+        self._kernel = export
+        self.peer = self.peer_host = export.nbd_device
         bs = bdev.block_size
-        self.size = bdev.size
-        self.validator = proto.RequestValidator(
+        self._kernel_validator = proto.RequestValidator(
             bdev.size, flags, min_block_size=min(bs & -bs, 4096), max_payload=MAX_PAYLOAD)
-        self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._buf = bytearray()
-        self._need = 0
-        self._inflight = 0
-        self._closing = False
-        self._batching = False
-        self._out: list[Any] = []
 
-    # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return  # after NBD_CMD_DISC nothing more is taken
-        self._buf += data
-        if len(self._buf) < self._need:
-            return
-        try:
-            requests, pos, self._need = proto.parse_requests(self._buf, 0, None, MAX_PAYLOAD)
-        except proto.ProtocolError as e:
-            # The kernel never sends this; a corrupt stream cannot be resynchronised.
-            log.error("%s: %s; closing the device socket", self.export.nbd_device, e)
-            requests, pos = e.parsed, e.offset
-            self._closing = True
-        if pos:
-            # New buffer: the old one stays alive, unchanged, for writes still using it.
-            self._buf = self._buf[pos:]
-        self._batching = True
-        try:
-            for req in requests:
-                if self._submit(*req):
-                    break
-        finally:
-            self._batching = False
-            self._flush()
-        del requests
-        if self._closing and not self._inflight:
-            self._close()
+        desc = self._kernel.desc
+        assert desc is not None
+        self._begin(self._kernel, desc, self._kernel_validator, structured=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        if not self.closed.done():
-            self.closed.set_result(None)
-        if exc is not None and not self.export.stopping:
-            log.warning("%s: device socket lost: %s", self.export.nbd_device, exc)
+        super().connection_lost(exc)
+        if exc is not None and not self._kernel.stopping:
+            log.warning("%s: device socket lost: %s", self.peer, exc)
 
-    # -- control -------------------------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Stop taking requests; close once those in flight are answered."""
-        self._closing = True
-        if not self._inflight:
-            self._close()
-
-    def abort(self) -> None:
-        self._closing = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def resized(self, size: int) -> None:
-        self.size = size
-        self.validator.size = size
-
-    def _close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()  # queued replies go out first
-
-    # -- requests ------------------------------------------------------------------------------
-    def _submit(self, typ: int, flags: int, cookie: int, offset: int, length: int,
-                payload: Any) -> bool:
-        """Start one request; True when it was NBD_CMD_DISC (the rest is ignored)."""
-        err = self.validator.check(typ, flags, offset, length)
-        if typ == proto.NBD_CMD_DISC:
-            self._closing = True
-            return True
-        if err:
-            self._send([proto.encode_simple_reply(cookie, err)])
-            return False
-        self._inflight += 1
-        op = NBD_OPS[typ]
-        fua = bool(flags & proto.NBD_CMD_FLAG_FUA)
-        cb = partial(self._read_done if op == io.READ else self._done, cookie)
-        io.submit(self.desc, op, offset, length, payload, fua, cb)
-        return False
-
-    def _read_done(self, cookie: int, status: int, data: Any) -> None:
-        if status:
-            self._done(cookie, status, None)
-            return
-        self._inflight -= 1
-        # bytes(): read data is only valid during the callback (bdev core's contract).
-        self._send([proto.encode_simple_reply(cookie), bytes(data)])
-        self._after()
-
-    def _done(self, cookie: int, status: int, _data: Any) -> None:
-        self._inflight -= 1
-        # The kernel fails the bio with EIO whatever the value; the table keeps every NBD
-        # export answering alike.
-        self._send([proto.encode_simple_reply(cookie, NBD_STATUS(status))])
-        self._after()
-
-    def _after(self) -> None:
-        if not self._batching and self._closing and not self._inflight:
-            self._close()
-
-    def _send(self, chunks: list[Any]) -> None:
-        if self._batching:
-            self._out += chunks
-        elif self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(chunks)
-
-    def _flush(self) -> None:
-        if self._out:
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.writelines(self._out)
-            self._out.clear()
+    def _protocol_error(self, error: str) -> None:
+        log.error("%s: %s; closing the device socket", self.peer, error)

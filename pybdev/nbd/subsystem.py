@@ -29,12 +29,11 @@ from pybdev.nbd.kernel import KernelExport
 from pybdev.nbd.rpc import RPC
 from pybdev.nbd.server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_BUFFERED,
     DEFAULT_MAX_CONNECTIONS,
-    MIB,
     NetworkExport,
     NetworkServer,
 )
+from pybdev.nbd.transmission import DEFAULT_MAX_BUFFERED, MIB
 from pybdev.proto.nbd import uri as nbd_uri
 from pybdev.subsystem import Config, Subsystem
 

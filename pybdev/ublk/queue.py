@@ -5,8 +5,9 @@ that issued its FETCH, so each queue has one thread that issues both. The thread
 
 1. pins itself to its CPU (from the target's cpumask) and sets PR_SET_IO_FLUSHER;
 2. creates a ring with the cdev as fixed file 0 and posts FETCH_REQ for every tag;
-3. loops on ``submit_and_reap``: every completion is a request (or NEED_GET_DATA /
-   ABORT); for USER_COPY writes the thread first preads the data from the cdev;
+3. loops on ``submit_and_reap``: every completion is a request (or ABORT); for USER_COPY
+   writes the thread first preads the data from the cdev, without USER_COPY the kernel
+   has already copied it into the tag's buffer;
 4. offers the pass's requests to ``serve_here`` (set by the device when its bdev declares
    ``thread_safe_submit``): what it serves completes on this thread, with no hop to the
    event loop (docs/decisions/ublk-queue-serving.md); the rest go to the event loop in
@@ -81,7 +82,7 @@ class UblkQueue:
         self._closed = False
         self.iod = mmap.mmap(cdev_fd, uapi.desc_area_length(depth), mmap.MAP_SHARED,
                              mmap.PROT_READ, offset=uapi.desc_area_offset(q_id))
-        # NEED_GET_DATA: the kernel copies data to/from a buffer per tag that we name in
+        # Without USER_COPY the kernel copies data to/from a buffer per tag that we name in
         # every FETCH/COMMIT; anonymous memory, touched only as far as requests reach.
         self.bufs: mmap.mmap | None = None
         self._buf_base = 0
@@ -221,6 +222,8 @@ class UblkQueue:
                             data = bufs_view[at:at + length]
                     batch.append((tag, op_flags, nr_sectors, start, data))
                 elif res == uapi.UBLK_IO_RES_NEED_GET_DATA:
+                    # Only for a device added with NEED_GET_DATA (an earlier pybdev's,
+                    # taken over by recovery): name the buffer again.
                     ring.prep_uring_cmd(0, _GET_DATA, _IO_CMD.pack(q_id, tag, 0,
                                                                    self.buffer(tag)),
                                         tag, _FIXED)

@@ -43,8 +43,8 @@ MAX_NUM_QUEUES: Final = 32  # SPDK's UBLK_DEV_MAX_QUEUES
 MAX_QUEUE_DEPTH: Final = 1024  # SPDK's UBLK_DEV_MAX_QUEUE_DEPTH
 DEFAULT_MAX_DEVS: Final = 64  # SPDK's UBLK_DEFAULT_MAX_SUPPORTED_DEVS
 # Largest request the kernel sends us. Bigger than SPDK's 64 KiB: every request costs a
-# Python round trip, so fewer, larger ones are cheaper; 512 KiB keeps NEED_GET_DATA's
-# per-tag buffers (depth x this, virtual) reasonable.
+# Python round trip, so fewer, larger ones are cheaper; 512 KiB keeps the per-tag buffers
+# of the mode without USER_COPY (depth x this, virtual) reasonable.
 MAX_IO_BYTES: Final = 512 * 1024
 MAX_DISCARD_SECTORS: Final = 32768
 CDEV_OPEN_TIMEOUT: Final = 10.0
@@ -175,7 +175,7 @@ class UblkTarget:
                      disable_user_copy=disable_user_copy)
         log.info("ublk target on CPUs %s; kernel features %#x (%s); data path %s",
                  target.cpu_list, features, ",".join(uapi.feature_names(features)),
-                 "USER_COPY" if target.user_copy else "NEED_GET_DATA")
+                 "USER_COPY" if target.user_copy else "per-tag buffers")
         return target
 
     def next_cpu(self) -> int:
@@ -335,7 +335,10 @@ class UblkDevice(Export):
     def _dev_flags(self) -> int:
         t = self.target
         flags = uapi.UBLK_F_URING_CMD_COMP_IN_TASK
-        flags |= uapi.UBLK_F_USER_COPY if t.user_copy else uapi.UBLK_F_NEED_GET_DATA
+        # Without USER_COPY the kernel copies a WRITE's data into the tag's buffer (named in
+        # every FETCH and COMMIT) before the request reaches us: no NEED_GET_DATA round trip.
+        if t.user_copy:
+            flags |= uapi.UBLK_F_USER_COPY
         if t.recovery:
             flags |= uapi.UBLK_F_USER_RECOVERY | uapi.UBLK_F_USER_RECOVERY_REISSUE
         if t.control.ioctl_encode:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pybdev.bdev.core import ReadBuffer
 from pybdev.errors import OperationError
 from pybdev.nbd import kernel
 from pybdev.nbd.subsystem import IllegalDevice
@@ -25,6 +26,9 @@ from tests.conftest import Target
 
 
 class FakeBdev:
+    read_buffer = ReadBuffer.CALLBACK  # a FakeDesc's read data changes with later writes
+    reports_holes = False
+
     def __init__(self, io_types: set[str], block_size: int = 512, num_blocks: int = 2048) -> None:
         self.io_types = io_types
         self.block_size = block_size
@@ -187,6 +191,7 @@ class FakeExport:
         self.desc = desc
         self.nbd_device = "/dev/nbd-test"
         self.stopping = False
+        self.bytes_read = self.bytes_written = 0
 
 
 def request(typ: int, cookie: int, offset: int = 0, length: int = 0, flags: int = 0) -> bytes:
