@@ -319,7 +319,7 @@ def micro(batch: int, rounds: int = 3000) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from pybdev.bdev.core import BdevLayer
     from pybdev.bdev.malloc import MallocModule
-    from pybdev.nbd.server import NbdConnection, PayloadBudget, describe_export
+    from pybdev.nbd.server import NbdConnection, NetworkServer, describe_export
     from pybdev.proto import nbd as proto
 
     class Sink:
@@ -350,9 +350,10 @@ def micro(batch: int, rounds: int = 3000) -> dict[str, float]:
         export.desc = desc
         export.name = "M0"
         export.connections = set()
+        export.connections_total = 0
+        export.bytes_read = export.bytes_written = 0
         listener = Stub()
-        listener.network = Stub()  # type: ignore[attr-defined]
-        listener.network.budget = PayloadBudget(1 << 30)  # type: ignore[attr-defined]
+        listener.network = NetworkServer(max_buffered=1 << 30)  # type: ignore[attr-defined]
         conn = NbdConnection(listener)  # type: ignore[arg-type]
         conn.transport = Sink()  # type: ignore[assignment]
         conn._handshake = None

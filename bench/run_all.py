@@ -5,11 +5,12 @@
 Runs, each as its own process (a failing one is reported on the page, not fatal):
 
 =========  ===============================================================================
-nbd        ``bench/nbd_fio.py``: pybdev (uvloop and asyncio's own loop) vs ``nbdkit memory``,
+nbd        ``bench/nbd_fio.py``: pybdev (uvloop, asyncio's own loop, polling) vs ``nbdkit memory``,
            ``qemu-nbd`` and the Unix-socket ceiling (``bench/nbd_ceiling.py``), fio's nbd
            engine, three interleaved rounds; plus ``--micro`` (CPU per request in process)
 vm         ``bench/ublk_vs_nbd.py`` in the kernel VM (minutes of software emulation): ublk
-           (queue thread / event loop), the kernel NBD export, ``qemu-nbd -c``, 1 vs 2 queues
+           (queue thread / event loop / per-tag buffers), the kernel NBD export,
+           ``qemu-nbd -c``, 1 vs 2 queues
 lvol       ``bench/lvol_nbd.py``: a thick lvol against its malloc base
 nvmf       ``bench/nvmf_vs_kernel.py`` when it exists: the NVMe/TCP target against the kernel's
 control    ``bench/control_plane.py``: RPC round trip, pipelined calls, 10,000 bdevs, RSS,
@@ -41,7 +42,7 @@ OUT = ROOT / "docs" / "perf"
 IMG = ROOT / "docs" / "img"
 PAGE = ROOT / "docs" / "performance.md"
 PY = sys.executable
-NBD_SERVERS = "pybdev,pybdev-asyncio,nbdkit,qemu-nbd,ceiling"
+NBD_SERVERS = "pybdev,pybdev-asyncio,pybdev-poll,nbdkit,qemu-nbd,ceiling"
 SECTIONS = ("nbd", "vm", "lvol", "nvmf", "control")
 
 
@@ -189,7 +190,7 @@ def render_nbd() -> list[str]:
              "rw4k_qd1": "≥ 1.0", "sr128k_qd8": "≥ 1.0, and ≥ 0.9 x ceiling",
              "sw1m_qd4": "≥ 1.0"}
     if "nbdkit" in names:
-        cols = [n for n in ("pybdev", "pybdev-asyncio") if n in names]
+        cols = [n for n in ("pybdev", "pybdev-asyncio", "pybdev-poll") if n in names]
         head = ["workload", *[f"{n} / nbdkit" for n in cols],
                 *([f"{n} / ceiling" for n in cols] if "ceiling" in names else []),
                 "goal (issue 19)"]
@@ -256,7 +257,7 @@ def render_vm() -> list[str]:
     lines.append("")
     jobs = [j for j in results if j in data["ratios"]["ublk/nbd"]]
     series = {w: [data["ratios"][w].get(j) for j in jobs]
-              for w in ("ublk/nbd", "ublk-loop/nbd", "nbd/qemu-nbd")
+              for w in ("ublk/nbd", "ublk-buf/nbd", "ublk-loop/nbd", "nbd/qemu-nbd")
               if any(data["ratios"][w].get(j) is not None for j in jobs)}
     lines += _bars("perf_ublk", "In the VM (software emulation): IOPS ratios", jobs, series,
                    "ratio")
@@ -300,19 +301,23 @@ def render(meta: dict[str, Any]) -> str:
         "## NBD network export vs nbdkit, qemu-nbd and the Unix-socket ceiling",
         "",
         "`bench/nbd_fio.py`: fio's nbd engine over a Unix socket; pybdev exports a malloc "
-        "bdev, on uvloop (`pybdev`) and on asyncio's own loop (`pybdev-asyncio`, what a plain "
-        "`pip install` runs); `nbdkit memory`; `qemu-nbd` on a file in /dev/shm; `ceiling` is "
-        "`bench/nbd_ceiling.py`, a blocking Python server that only moves the bytes.",
+        "bdev, on uvloop (`pybdev`), on asyncio's own loop (`pybdev-asyncio`, what a plain "
+        "`pip install` runs) and on uvloop with `--nbd-poll-us 50` (`pybdev-poll`: adaptive "
+        "polling, CPU spent for latency, off by default); `nbdkit memory`; `qemu-nbd` on a "
+        "file in /dev/shm; `ceiling` is `bench/nbd_ceiling.py`, a blocking Python server "
+        "that only moves the bytes. `server µs CPU/IO` is the server's CPU time over the "
+        "I/Os of the run: polling's cost shows there.",
         "",
         *render_nbd(),
         "",
         "## ublk vs the kernel NBD export vs qemu-nbd (kernel VM)",
         "",
         "`bench/ublk_vs_nbd.py`: one malloc bdev as `/dev/ublkb0` (served on the queue "
-        "thread), `/dev/ublkb1` (a target with `PYBDEV_UBLK_QUEUE_SERVING=0`: every request "
-        "through the event loop), pybdev's kernel NBD export `/dev/nbd0`, and `qemu-nbd -c "
-        "/dev/nbd1` on a RAM file; `ublk-2q` is a two-queue device against `ublk` under two "
-        "fio processes (GIL contention). See "
+        "thread, USER_COPY), `/dev/ublkb1` (a target with `PYBDEV_UBLK_QUEUE_SERVING=0`: "
+        "every request through the event loop), `/dev/ublkb3` (`ublk-buf`: a target with "
+        "`disable_user_copy`, the kernel copies into per-tag buffers), pybdev's kernel NBD "
+        "export `/dev/nbd0`, and `qemu-nbd -c /dev/nbd1` on a RAM file; `ublk-2q` is a "
+        "two-queue device against `ublk` under two fio processes (GIL contention). See "
         "[decisions/ublk-queue-serving.md](decisions/ublk-queue-serving.md).",
         "",
         *render_vm(),

@@ -3,9 +3,8 @@
 SPDK's ``lib/nbd/nbd.c`` sequence: the kernel gets one end of a socketpair with
 ``NBD_SET_SOCK``, the size, block size, timeout and transmission flags, and a thread
 blocks in ``NBD_DO_IT`` for as long as the device lives.  The other end is served on the
-event loop by :class:`KernelConnection`, which speaks the transmission phase only (no
-handshake: the ioctls replace it) using the sans-IO parser and encoders of
-:mod:`pybdev.proto.nbd`.
+event loop by :class:`KernelConnection`: the network export's transmission phase
+(:mod:`pybdev.nbd.transmission`), entered at once since the ioctls replace the handshake.
 
 Stop: ``NBD_DISCONNECT`` (in a thread: it writes ``NBD_CMD_DISC`` into the socket and can
 block while the socket is full), the server answers what is in flight and closes its

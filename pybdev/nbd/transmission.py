@@ -685,7 +685,19 @@ class Transmission(asyncio.BufferedProtocol):
                     inflight += 1
                     refs += 1
                     wbytes += length
-                    write(offset, payload, partial(simple_done, cookie, gen), flags & _FUA)
+
+                    # As for READ; a completion of an earlier batch (another buffer
+                    # generation) arriving now takes the general path.
+                    def wdone(status: int, _data: Any, cookie: int = cookie,
+                              gen: int = gen) -> None:
+                        if status or not conn._batching or gen != conn._buf_gen:
+                            simple_done(cookie, gen, status, _data)
+                            return
+                        conn._inflight -= 1
+                        conn._buf_refs -= 1
+                        out.append(pack_simple(0x67446698, 0, cookie))
+
+                    write(offset, payload, wdone, flags & _FUA)
                 else:
                     if typ == proto.NBD_CMD_DISC:
                         self._closing = True
