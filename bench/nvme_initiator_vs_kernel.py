@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
-import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.nvmf_vs_kernel import ANCHOR, JOBS, by_serial, fio, nvmet_setup, nvmet_teardown, sh  # noqa: E402
+from bench import vmbench  # noqa: E402
+from bench.nvmf_vs_kernel import ANCHOR, JOBS, by_serial, nvmet_setup, nvmet_teardown, sh  # noqa: E402
+from bench.vmbench import fio  # noqa: E402
 
 PYBDEV = ("pybdev-nbd", "pybdev-ublk")
 
@@ -116,42 +114,8 @@ def report(data: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runtime", type=int, default=8, help="seconds per fio run")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
-    p.add_argument("--json", type=Path, help="write the results here")
-    p.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
-    opts = p.parse_args()
-    if opts.in_vm:
-        data = in_vm(opts)
-        out = Path(os.environ.get("PYBDEV_VM_SHARE", "/tmp")) / "nvme_initiator_vs_kernel.json"
-        out.write_text(json.dumps(data, indent=2))
-        print(report(data))
-        return 0
-    from tests.kernel import vm
-
-    reason = vm.unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 1
-    if not shutil.which("fio"):
-        print("cannot run: fio is not installed", file=sys.stderr)
-        return 1
-    share = Path(tempfile.mkdtemp(prefix="nvme-init-bench-"))
-    budget = len(JOBS) * opts.rounds * 3 * (opts.runtime + 15) + 300
-    start = time.monotonic()
-    r = vm.run_in_vm(f"{sys.executable} bench/nvme_initiator_vs_kernel.py --in-vm "
-                     f"--runtime {opts.runtime} --rounds {opts.rounds}", timeout=budget,
-                     share_dir=share)
-    print(r.output)
-    if r.returncode != 0:
-        print(r.describe(), file=sys.stderr)
-        return 1
-    data = json.loads((share / "nvme_initiator_vs_kernel.json").read_text())
-    data["wall_s"] = round(time.monotonic() - start, 1)
-    if opts.json:
-        opts.json.write_text(json.dumps(data, indent=2) + "\n")
-    return 0
+    return vmbench.main(__file__, __doc__ or "", in_vm, report, runtime=8,
+                        budget=lambda o: len(JOBS) * o.rounds * 3 * (o.runtime + 15) + 300)
 
 
 if __name__ == "__main__":

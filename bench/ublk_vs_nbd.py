@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +41,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 sys.path.insert(0, str(ROOT))
+
+from bench import vmbench  # noqa: E402
+from bench.vmbench import fio  # noqa: E402
 
 JOBS: dict[str, list[str]] = {
     "randread-4k-qd32": ["--rw=randread", "--bs=4k", "--iodepth=32"],
@@ -57,23 +60,6 @@ PARALLEL_JOBS: dict[str, list[str]] = {
     "randread-4k-2x16": ["--rw=randread", "--bs=4k", "--iodepth=16", "--numjobs=2",
                          "--group_reporting"],
 }
-
-
-def fio(device: str, args: list[str], runtime: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["fio", "--name=j", f"--filename={device}", "--ioengine=libaio", "--direct=1",
-         "--time_based", f"--runtime={runtime}", "--size=48M", "--output-format=json",
-         *args], capture_output=True, text=True, check=True, timeout=runtime + 120)
-    job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
-    rw = "write" if job["write"]["io_bytes"] else "read"
-    return {"iops": job[rw]["iops"], "mib_s": job[rw]["bw_bytes"] / (1 << 20),
-            "lat_us": job[rw]["lat_ns"]["mean"] / 1000}
-
-
-def _median(values: list[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
@@ -144,7 +130,7 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
                 notes.append(f"qemu-nbd -c /dev/nbd1 did not connect: {why or 'no output'}"
                              f" (exit status {qemu_nbd.poll()})")
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
-        for rnd in range(opts.repeat):
+        for rnd in range(opts.rounds):
             for jobs, devs in ((JOBS, devices), (PARALLEL_JOBS, parallel)):
                 for job, args in jobs.items():
                     for name, path in devs.items():
@@ -152,14 +138,14 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
                         runs.setdefault(job, {}).setdefault(name, []).append(r)
                         print(f"round {rnd + 1} {job:20} {name:10} {r['iops']:9.0f} IOPS",
                               file=sys.stderr, flush=True)
-        results = {job: {name: {k: _median([r[k] for r in rs]) for k in rs[0]}
+        results = {job: {name: {k: statistics.median([r[k] for r in rs]) for k in rs[0]}
                          for name, rs in by.items()} for job, by in runs.items()}
 
         def ratio(job: str, a: str, b: str) -> float | None:
             ra, rb = runs[job].get(a), runs[job].get(b)
             if not ra or not rb:
                 return None
-            return _median([x["iops"] / y["iops"] for x, y in zip(ra, rb, strict=True)])
+            return statistics.median([x["iops"] / y["iops"] for x, y in zip(ra, rb, strict=True)])
 
         ratios = {
             "ublk/nbd": {j: ratio(j, "ublk", "nbd") for j in JOBS},
@@ -172,7 +158,7 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
         }
         return {"results": results, "runs": runs, "ratios": ratios,
                 "ratio_ublk_over_nbd": ratios["ublk/nbd"], "notes": notes,
-                "runtime_s": opts.runtime, "repeat": opts.repeat,
+                "runtime_s": opts.runtime, "repeat": opts.rounds,
                 "environment": "QEMU TCG guest, 2 vCPUs, kernel " + os.uname().release
                                + " (emulation: only ratios are meaningful)"}
     finally:
@@ -206,42 +192,9 @@ def report(data: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runtime", type=int, default=8, help="seconds per fio run")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="interleaved rounds; figures are medians")
-    p.add_argument("--json", type=Path, help="write the results here")
-    p.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
-    opts = p.parse_args()
-    if opts.in_vm:
-        data = in_vm(opts)
-        out = Path(os.environ.get("PYBDEV_VM_SHARE", "/tmp")) / "ublk_vs_nbd.json"
-        out.write_text(json.dumps(data, indent=2))
-        print(report(data))
-        return 0
-    from tests.kernel import vm
-
-    reason = vm.unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 1
-    if not shutil.which("fio"):
-        print("cannot run: fio is not installed", file=sys.stderr)
-        return 1
-    share = Path(tempfile.mkdtemp(prefix="ublk-bench-"))
-    budget = (len(JOBS) * 5 + len(PARALLEL_JOBS) * 2) * opts.repeat * (opts.runtime + 20) + 240
-    start = time.monotonic()
-    r = vm.run_in_vm(f"{sys.executable} bench/ublk_vs_nbd.py --in-vm --runtime {opts.runtime} "
-                     f"--repeat {opts.repeat}", timeout=budget, share_dir=share)
-    print(r.output)
-    if r.returncode != 0:
-        print(r.describe(), file=sys.stderr)
-        return 1
-    data = json.loads((share / "ublk_vs_nbd.json").read_text())
-    data["wall_s"] = round(time.monotonic() - start, 1)
-    if opts.json:
-        opts.json.write_text(json.dumps(data, indent=2) + "\n")
-    return 0
+    return vmbench.main(__file__, __doc__ or "", in_vm, report, runtime=8, rounds="repeat",
+                        budget=lambda o: (len(JOBS) * 5 + len(PARALLEL_JOBS) * 2) * o.rounds
+                        * (o.runtime + 20) + 240)
 
 
 if __name__ == "__main__":
