@@ -247,6 +247,14 @@ def render_vm() -> list[str]:
     for job, by in results.items():
         lines.append("| " + " | ".join(
             [job, *[f"{by[n]['iops']:.0f}" if n in by else "" for n in names]]) + " |")
+    if any("server_cpu_pct" in r for by in results.values() for r in by.values()):
+        lines += ["", "CPU of the serving process during each run (% of one vCPU; the "
+                  "drivers' kernel threads not counted):", "",
+                  "| job | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for job, by in results.items():
+            lines.append("| " + " | ".join(
+                [job, *[f"{by[n]['server_cpu_pct']:.0f}" if n in by else ""
+                        for n in names]]) + " |")
     lines += ["", "| ratio | " + " | ".join(results) + " |",
               "|---|" + "---|" * len(results)]
     for what, per_job in data["ratios"].items():

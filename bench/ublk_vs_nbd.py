@@ -62,6 +62,11 @@ PARALLEL_JOBS: dict[str, list[str]] = {
 }
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
     from tests.conftest import Target
 
@@ -129,12 +134,21 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
                 why = (tmp / "qemu-nbd.log").read_text(errors="replace").strip()[-300:]
                 notes.append(f"qemu-nbd -c /dev/nbd1 did not connect: {why or 'no output'}"
                              f" (exit status {qemu_nbd.poll()})")
+        # Whose CPU time serves each device (kernel threads of the nbd and ublk drivers
+        # are not counted: the server process only).
+        servers = {"ublk": t.proc.pid, "nbd": t.proc.pid, "ublk-2q": t.proc.pid,
+                   "ublk-loop": t2.proc.pid, "ublk-buf": t3.proc.pid}
+        if qemu_nbd is not None:
+            servers["qemu-nbd"] = qemu_nbd.pid
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
         for rnd in range(opts.rounds):
             for jobs, devs in ((JOBS, devices), (PARALLEL_JOBS, parallel)):
                 for job, args in jobs.items():
                     for name, path in devs.items():
+                        cpu0, wall0 = _cpu_seconds(servers[name]), time.monotonic()
                         r = fio(path, args, opts.runtime)
+                        r["server_cpu_pct"] = 100 * (_cpu_seconds(servers[name]) - cpu0) / (
+                            time.monotonic() - wall0)
                         runs.setdefault(job, {}).setdefault(name, []).append(r)
                         print(f"round {rnd + 1} {job:20} {name:10} {r['iops']:9.0f} IOPS",
                               file=sys.stderr, flush=True)
