@@ -174,6 +174,9 @@ class FakeDesc:
         self._complete(apply, 0, None)
         assert payload == bytes(data)
 
+    def zcopy_buffer(self, offset: int, length: int) -> memoryview | None:
+        return None  # no memory to lend: large writes arrive in pieces
+
     def flush(self, offset: int, length: int, cb: Any) -> None:
         self.flushes += 1
         self._complete(cb, 0, None)
@@ -213,9 +216,9 @@ def reply(sock: socket.socket) -> tuple[int, int]:
     return err, cookie
 
 
-async def _serve(defer: bool, chunk: int, client_fn: Any) -> FakeDesc:
+async def _serve(defer: bool, chunk: int, client_fn: Any, num_blocks: int = 256) -> FakeDesc:
     loop = asyncio.get_running_loop()
-    bdev = FakeBdev({"read", "write", "flush", "unmap", "write_zeroes"}, num_blocks=256)
+    bdev = FakeBdev({"read", "write", "flush", "unmap", "write_zeroes"}, num_blocks=num_blocks)
     desc = FakeDesc(bdev.size, defer=defer)
     desc.bdev = bdev  # type: ignore[attr-defined]  # a Descriptor names its bdev
     server, client = socket.socketpair()
@@ -273,6 +276,25 @@ def _failing_client(sock: socket.socket, chunk: int, desc: FakeDesc) -> None:
     assert reply(sock) == (proto.NBD_EIO, 2)
     sock.sendall(request(proto.NBD_CMD_DISC, 3))
     assert sock.recv(1) == b""
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_large_writes_arrive_in_pieces_and_read_back(defer: bool) -> None:
+    """Writes larger than the receive buffer (the kernel sends up to max_sectors) take the
+    piecewise path of the shared transmission phase; reads of them come back whole."""
+    blob = os.urandom(3 << 20)
+
+    def client(sock: socket.socket, chunk: int, desc: FakeDesc) -> None:
+        sock.sendall(request(proto.NBD_CMD_WRITE, 1, 4096, len(blob)) + blob
+                     + request(proto.NBD_CMD_READ, 2, 4096, len(blob)))
+        assert reply(sock) == (0, 1)
+        assert reply(sock) == (0, 2)
+        assert recv_exact(sock, len(blob)) == blob
+        sock.sendall(request(proto.NBD_CMD_DISC, 3))
+        assert sock.recv(1) == b""
+
+    desc = asyncio.run(_serve(defer, 0, client, num_blocks=8192))
+    assert desc.data[4096:4096 + len(blob)] == blob
 
 
 def test_connection_failed_io_is_eio() -> None:
