@@ -1,7 +1,7 @@
 """The ublk target and its devices: the Python API behind the ``ublk_*`` RPCs.
 
 ``UblkTarget`` is created by ``ublk_create_target``: it opens /dev/ublk-control, probes the
-kernel's features (GET_FEATURES) and decides USER_COPY vs NEED_GET_DATA, ioctl encoding and
+kernel's features (GET_FEATURES) and decides USER_COPY vs per-tag buffers, ioctl encoding and
 user recovery once. ``UblkDevice`` is one /dev/ublkbN: a bdev descriptor, the cdev, one
 :class:`~pybdev.ublk.queue.UblkQueue` (poller thread) per queue, and the bdev I/O that the
 pollers hand to the event loop.
