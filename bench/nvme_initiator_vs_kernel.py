@@ -100,17 +100,7 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(data: dict[str, Any]) -> str:
-    med = data["medians"]
-    names = [n for n in ("kernel", *PYBDEV) if n in med]
-    head = f"{'job':<18}" + "".join(f" {n + ' IOPS':>16}" for n in names)
-    head += "".join(f" {r:>18}" for r in data["ratios"])
-    lines = [head]
-    for job in JOBS:
-        line = f"{job:<18}" + "".join(f" {med[n][job]['iops']:16.0f}" for n in names)
-        line += "".join(f" {data['ratios'][r][job]:18.2f}" for r in data["ratios"])
-        lines.append(line)
-    lines += data["notes"]
-    return "\n".join(lines)
+    return vmbench.table(data, ("kernel", *PYBDEV), JOBS)
 
 
 def main() -> int:

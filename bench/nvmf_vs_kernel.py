@@ -38,12 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench import vmbench  # noqa: E402
 from bench.vmbench import fio  # noqa: E402
 
-JOBS: dict[str, list[str]] = {
-    "randread-4k-qd32": ["--rw=randread", "--bs=4k", "--iodepth=32"],
-    "randwrite-4k-qd32": ["--rw=randwrite", "--bs=4k", "--iodepth=32"],
-    "read-128k-qd8": ["--rw=read", "--bs=128k", "--iodepth=8"],
-    "write-128k-qd8": ["--rw=write", "--bs=128k", "--iodepth=8"],
-}
+JOBS = vmbench.JOBS
 NQN = "nqn.2016-06.io.spdk:bench"
 ANCHOR = "nqn.2024-01.io.pybdev:anchor"
 CFS = Path("/sys/kernel/config/nvmet")
@@ -160,17 +155,7 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(data: dict[str, Any]) -> str:
-    med = data["medians"]
-    names = [n for n in ("pybdev", "nvmet", "nbd") if n in med]
-    head = f"{'job':<18}" + "".join(f" {n + ' IOPS':>12}" for n in names)
-    head += "".join(f" {r:>13}" for r in data["ratios"])
-    lines = [head]
-    for job in JOBS:
-        line = f"{job:<18}" + "".join(f" {med[n][job]['iops']:12.0f}" for n in names)
-        line += "".join(f" {data['ratios'][r][job]:13.2f}" for r in data["ratios"])
-        lines.append(line)
-    lines += data["notes"]
-    return "\n".join(lines)
+    return vmbench.table(data, ("pybdev", "nvmet", "nbd"), JOBS)
 
 
 def main() -> int:

@@ -46,10 +46,7 @@ from bench import vmbench  # noqa: E402
 from bench.vmbench import fio  # noqa: E402
 
 JOBS: dict[str, list[str]] = {
-    "randread-4k-qd32": ["--rw=randread", "--bs=4k", "--iodepth=32"],
-    "randwrite-4k-qd32": ["--rw=randwrite", "--bs=4k", "--iodepth=32"],
-    "read-128k-qd8": ["--rw=read", "--bs=128k", "--iodepth=8"],
-    "write-128k-qd8": ["--rw=write", "--bs=128k", "--iodepth=8"],
+    **vmbench.JOBS,
     "randread-4k-qd1": ["--rw=randread", "--bs=4k", "--iodepth=1"],
 }
 

@@ -22,6 +22,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The jobs every VM benchmark runs on each device (fio arguments).
+JOBS: dict[str, list[str]] = {
+    "randread-4k-qd32": ["--rw=randread", "--bs=4k", "--iodepth=32"],
+    "randwrite-4k-qd32": ["--rw=randwrite", "--bs=4k", "--iodepth=32"],
+    "read-128k-qd8": ["--rw=read", "--bs=128k", "--iodepth=8"],
+    "write-128k-qd8": ["--rw=write", "--bs=128k", "--iodepth=8"],
+}
+
 
 def fio(device: str, args: list[str], runtime: int) -> dict[str, float]:
     """One fio job (libaio, O_DIRECT, time based) on ``device``: IOPS, MiB/s, mean latency."""
@@ -34,6 +42,20 @@ def fio(device: str, args: list[str], runtime: int) -> dict[str, float]:
     rw = "write" if job["write"]["io_bytes"] else "read"
     return {"iops": job[rw]["iops"], "mib_s": job[rw]["bw_bytes"] / (1 << 20),
             "lat_us": job[rw]["lat_ns"]["mean"] / 1000}
+
+
+def table(data: dict[str, Any], names: tuple[str, ...], jobs: dict[str, list[str]]) -> str:
+    """IOPS of each device (``data["medians"]``) and each ratio, per job, then the notes."""
+    med = data["medians"]
+    names = tuple(n for n in names if n in med)
+    width = max(12, *(len(n) + 5 for n in names))
+    rwidth = max(13, *(len(r) + 1 for r in data["ratios"]))
+    lines = [f"{'job':<18}" + "".join(f" {n + ' IOPS':>{width}}" for n in names)
+             + "".join(f" {r:>{rwidth}}" for r in data["ratios"])]
+    for job in jobs:
+        lines.append(f"{job:<18}" + "".join(f" {med[n][job]['iops']:{width}.0f}" for n in names)
+                     + "".join(f" {data['ratios'][r][job]:{rwidth}.2f}" for r in data["ratios"]))
+    return "\n".join(lines + data["notes"])
 
 
 def main(script: str, doc: str, in_vm: Callable[[argparse.Namespace], dict[str, Any]],
