@@ -26,6 +26,8 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("bdev_rbd_register_cluster", "--user"): "pybdev also accepts --user-id (docs/ceph.md)",
     ("bdev_rbd_register_cluster", "--user/--user-id"):
         "pybdev also accepts --user-id (docs/ceph.md)",
+    ("nbd_start_disk", "--num-connections/-c"):
+        "pybdev: several sockets for a /dev/nbdN device (docs/nbd-kernel.md)",
 }
 PROBES = ("1", "a,b", "0x10")
 

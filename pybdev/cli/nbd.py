@@ -16,7 +16,8 @@ from pybdev.cli.output import print_dict, print_json
 
 def nbd_start_disk(a: argparse.Namespace) -> None:
     print_json(a.client.call("nbd_start_disk",
-                             {"bdev_name": a.bdev_name, "nbd_device": a.nbd_device}))
+                             {"bdev_name": a.bdev_name, "nbd_device": a.nbd_device,
+                              "num_connections": a.num_connections}))
 
 
 def nbd_stop_disk(a: argparse.Namespace) -> None:
@@ -49,6 +50,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    help='Path to the NBD device, e.g. "/dev/nbd0" (default: first available '
                         'device), or an NBD URI: nbd://HOST[:PORT]/NAME, '
                         "nbd+unix:///NAME?socket=PATH")
+    p.add_argument("-c", "--num-connections", type=int,
+                   help="pybdev: sockets between the kernel and the target for a /dev/nbdN "
+                        "device (default 1)")
 
     p = cmd("nbd_stop_disk", nbd_stop_disk, "Stop an nbd disk or network export")
     p.add_argument("nbd_device", help='Path to the NBD device, e.g. "/dev/nbd0", or the URI')

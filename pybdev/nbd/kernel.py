@@ -6,6 +6,11 @@ blocks in ``NBD_DO_IT`` for as long as the device lives.  The other end is serve
 event loop by :class:`KernelConnection`: the network export's transmission phase
 (:mod:`pybdev.nbd.transmission`), entered at once since the ioctls replace the handshake.
 
+Beyond SPDK, ``num_connections`` > 1 hands the kernel several socketpairs (one
+``NBD_SET_SOCK`` each, from the same thread, as the driver requires) and advertises
+``CAN_MULTI_CONN``: the driver then makes one hardware queue per socket, each with its
+own receive worker (docs/decisions/nbd-fast-paths.md).
+
 Stop: ``NBD_DISCONNECT`` (in a thread: it writes ``NBD_CMD_DISC`` into the socket and can
 block while the socket is full), the server answers what is in flight and closes its
 end, which is what makes ``NBD_DO_IT`` return; then ``NBD_CLEAR_QUE``/``NBD_CLEAR_SOCK``
@@ -65,6 +70,7 @@ BUSY_WAIT = 1.0  # ... total, as SPDK (NBD_BUSY_POLLING_INTERVAL_US, *_BUSY_WAIT
 READY_TIMEOUT = 10.0  # NBD_DO_IT running -> device sized; generous under emulation
 DRAIN_TIMEOUT = 5.0  # NBD_CMD_DISC -> in-flight answered, before the socket is cut
 DO_IT_TIMEOUT = 10.0  # socket closed -> NBD_DO_IT returned (SPDK waits 10 s too)
+MAX_CONNECTIONS = 16  # sockets per device; each costs a connection's buffer (docs/guide.md)
 # The kernel caps a request at max_hw_sectors (65536 sectors = 32 MiB on 6.12); leave room.
 MAX_PAYLOAD = 64 * 1024 * 1024
 
@@ -93,15 +99,19 @@ def device_path(index: int) -> str:
     return f"{DEV_DIR}/nbd{index}"
 
 
-def kernel_flags(bdev: Bdev) -> int:
+def kernel_flags(bdev: Bdev, num_connections: int = 1) -> int:
     """``NBD_SET_FLAGS`` for a bdev: what it supports and the 6.12 driver acts on.
 
     FLUSH and TRIM as SPDK.  Beyond SPDK, the 6.12 driver also honours FUA (only together
     with FLUSH: it advertises a write cache only then), WRITE_ZEROES (``REQ_OP_WRITE_ZEROES``,
-    with ``NO_HOLE`` for ``REQ_NOUNMAP``) and READ_ONLY (``set_disk_ro``).  It ignores the
-    rest (CACHE, DF, MULTI_CONN on a single socket), so they are not advertised.
+    with ``NO_HOLE`` for ``REQ_NOUNMAP``) and READ_ONLY (``set_disk_ro``).  MULTI_CONN is
+    required for several sockets (``NBD_DO_IT`` fails with EINVAL without it) and true of
+    every connection here: they share one descriptor, so a flush on one covers writes
+    completed on any.  The driver ignores the rest (CACHE, DF), so they are not advertised.
     """
     flags = proto.NBD_FLAG_HAS_FLAGS
+    if num_connections > 1:
+        flags |= proto.NBD_FLAG_CAN_MULTI_CONN
     if not bdev.supports("write"):
         return flags | proto.NBD_FLAG_READ_ONLY
     if bdev.supports("flush"):
@@ -221,11 +231,13 @@ class KernelExport(NbdExport):
 
     kind = "kernel"
 
-    def __init__(self, subsystem: NbdSubsystem, bdev_name: str, nbd_device: str | None) -> None:
+    def __init__(self, subsystem: NbdSubsystem, bdev_name: str, nbd_device: str | None,
+                 num_connections: int = 1) -> None:
         super().__init__(subsystem, bdev_name, nbd_device)
+        self.num_connections = num_connections
         self.index = -1
         self.fd = -1
-        self.conn: KernelConnection | None = None
+        self.conns: list[KernelConnection] = []
         self._do_it: asyncio.Future[Any] | None = None
         self._disc: asyncio.Future[Any] | None = None
         self._flusher = False
@@ -283,7 +295,8 @@ class KernelExport(NbdExport):
         path = device_path(index)
         self.index = index
         self.nbd_device = f"/dev/nbd{index}"
-        server, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                 for _ in range(self.num_connections)]
         try:
             try:
                 self.fd = await _in_thread(lambda: os.open(path, os.O_RDWR | os.O_CLOEXEC),
@@ -293,9 +306,10 @@ class KernelExport(NbdExport):
             except OSError as e:
                 raise OperationError(e.errno or errno.EIO,
                                      f"cannot open {path}: {e.strerror}") from None
-            await self._set_sock(kernel_end)
-            kernel_end.close()  # the kernel holds its own reference now
-            flags = kernel_flags(bdev)
+            for _, kernel_end in pairs:
+                await self._set_sock(kernel_end)
+                kernel_end.close()  # the kernel holds its own reference now
+            flags = kernel_flags(bdev, self.num_connections)
             for req, arg, what in ((NBD_SET_BLKSIZE, bdev.block_size, "block size"),
                                    (NBD_SET_SIZE_BLOCKS, bdev.num_blocks, "size"),
                                    (NBD_SET_TIMEOUT, NBD_TIMEOUT, "timeout"),
@@ -306,30 +320,33 @@ class KernelExport(NbdExport):
                     raise OperationError(e.errno or errno.EIO,
                                          f"{path}: cannot set {what} {arg}: {e.strerror}") from None
             # Serve before NBD_DO_IT: the kernel reads the partition table right away.
-            server.setblocking(False)
             loop = asyncio.get_running_loop()
             network = self.subsystem.network
-            _, conn = await loop.connect_accepted_socket(
-                lambda: KernelConnection(self, bdev, flags, network.budget, network.poll_us),
-                sock=server)
-            self.conn = conn
+            for server, _ in pairs:
+                server.setblocking(False)
+                _, conn = await loop.connect_accepted_socket(
+                    lambda: KernelConnection(self, bdev, flags, network.budget, network.poll_us),
+                    sock=server)
+                self.conns.append(conn)
             self._flusher = True
             io_flusher_acquire()
             fd = self.fd
             self._do_it = _in_thread(lambda: fcntl.ioctl(fd, NBD_DO_IT), f"nbd-do-it-{index}")
             await self._wait_ready(index)
         except BaseException:
-            kernel_end.close()
-            if self.conn is None:
-                server.close()
+            for server, kernel_end in pairs[len(self.conns):]:
+                server.close()  # the served ones close with their connection
+                kernel_end.close()
+            for _, kernel_end in pairs[:len(self.conns)]:
+                kernel_end.close()
             # The bdev stays open: auto-pick may go on with the next device.
             await self._release_device()
-            self.conn = None
+            self.conns = []
             self._do_it = None
             raise
         self._do_it.add_done_callback(self._do_it_returned)
-        log.info("%s: bdev %s, %d x %d bytes, flags 0x%x", self.nbd_device, bdev.name,
-                 bdev.num_blocks, bdev.block_size, flags)
+        log.info("%s: bdev %s, %d x %d bytes, flags 0x%x, %d connection(s)", self.nbd_device,
+                 bdev.name, bdev.num_blocks, bdev.block_size, flags, len(self.conns))
 
     async def _set_sock(self, kernel_end: socket.socket) -> None:
         # EBUSY: the previous user of the device is still tearing it down.
@@ -373,9 +390,23 @@ class KernelExport(NbdExport):
                     exc or "no error")
         self.end_by_itself(False, "NBD_DO_IT returned")
 
+    def info(self) -> dict[str, Any]:
+        return self._with_connections(super().info())
+
+    def config(self) -> dict[str, Any]:
+        entry = super().config()
+        self._with_connections(entry["params"])
+        return entry
+
+    def _with_connections(self, params: dict[str, Any]) -> dict[str, Any]:
+        # Only when not SPDK's one socket, so SPDK's tools read the usual entry.
+        if self.num_connections > 1:
+            params["num_connections"] = self.num_connections
+        return params
+
     def on_resize(self, bdev: Bdev) -> None:
-        if self.conn is not None:
-            self.conn.resized(bdev.size)
+        for conn in self.conns:
+            conn.resized(bdev.size)
         if self.fd >= 0:
             # Takes effect while running on 6.12 (nbd_set_size updates the capacity).
             with contextlib.suppress(OSError):
@@ -392,20 +423,21 @@ class KernelExport(NbdExport):
                                     f"nbd-disc-{self.index}")
 
     async def drain(self, drain: bool) -> None:
-        conn, disc, do_it = self.conn, self._disc, self._do_it
-        if conn is not None:
+        conns, disc, do_it = self.conns, self._disc, self._do_it
+        for conn in conns:
             if not drain:
                 conn.abort()
             elif disc is None:
                 conn.shutdown(True)  # no NBD_CMD_DISC will come: close once answered
-            try:
-                await asyncio.wait_for(asyncio.shield(conn.closed), DRAIN_TIMEOUT)
-            except TimeoutError:
+        if conns:
+            closed = [conn.closed for conn in conns]
+            _, pending = await asyncio.wait(closed, timeout=DRAIN_TIMEOUT)
+            if pending:
                 log.warning("%s: requests still in flight after %.0f s; cutting the socket",
                             self.nbd_device, DRAIN_TIMEOUT)
-                conn.abort()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(conn.closed), 1.0)
+                for conn in conns:
+                    conn.abort()
+                await asyncio.wait(closed, timeout=1.0)
         if disc is not None:
             with contextlib.suppress(Exception, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(disc), 1.0)
@@ -420,8 +452,8 @@ class KernelExport(NbdExport):
                 log.debug("%s: NBD_DO_IT ended with %s", self.nbd_device, e)
 
     def abort(self) -> None:
-        if self.conn is not None:
-            self.conn.abort()
+        for conn in self.conns:
+            conn.abort()
 
     async def release(self) -> None:
         fd, self.fd = self.fd, -1

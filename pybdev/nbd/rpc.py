@@ -1,13 +1,15 @@
 """nbd RPCs with SPDK's params, results and codes (SPDK's lib/nbd), extended to network exports.
 
-``nbd_start_disk {bdev_name, nbd_device?}``: ``nbd_device`` may be an NBD URI
-(``nbd://HOST[:PORT]/NAME``, ``nbd+unix:///NAME?socket=PATH``) for a network export, or
-a ``/dev/nbdN`` path (or nothing) for a kernel export.  Answers the ``nbd_device`` in
+``nbd_start_disk {bdev_name, nbd_device?, num_connections?}``: ``nbd_device`` may be an
+NBD URI (``nbd://HOST[:PORT]/NAME``, ``nbd+unix:///NAME?socket=PATH``) for a network
+export, or a ``/dev/nbdN`` path (or nothing) for a kernel export; ``num_connections``
+(pybdev's, kernel exports only) gives the kernel several sockets.  Answers the ``nbd_device`` in
 use (for ``nbd://HOST:0/NAME``, the URI with the port the kernel chose).
 
 Codes: decode failure -32603 "spdk_json_decode_object failed"; unknown bdev or device
 -19; device or export name already used -16; claimed bdev -1; malformed URI -19
-"illegal nbd device ..."; non-loopback address without ``--nbd-allow-remote`` -13.
+"illegal nbd device ..."; non-loopback address without ``--nbd-allow-remote`` -13;
+``num_connections`` out of range or with a URI -22.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from pybdev.nbd.kernel import MAX_CONNECTIONS
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
-from pybdev.rpc.types import Params, Str
+from pybdev.rpc.types import U32, Params, Str
 
 RPC = RpcTable()
 
@@ -38,6 +41,10 @@ class StartDiskParams(Params):
         None, description=(
             "/dev/nbdN (kernel export; the first free one when omitted), or an NBD URI: "
             "nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH (network export)"))
+    num_connections: U32 | None = Field(
+        None, description=(
+            "pybdev extension, kernel exports only: sockets the kernel spreads the device's "
+            f"requests over, 1 to {MAX_CONNECTIONS} (default 1, as SPDK)"))
 
 
 @RPC.method("nbd_start_disk", StartDiskParams, decode_error=DECODE_ERROR,
@@ -45,7 +52,7 @@ class StartDiskParams(Params):
             aliases=("start_nbd_disk",))
 async def nbd_start_disk(nbd: NbdSubsystem, p: StartDiskParams) -> str:
     """Export a bdev over NBD: to the kernel (/dev/nbdN) or to the network (an NBD URI)."""
-    export = await nbd.start_disk(p.bdev_name, p.nbd_device)
+    export = await nbd.start_disk(p.bdev_name, p.nbd_device, p.num_connections)
     return export.nbd_device
 
 

@@ -25,7 +25,7 @@ from pybdev.bdev.subsystem import BdevSubsystem
 from pybdev.errors import OperationError
 from pybdev.nbd.errors import IllegalDevice
 from pybdev.nbd.export import NbdExport
-from pybdev.nbd.kernel import KernelExport
+from pybdev.nbd.kernel import MAX_CONNECTIONS, KernelExport
 from pybdev.nbd.rpc import RPC
 from pybdev.nbd.server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -112,9 +112,14 @@ class NbdSubsystem(Subsystem):
         network.poll_us = options.nbd_poll_us
 
     # -- Python API ------------------------------------------------------------------------
-    async def start_disk(self, bdev_name: str, nbd_device: str | None = None) -> NbdExport:
-        """Export ``bdev_name`` at ``nbd_device`` (URI, device path, or None: auto)."""
-        export = self._make_export(bdev_name, nbd_device)
+    async def start_disk(self, bdev_name: str, nbd_device: str | None = None,
+                         num_connections: int | None = None) -> NbdExport:
+        """Export ``bdev_name`` at ``nbd_device`` (URI, device path, or None: auto).
+
+        ``num_connections`` (kernel exports only, 1 to ``MAX_CONNECTIONS``): sockets the
+        kernel spreads the device's requests over.
+        """
+        export = self._make_export(bdev_name, nbd_device, num_connections)
         # SPDK opens the bdev before it looks at the device node: an unknown bdev is -19
         # even where the nbd kernel module is not loaded.
         if self.layer.get(bdev_name) is None:
@@ -194,11 +199,19 @@ class NbdSubsystem(Subsystem):
         return [e.config() for e in self.exports.values()]
 
     # -- internals -------------------------------------------------------------------------
-    def _make_export(self, bdev_name: str, nbd_device: str | None) -> NbdExport:
+    def _make_export(self, bdev_name: str, nbd_device: str | None,
+                     num_connections: int | None) -> NbdExport:
         if nbd_device is not None and nbd_uri.is_uri(nbd_device):
+            if num_connections is not None:
+                raise OperationError(errno.EINVAL,
+                                     "num_connections is for kernel exports (/dev/nbdN); a "
+                                     "network client opens as many connections as it wants")
             try:
                 address = nbd_uri.parse(nbd_device)
             except nbd_uri.UriError as e:
                 raise IllegalDevice(nbd_device, str(e)) from None
             return NetworkExport(self, bdev_name, nbd_device, address)
-        return KernelExport(self, bdev_name, nbd_device)
+        if num_connections is not None and not 1 <= num_connections <= MAX_CONNECTIONS:
+            raise OperationError(errno.EINVAL, f"num_connections {num_connections} is not "
+                                               f"between 1 and {MAX_CONNECTIONS}")
+        return KernelExport(self, bdev_name, nbd_device, num_connections or 1)

@@ -1,6 +1,6 @@
 """Host half of the kernel NBD export tests: two VM boots run
 ``tests/kernel/guest/test_nbd_kernel.py`` (the first: start/stop, data, ext4, busy devices,
-spdk-rpc, ext4 on an lvol with a snapshot and its clone; the second: hot-remove, SIGKILL,
+spdk-rpc, several sockets per device, ext4 on an lvol with a snapshot and its clone; the second: hot-remove, SIGKILL,
 config round trip, SPDK's nbd_with_lvol_verify), and each guest console is
 checked for hung tasks, which a broken teardown leaves behind."""
 
@@ -12,7 +12,7 @@ from .conftest import KernelVM
 
 GUEST_FILE = "tests/kernel/guest/test_nbd_kernel.py"
 GROUPS = {
-    "basics": "start_data_stop_busy or auto_pick or ext4 or lvol_fs",
+    "basics": "start_data_stop_busy or auto_pick or several_connections or ext4 or lvol_fs",
     "failures": "hot_remove or sigkill or config_round_trip or nbd_with_lvol",
 }
 

@@ -93,6 +93,13 @@ def test_flags_never_advertise_what_the_kernel_ignores() -> None:
                         | proto.NBD_FLAG_CAN_MULTI_CONN)
 
 
+def test_flags_for_several_sockets_promise_multi_conn() -> None:
+    # The driver refuses NBD_DO_IT with several sockets unless the server promises it.
+    bdev = FakeBdev({"read", "write", "flush"})
+    assert kernel.kernel_flags(bdev, 2) == (kernel.kernel_flags(bdev)
+                                            | proto.NBD_FLAG_CAN_MULTI_CONN)
+
+
 def test_ioctl_numbers() -> None:
     assert (kernel.NBD_SET_SOCK, kernel.NBD_DO_IT, kernel.NBD_DISCONNECT,
             kernel.NBD_SET_FLAGS) == (0xAB00, 0xAB03, 0xAB08, 0xAB0A)
@@ -339,3 +346,35 @@ def test_rpc_errors_without_nbd_module(target: Target) -> None:
     assert target.rpc("nbd_get_disks") == []
     # Nothing left open: the bdev deletes at once.
     target.rpc("bdev_malloc_delete", {"name": "Malloc0"})
+
+
+@pytest.mark.parametrize(("device", "count", "text"), [
+    ("/dev/nbd0", 0, "not between 1 and 16"),
+    ("/dev/nbd0", kernel.MAX_CONNECTIONS + 1, "not between 1 and 16"),
+    (None, 17, "not between 1 and 16"),
+    ("nbd+unix:///x?socket=/tmp/never.sock", 2, "for kernel exports"),
+    ("nbd+unix:///x?socket=/tmp/never.sock", 1, "for kernel exports"),
+])
+def test_num_connections_is_checked_first(target: Target, device: str | None, count: int,
+                                          text: str) -> None:
+    target.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 256, "block_size": 512})
+    params: dict[str, Any] = {"bdev_name": "Malloc0", "num_connections": count}
+    if device is not None:
+        params["nbd_device"] = device
+    err = target.rpc_error("nbd_start_disk", params)
+    assert err["code"] == -errno.EINVAL
+    assert text in err["message"]
+    assert target.rpc("nbd_get_disks") == []
+    target.rpc("bdev_malloc_delete", {"name": "Malloc0"})
+
+
+def test_num_connections_is_saved_only_when_not_one() -> None:
+    class Subsystem:
+        layer = None
+
+    one = kernel.KernelExport(Subsystem(), "Malloc0", "/dev/nbd3")  # type: ignore[arg-type]
+    two = kernel.KernelExport(Subsystem(), "Malloc0", "/dev/nbd4", 2)  # type: ignore[arg-type]
+    assert one.config()["params"] == {"nbd_device": "/dev/nbd3", "bdev_name": "Malloc0"}
+    assert one.info() == {"nbd_device": "/dev/nbd3", "bdev_name": "Malloc0"}
+    assert two.config()["params"]["num_connections"] == 2
+    assert two.info()["num_connections"] == 2

@@ -145,6 +145,37 @@ def test_auto_pick_and_clients(targets: list[Target], tmp_path: Path) -> None:
     assert t.rpc("nbd_start_disk", {"bdev_name": "Malloc1"}) == "/dev/nbd2"
 
 
+def test_several_connections(targets: list[Target], tmp_path: Path) -> None:
+    t = start(targets, tmp_path)
+    malloc(t, "Malloc0")
+    dev = "/dev/nbd6"
+    assert t.cli("nbd_start_disk", "Malloc0", dev, "-c", "4").stdout.strip() == dev
+    assert t.rpc("nbd_get_disks") == [{"nbd_device": dev, "bdev_name": "Malloc0",
+                                       "num_connections": 4}]
+    # The driver took the sockets: one hardware queue each, at most one per CPU (blk-mq
+    # caps the queues at the CPU count; the sockets beyond stay spare).
+    assert len(list(Path("/sys/block/nbd6/mq").iterdir())) == min(4, os.cpu_count() or 1) > 1
+    direct_round_trip(dev)
+    # Two fio processes (one per vCPU, so requests leave on more than one socket), each
+    # verifying its own half with checksums.
+    res = subprocess.run(
+        ["fio", "--name=v", f"--filename={dev}", "--direct=1", "--ioengine=libaio",
+         "--rw=randwrite", "--bs=4k", "--iodepth=16", "--numjobs=2", "--size=16M",
+         "--offset_increment=32M", "--verify=crc32c", "--do_verify=1",
+         "--output-format=terse"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    nbd = next(s for s in json.loads(t.cli("save_config").stdout)["subsystems"]
+               if s["subsystem"] == "nbd")
+    assert nbd["config"] == [{"method": "nbd_start_disk", "params": {
+        "nbd_device": dev, "bdev_name": "Malloc0", "num_connections": 4}}]
+    stop_and_wait_free(t, dev)
+    # One socket again on the same device: the driver forgot the four.
+    assert t.rpc("nbd_start_disk", {"bdev_name": "Malloc0", "nbd_device": dev}) == dev
+    assert len(list(Path("/sys/block/nbd6/mq").iterdir())) == 1
+    direct_round_trip(dev, MiB)
+    stop_and_wait_free(t, dev)
+
+
 def test_ext4(targets: list[Target], tmp_path: Path) -> None:
     t = start(targets, tmp_path)
     malloc(t, "Malloc0")
