@@ -12,6 +12,9 @@ and runs itself there with ``--in-vm``. Inside:
   ``disable_user_copy``: the kernel copies data to and from a buffer per tag instead of
   the server's ``pread``/``pwrite`` on the cdev (one system call less per request);
 * ``nbd``: pybdev's kernel NBD export of Malloc0 on ``/dev/nbd0``;
+* ``nbd-2c``: the same with two sockets (``num_connections`` 2: two hardware queues, one
+  receive worker each in the driver) on ``/dev/nbd2``, also against ``nbd`` with two fio
+  processes;
 * ``qemu-nbd``: ``qemu-nbd -c /dev/nbd1`` on a 64 MiB file in /dev/shm (the same kind of
   backing: RAM);
 * ``ublk-2q``: ``/dev/ublkb2`` on Malloc0 with two queues, against ``ublk`` with two fio
@@ -115,7 +118,10 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
         parallel["ublk-2q"] = "/dev/ublkb2"
         try:
             t.rpc("nbd_start_disk", {"bdev_name": "Malloc0", "nbd_device": "/dev/nbd0"})
-            devices["nbd"] = "/dev/nbd0"
+            devices["nbd"] = parallel["nbd"] = "/dev/nbd0"
+            t.rpc("nbd_start_disk", {"bdev_name": "Malloc0", "nbd_device": "/dev/nbd2",
+                                     "num_connections": 2})
+            devices["nbd-2c"] = parallel["nbd-2c"] = "/dev/nbd2"
         except Exception as e:
             notes.append(f"NBD kernel export unavailable ({e}); ublk measured alone")
         if shutil.which("qemu-nbd"):
@@ -142,7 +148,8 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
                              f" (exit status {qemu_nbd.poll()})")
         # Whose CPU time serves each device (kernel threads of the nbd and ublk drivers
         # are not counted: the server process only).
-        servers = {"ublk": t.proc.pid, "nbd": t.proc.pid, "ublk-2q": t.proc.pid,
+        servers = {"ublk": t.proc.pid, "nbd": t.proc.pid, "nbd-2c": t.proc.pid,
+                   "ublk-2q": t.proc.pid,
                    "ublk-loop": t2.proc.pid, "ublk-buf": t3.proc.pid}
         if qemu_nbd is not None:
             servers["qemu-nbd"] = qemu_nbd.pid
@@ -174,6 +181,8 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
             "ublk-buf/nbd": {j: ratio(j, "ublk-buf", "nbd") for j in JOBS},
             "ublk-buf/ublk": {j: ratio(j, "ublk-buf", "ublk") for j in JOBS},
             "nbd/qemu-nbd": {j: ratio(j, "nbd", "qemu-nbd") for j in JOBS},
+            "nbd-2c/nbd": {j: ratio(j, "nbd-2c", "nbd") for j in {**JOBS, **PARALLEL_JOBS}},
+            "ublk/nbd-2c": {j: ratio(j, "ublk", "nbd-2c") for j in {**JOBS, **PARALLEL_JOBS}},
             "ublk-2q/ublk": {j: ratio(j, "ublk-2q", "ublk") for j in PARALLEL_JOBS},
         }
         return {"results": results, "runs": runs, "ratios": ratios,
@@ -190,6 +199,7 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
                 qemu_nbd.kill()
             image.unlink(missing_ok=True)
         for cmd, params in (("nbd_stop_disk", {"nbd_device": "/dev/nbd0"}),
+                            ("nbd_stop_disk", {"nbd_device": "/dev/nbd2"}),
                             ("ublk_destroy_target", None)):
             with contextlib.suppress(Exception):
                 t.rpc(cmd, params, timeout=60)
@@ -213,7 +223,7 @@ def report(data: dict[str, Any]) -> str:
 
 def main() -> int:
     return vmbench.main(__file__, __doc__ or "", in_vm, report, runtime=8, rounds="repeat",
-                        budget=lambda o: (len(JOBS) * 5 + len(PARALLEL_JOBS) * 2) * o.rounds
+                        budget=lambda o: (len(JOBS) * 6 + len(PARALLEL_JOBS) * 4) * o.rounds
                         * (o.runtime + 20) + 240)
 
 

@@ -9,19 +9,19 @@ use (for ``nbd://HOST:0/NAME``, the URI with the port the kernel chose).
 Codes: decode failure -32603 "spdk_json_decode_object failed"; unknown bdev or device
 -19; device or export name already used -16; claimed bdev -1; malformed URI -19
 "illegal nbd device ..."; non-loopback address without ``--nbd-allow-remote`` -13;
-``num_connections`` out of range or with a URI -22.
+``num_connections`` out of range -32603 (a decode failure), with a URI -22.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from pybdev.nbd.kernel import MAX_CONNECTIONS
 from pybdev.rpc.errors import DECODE_FAILED, INTERNAL_ERROR
 from pybdev.rpc.registry import RpcTable
-from pybdev.rpc.types import U32, Params, Str
+from pybdev.rpc.types import Params, Str, integral
 
 RPC = RpcTable()
 
@@ -35,16 +35,19 @@ DISK_SCHEMA = {
 }
 
 
+Connections = Annotated[int, Field(ge=1, le=MAX_CONNECTIONS), BeforeValidator(integral)]
+
+
 class StartDiskParams(Params):
     bdev_name: Str = Field(description="The bdev to export")
     nbd_device: Str | None = Field(
         None, description=(
             "/dev/nbdN (kernel export; the first free one when omitted), or an NBD URI: "
             "nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH (network export)"))
-    num_connections: U32 | None = Field(
+    num_connections: Connections | None = Field(
         None, description=(
             "pybdev extension, kernel exports only: sockets the kernel spreads the device's "
-            f"requests over, 1 to {MAX_CONNECTIONS} (default 1, as SPDK)"))
+            "requests over (default 1, as SPDK)"))
 
 
 @RPC.method("nbd_start_disk", StartDiskParams, decode_error=DECODE_ERROR,

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
+    """For ``BeforeValidator``: an integral float counts as the integer (SPDK's decoding)."""
     # bool is an int subclass in Python but not a JSON number: leave it for strict to refuse.
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -33,11 +34,11 @@ def _no_nul(value: str) -> str:
     return value
 
 
-U8 = Annotated[int, Field(ge=0, le=0xFF), BeforeValidator(_integral)]
-U16 = Annotated[int, Field(ge=0, le=0xFFFF), BeforeValidator(_integral)]
-U32 = Annotated[int, Field(ge=0, le=0xFFFF_FFFF), BeforeValidator(_integral)]
-U64 = Annotated[int, Field(ge=0, le=0xFFFF_FFFF_FFFF_FFFF), BeforeValidator(_integral)]
-I32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_integral)]
+U8 = Annotated[int, Field(ge=0, le=0xFF), BeforeValidator(integral)]
+U16 = Annotated[int, Field(ge=0, le=0xFFFF), BeforeValidator(integral)]
+U32 = Annotated[int, Field(ge=0, le=0xFFFF_FFFF), BeforeValidator(integral)]
+U64 = Annotated[int, Field(ge=0, le=0xFFFF_FFFF_FFFF_FFFF), BeforeValidator(integral)]
+I32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(integral)]
 Str = Annotated[str, AfterValidator(_no_nul)]
 Uuid = Annotated[str, AfterValidator(_uuid_text), Field(json_schema_extra={"format": "uuid"})]
 

@@ -1,8 +1,8 @@
 """Host half of the kernel NBD export tests: two VM boots run
 ``tests/kernel/guest/test_nbd_kernel.py`` (the first: start/stop, data, ext4, busy devices,
-spdk-rpc, several sockets per device, ext4 on an lvol with a snapshot and its clone; the second: hot-remove, SIGKILL,
-config round trip, SPDK's nbd_with_lvol_verify), and each guest console is
-checked for hung tasks, which a broken teardown leaves behind."""
+spdk-rpc, several sockets per device, ext4 on an lvol with a snapshot and its clone; the
+second: hot-remove, SIGKILL, config round trip, SPDK's nbd_with_lvol_verify), and each
+guest console is checked for hung tasks, which a broken teardown leaves behind."""
 
 from __future__ import annotations
 
