@@ -20,9 +20,10 @@ and runs itself there with ``--in-vm``. Inside:
 * ``ublk-2q``: ``/dev/ublkb2`` on Malloc0 with two queues, against ``ublk`` with two fio
   processes: whether two queue threads contend on the GIL.
 
-fio (libaio, O_DIRECT) runs the same jobs on each device, interleaved, ``--repeat``
-rounds; figures are medians, ratios the median of per-round ratios. Software emulation
-makes absolute numbers meaningless: only ratios count. Usage::
+Every device is written once first (``vmbench.prefill``); then fio (libaio, O_DIRECT)
+runs the same jobs on each device, interleaved, ``--repeat`` rounds; figures are medians,
+ratios the median of per-round ratios. Software emulation makes absolute numbers
+meaningless: only ratios count. Usage::
 
     python bench/ublk_vs_nbd.py [--runtime 8] [--repeat 3] [--json out.json]
 """
@@ -153,6 +154,8 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
                    "ublk-loop": t2.proc.pid, "ublk-buf": t3.proc.pid}
         if qemu_nbd is not None:
             servers["qemu-nbd"] = qemu_nbd.pid
+        for path in {**devices, **parallel}.values():
+            vmbench.prefill(path)
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
         for rnd in range(opts.rounds):
             for jobs, devs in ((JOBS, devices), (PARALLEL_JOBS, parallel)):
