@@ -128,6 +128,8 @@ def in_vm(opts: argparse.Namespace) -> dict[str, Any]:
             devices["nbd"] = "/dev/nbd0"
         except Exception as e:
             notes.append(f"kernel NBD export unavailable ({e})")
+        for path in devices.values():
+            vmbench.prefill(path)
         runs: dict[str, dict[str, list[dict[str, float]]]] = {
             d: {j: [] for j in JOBS} for d in devices}
         for _ in range(opts.rounds):
