@@ -9,8 +9,8 @@ nbd        ``bench/nbd_fio.py``: pybdev (uvloop, asyncio's own loop, polling) vs
            ``qemu-nbd`` and the Unix-socket ceiling (``bench/nbd_ceiling.py``), fio's nbd
            engine, three interleaved rounds; plus ``--micro`` (CPU per request in process)
 vm         ``bench/ublk_vs_nbd.py`` in the kernel VM (minutes of software emulation): ublk
-           (queue thread / event loop / per-tag buffers), the kernel NBD export,
-           ``qemu-nbd -c``, 1 vs 2 queues
+           (queue thread / event loop / per-tag buffers), the kernel NBD export (one
+           and two sockets), ``qemu-nbd -c``, 1 vs 2 queues
 lvol       ``bench/lvol_nbd.py``: a thick lvol against its malloc base
 nvmf       ``bench/nvmf_vs_kernel.py`` when it exists: the NVMe/TCP target against the kernel's
 control    ``bench/control_plane.py``: RPC round trip, pipelined calls, 10,000 bdevs, RSS,
@@ -329,9 +329,12 @@ def render(meta: dict[str, Any]) -> str:
         "thread, USER_COPY), `/dev/ublkb1` (a target with `PYBDEV_UBLK_QUEUE_SERVING=0`: "
         "every request through the event loop), `/dev/ublkb3` (`ublk-buf`: a target with "
         "`disable_user_copy`, the kernel copies into per-tag buffers), pybdev's kernel NBD "
-        "export `/dev/nbd0`, and `qemu-nbd -c /dev/nbd1` on a RAM file; `ublk-2q` is a "
-        "two-queue device against `ublk` under two fio processes (GIL contention). See "
-        "[decisions/ublk-queue-serving.md](decisions/ublk-queue-serving.md).",
+        "export `/dev/nbd0`, the same with two sockets `/dev/nbd2` (`nbd-2c`: "
+        "`num_connections` 2), and `qemu-nbd -c /dev/nbd1` on a RAM file; `ublk-2q` is a "
+        "two-queue device against `ublk` under two fio processes (GIL contention), which "
+        "also run on `nbd` and `nbd-2c`. Each device is written once before the timed runs. "
+        "See [decisions/ublk-queue-serving.md](decisions/ublk-queue-serving.md) and "
+        "[decisions/nbd-fast-paths.md](decisions/nbd-fast-paths.md).",
         "",
         *render_vm(),
         "",
