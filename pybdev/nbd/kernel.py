@@ -334,11 +334,10 @@ class KernelExport(NbdExport):
             self._do_it = _in_thread(lambda: fcntl.ioctl(fd, NBD_DO_IT), f"nbd-do-it-{index}")
             await self._wait_ready(index)
         except BaseException:
-            for server, kernel_end in pairs[len(self.conns):]:
-                server.close()  # the served ones close with their connection
+            for _, kernel_end in pairs:
                 kernel_end.close()
-            for _, kernel_end in pairs[:len(self.conns)]:
-                kernel_end.close()
+            for server, _ in pairs[len(self.conns):]:
+                server.close()  # the others close with their connection
             # The bdev stays open: auto-pick may go on with the next device.
             await self._release_device()
             self.conns = []

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 DECODE_ERROR = (INTERNAL_ERROR, DECODE_FAILED)
 DISK_SCHEMA = {
     "type": "object",
-    "properties": {"nbd_device": {"type": "string"}, "bdev_name": {"type": "string"}},
+    "properties": {"nbd_device": {"type": "string"}, "bdev_name": {"type": "string"},
+                   "num_connections": {"type": "integer", "minimum": 2}},
 }
 
 
