@@ -122,6 +122,15 @@ def _int(text: str) -> int | RawNumber:
         return RawNumber(text)
 
 
+# One decoder and one encoder for every request: json.loads and json.dumps build a new
+# one per call whenever options are given, a measurable share of a small RPC's time.
+_DECODE = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_reject_constant,
+                           parse_float=_float).decode
+_DECODE_RAW_INTS = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_reject_constant,
+                                    parse_float=_float, parse_int=_int).decode
+_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+
+
 def parse_json(raw: bytes) -> Any:
     """Parse one framed value with SPDK's strictness (UTF-8, JSON numbers only).
 
@@ -133,25 +142,21 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise ParseError(f"invalid UTF-8: {e}") from None
     try:
-        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant,
-                          parse_float=_float)
+        return _DECODE(text)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ParseError(str(e)) from None
     except ValueError:
         # An integer too long for int(): parse again keeping such integers as text. Only
         # then, so the common case keeps the C parser's own integer conversion.
         try:
-            return json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant,
-                              parse_float=_float, parse_int=_int)
+            return _DECODE_RAW_INTS(text)
         except (ValueError, RecursionError) as e:
             raise ParseError(str(e)) from None
 
 
 def encode(obj: Any) -> str:
     """Compact JSON as SPDK writes it: ASCII only, ``/`` unescaped, 0x7F escaped."""
-    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).replace(
-        "\x7f", "\\u007f"
-    )
+    return _ENCODE(obj).replace("\x7f", "\\u007f")
 
 
 def encode_response(response: dict[str, Any]) -> str:
