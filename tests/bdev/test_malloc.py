@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import mmap
@@ -103,6 +104,37 @@ async def test_large_bdev_is_lazy_gives_pages_back_and_frees_on_delete(
     desc.close()
     await layer.unregister(b)
     assert rss() - before < 64 * MIB
+
+
+def _vm_flags(memory: mmap.mmap) -> list[str]:
+    """The VmFlags of the mapping holding ``memory``, from /proc/self/smaps."""
+    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError("mapping not found in /proc/self/smaps")
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not THP.exists() or "[never]" in THP.read_text(),
+                    reason="the kernel has transparent huge pages off (or none)")
+async def test_large_bdevs_ask_for_huge_pages_small_ones_do_not(layer: BdevLayer) -> None:
+    mod = module(layer, MallocModule)
+    big = mod.create(name="Big", block_size=512, num_blocks=64 * MIB // 512)
+    small = mod.create(name="Small", block_size=512, num_blocks=8)
+    assert "hg" in _vm_flags(big.memory)  # MADV_HUGEPAGE
+    assert "hg" not in _vm_flags(small.memory)
+    desc = layer.open("Big", write=True)
+    await desc.write_async(3 * MIB, b"\x5a" * 4096)
+    assert await desc.read_async(3 * MIB, 4096) == b"\x5a" * 4096
+    desc.close()
 
 
 async def test_a_read_view_outlives_the_deleted_bdev(layer: BdevLayer) -> None:
