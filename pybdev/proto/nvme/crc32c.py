@@ -10,12 +10,9 @@ memoryview) without a copy, which ``google-crc32c`` does not.  Without the packa
 :func:`crc32c_pure` serves, where two pure-Python methods share the work:
 
 * short input (headers): table-driven "slicing by 8", eight bytes per loop turn;
-* long input (data): CRC is linear over GF(2), so bit ``k`` of the CRC of a message is
-  the parity of (message AND mask_k), where mask_k marks the message bits whose
-  contribution has bit ``k`` set.  A contribution depends only on the bit's distance
-  from the end of the message, so 32 masks built once (by doubling, in milliseconds)
-  serve every length; a CRC is then 32 big-integer ANDs and ``int.bit_count`` calls,
-  which run in C.  The initial value's part is a 32x32 matrix per length, cached.
+* long input (data): :class:`pybdev.proto.crc_linear.LinearCrc`, from the CRC's linearity
+  over GF(2): 32 big-integer ANDs and ``int.bit_count`` calls, which run in C, with masks
+  built once (by doubling, in milliseconds).
 
 ``bench/nvme_proto.py`` measures both (numbers in ``docs/nvmf.md``).
 """
@@ -25,12 +22,13 @@ from __future__ import annotations
 import sys
 from typing import Final
 
+from pybdev.proto.crc_linear import LinearCrc, reflect
+
 __all__ = ["IMPLEMENTATION", "crc32c", "crc32c_pure"]
 
 _POLY: Final = 0x82F63B78
 _MASK_MIN: Final = 256  # bytes: below this the table loop is as fast
 _MAX_BITS: Final = 1 << 20  # masks cover 128 KiB; longer input is done in pieces
-_REV8: Final = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 
 
 def _tables() -> list[list[int]]:
@@ -67,98 +65,7 @@ def _table_crc(data: bytes | bytearray | memoryview, crc: int) -> int:
     return c ^ 0xFFFFFFFF
 
 
-# ---------------------------------------------------------------------------- masks
-# Matrices are lists of 32 column vectors (ints): column i is the image of bit i.
-
-
-def _matvec(cols: list[int], v: int) -> int:
-    y = 0
-    i = 0
-    while v:
-        if v & 1:
-            y ^= cols[i]
-        v >>= 1
-        i += 1
-    return y
-
-
-def _matmul(a: list[int], b: list[int]) -> list[int]:
-    return [_matvec(a, col) for col in b]
-
-
-#: the register advanced over one zero bit
-_STEP: Final = [_POLY] + [1 << (i - 1) for i in range(1, 32)]
-
-
-class _Masks:
-    """mask_k bit d = bit k of the register contribution of a 1 bit d bits before the end."""
-
-    def __init__(self) -> None:
-        self.bits = 1
-        self.masks = [(_POLY >> k) & 1 for k in range(32)]
-        self.pow2 = [_STEP]  # A^(2^j): the register advanced over 2^j zero bits
-        self.buckets: dict[int, list[int]] = {}
-        self.advance: dict[int, list[int]] = {}
-
-    def grow(self, need: int) -> None:
-        while self.bits < need:
-            d = self.bits
-            cols = self.pow2[-1]  # A^d
-            old = self.masks
-            new = []
-            for k in range(32):
-                row = sum(((cols[i] >> k) & 1) << i for i in range(32))
-                part = 0
-                i = 0
-                while row:
-                    if row & 1:
-                        part ^= old[i]
-                    row >>= 1
-                    i += 1
-                new.append(old[k] | (part << d))
-            self.masks = new
-            self.pow2.append(_matmul(cols, cols))
-            self.bits = 2 * d
-
-    def for_bits(self, nbits: int) -> list[int]:
-        """The masks cut to the power of two >= nbits (ANDs stay as short as the data)."""
-        size = 1 << (nbits - 1).bit_length()
-        masks = self.buckets.get(size)
-        if masks is None:
-            self.grow(size)
-            cut = (1 << size) - 1
-            masks = self.buckets[size] = [m & cut for m in self.masks]
-        return masks
-
-    def advancer(self, nbits: int) -> list[int]:
-        cols = self.advance.get(nbits)
-        if cols is None:
-            self.grow(nbits)
-            cols = [1 << i for i in range(32)]
-            j = 0
-            n = nbits
-            while n:
-                if n & 1:
-                    cols = _matmul(self.pow2[j], cols)
-                n >>= 1
-                j += 1
-            if len(self.advance) > 256:  # lengths are few in practice; stay bounded anyway
-                self.advance.clear()
-            self.advance[nbits] = cols
-        return cols
-
-
-_MASKS = _Masks()
-
-
-def _mask_crc(raw: bytes, crc: int) -> int:
-    nbits = len(raw) << 3
-    # bit-reverse each byte and read big-endian: bit d is then d bits before the end
-    x = int.from_bytes(raw.translate(_REV8), "big")
-    lin = 0
-    for k, m in enumerate(_MASKS.for_bits(nbits)):
-        lin |= ((x & m).bit_count() & 1) << k
-    return lin ^ _matvec(_MASKS.advancer(nbits), crc ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+_LINEAR: Final = LinearCrc(32, reflect(_POLY, 32))
 
 
 def crc32c_pure(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
@@ -170,7 +77,7 @@ def crc32c_pure(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     step = _MAX_BITS >> 3
     for start in range(0, n, step):
         piece = raw[start:start + step] if n > step else raw
-        crc = _mask_crc(piece, crc) if len(piece) >= _MASK_MIN else _table_crc(piece, crc)
+        crc = _LINEAR.reflected(piece, crc) if len(piece) >= _MASK_MIN else _table_crc(piece, crc)
     return crc
 
 
