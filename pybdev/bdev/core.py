@@ -439,7 +439,9 @@ NOMEM_RETRY_DELAY = 0.001
 NOMEM_GIVE_UP_NS = 10_000_000_000
 # Statistics bucket of each operation (SPDK counts write-zeroes as writes).
 _STAT_KIND = {"read": "read", "write": "write", "unmap": "unmap", "write_zeroes": "write",
-              "flush": ""}
+              "flush": "", "read_md": "read", "write_md": "write"}
+# What QoS and histograms see a request as: data with separate metadata is a read or write.
+_IO_TYPE = {"read_md": "read", "write_md": "write"}
 
 
 def _call_module(bdev: Bdev, op: str, offset: int, length: int, data: Any, fua: bool,
@@ -732,12 +734,13 @@ class Descriptor:
         and the request counts in the queue depth once it reaches the module.
         """
         bdev = self.bdev
+        io_type = _IO_TYPE.get(op, op)
         if bdev.histogram is not None:
-            cb = _timed(bdev.histogram, op, cb)
+            cb = _timed(bdev.histogram, io_type, cb)
         qos = bdev.qos
-        if (qos is not None and (op == "read" or op == "write")
-                and not qos.admit(op == "read", length)):
-            qos.enqueue(op == "read", length,
+        if (qos is not None and (io_type == "read" or io_type == "write")
+                and not qos.admit(io_type == "read", length)):
+            qos.enqueue(io_type == "read", length,
                         functools.partial(self._released, op, offset, length, data, fua, cb),
                         lambda status: cb(status, None))
             return
@@ -758,6 +761,11 @@ class Descriptor:
                   cb: Callback) -> None:
         bdev = self.bdev
         kind = _STAT_KIND[op]
+        if op == "read_md" or op == "write_md":
+            # Whole, as the module takes it: data and metadata are not split or emulated.
+            _call_module(bdev, op, offset, length, data, fua,
+                         _completion(bdev, op, kind, offset, length, data, fua, cb))
+            return
         native = op == "write" and bdev.fua_native
         emulate_fua = fua and not native and "flush" in bdev.io_types
         fua = fua and native
@@ -831,6 +839,7 @@ class Descriptor:
     # -- separate metadata (SPDK's spdk_bdev_{read,write}_blocks_with_md) ------------------
     # Off the hot path: a bdev with separate metadata (md_size, not md_interleave) takes
     # its metadata here, ``md_size`` bytes per block; plain read/write move the data alone.
+    # QoS, histograms and queue-depth sampling count these as reads and writes, as SPDK's.
     def _check_md(self, offset: int, length: int, md: Any, writes: bool) -> int:
         rc = self._check(offset, length, "write" if writes else "read", writes)
         if rc:
@@ -847,10 +856,10 @@ class Descriptor:
         rc = self._check_md(offset, length, None, False)
         if rc:
             cb(rc, None)
-            return
-        bdev = self.bdev
-        bdev.submit_read_md(offset, length,
-                            _completion(bdev, "read_md", "read", offset, length, None, False, cb))
+        elif self.bdev._hooked:
+            self._submit_hooked("read_md", offset, length, None, False, cb)
+        else:
+            self._dispatch("read_md", offset, length, None, False, cb)
 
     def write_md(self, offset: int, data: Any, md: Any, cb: Callback, fua: bool = False) -> None:
         """Write ``data`` and its metadata ``md`` (``md_size`` bytes per block)."""
@@ -858,11 +867,10 @@ class Descriptor:
         rc = self._check_md(offset, length, md, True)
         if rc:
             cb(rc, None)
-            return
-        bdev = self.bdev
-        bdev.submit_write_md(offset, data, md,
-                             _completion(bdev, "write_md", "write", offset, length, (data, md),
-                                         fua, cb), fua)
+        elif self.bdev._hooked:
+            self._submit_hooked("write_md", offset, length, (data, md), fua, cb)
+        else:
+            self._dispatch("write_md", offset, length, (data, md), fua, cb)
 
     def unmap(self, offset: int, length: int, cb: Callback, fua: bool = False) -> None:
         self._submit("unmap", offset, length, None, fua, cb)

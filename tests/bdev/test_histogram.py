@@ -112,6 +112,18 @@ async def test_layer_tallies_only_while_enabled(layer: BdevLayer) -> None:
     desc.close()
 
 
+async def test_data_with_separate_metadata_is_tallied(layer: BdevLayer) -> None:
+    bdev = module(layer, MallocModule).create(name="H0", block_size=512, num_blocks=64,
+                                              md_size=8)
+    desc = layer.open("H0", write=True)
+    bdev.histogram = Histogram(io_type="write")
+    bdev.update_hooks()
+    await desc.write_md_async(0, bytes(1024), bytes(16))
+    assert await desc.read_md_async(0, 512) == (bytes(512), bytes(8))  # a read: not tallied
+    assert sum(c for _, _, c in decode(answer(bdev.histogram))) == 1
+    desc.close()
+
+
 # -- on a target -----------------------------------------------------------------------------
 
 @pytest.fixture

@@ -235,6 +235,40 @@ async def test_inflate_and_decouple(base: Descriptor) -> None:
     await reload(base)
 
 
+async def test_requests_queued_by_a_shrink_past_its_new_end_fail(base: Descriptor) -> None:
+    """A request checked against the old size waits out the shrink's freeze; it is failed,
+    not run against clusters that are gone (and the ones inside still run)."""
+    store = await LvolStore.create(base, "lvs0", cluster_size=CS)
+    lvol = await store.create_lvol("thick", 4 * MiB)
+    # Frozen from outside, so that the requests below surely wait across the shrink (on
+    # a malloc base the shrink alone may never yield while it holds the freeze).
+    await lvol.freeze()
+    results: dict[str, int] = {}
+    all_done = asyncio.Event()
+
+    def record(name: str) -> Callback:
+        def done(status: int, _data: Any) -> None:
+            results[name] = status
+            if len(results) == 5:
+                all_done.set()
+
+        return done
+
+    lvol.write(3 * MiB, b"\x5a" * 4096, record("write past"))
+    lvol.read(3 * MiB, 4096, record("read past"))
+    lvol.unmap(2 * MiB, MiB, record("unmap past"))
+    lvol.write_zeroes(MiB + 512, MiB, record("zeroes across"))
+    lvol.write(MiB, b"\x5a" * 4096, record("write inside"))
+    await store.resize(lvol, 2 * MiB)
+    assert results == {}
+    lvol.unfreeze()
+    await asyncio.wait_for(all_done.wait(), 10)  # the write inside completes later on aio
+    assert results == {"write past": -errno.EINVAL, "read past": -errno.EINVAL,
+                       "unmap past": -errno.EINVAL, "zeroes across": -errno.EINVAL,
+                       "write inside": 0}
+    assert await _call(lambda cb: lvol.read(MiB, 4096, cb)) == b"\x5a" * 4096
+
+
 async def test_resize_rename_read_only_grow(base: Descriptor) -> None:
     store = await LvolStore.create(base, "lvs0", cluster_size=CS)
     free = store.free_clusters

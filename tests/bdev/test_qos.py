@@ -193,6 +193,27 @@ async def test_layer_queues_reads_and_writes_only(layer: BdevLayer, timer: FakeT
     desc.close()
 
 
+async def test_data_with_separate_metadata_is_limited_too(layer: BdevLayer,
+                                                           timer: FakeTimer) -> None:
+    """read_md/write_md count as reads and writes, as SPDK's *_with_md calls do."""
+    bdev = module(layer, MallocModule).create(name="Q0", block_size=512, num_blocks=64,
+                                              md_size=8)
+    desc = layer.open("Q0", write=True)
+    bdev.qos = qos(timer, rw_ios_per_sec=2000)  # two per 1 ms timeslice
+    bdev.update_hooks()
+    done: list[tuple[int, int]] = []
+    for i in range(3):
+        desc.write_md(i * 512, bytes([i]) * 512, bytes([i]) * 8,
+                      functools.partial(record, done, i))
+    desc.read_md(512, 512, lambda s, d: done.append((9, s)) if bytes(d[1]) == b"\x01" * 8
+                 else done.append((-1, s)))
+    assert done == [(0, 0), (1, 0)]
+    timer.advance(TIMESLICE_NS)
+    assert done == [(0, 0), (1, 0), (2, 0), (9, 0)]
+    assert bdev.stat.ops["write"] == 3 and bdev.stat.ops["read"] == 1
+    desc.close()
+
+
 async def test_unregister_fails_what_waits(layer: BdevLayer, timer: FakeTimer) -> None:
     bdev = module(layer, MallocModule).create(name="Q0", block_size=512, num_blocks=64)
     desc = layer.open("Q0", write=True)

@@ -206,8 +206,21 @@ class Lvol:
             self.layout_changed()
             if self._queued:
                 queued, self._queued = self._queued, []
+                end = len(self.clusters) * self._cs
                 for fn, args in queued:
-                    fn(*args)
+                    offset, length, cb = self._queued_request(fn, args)
+                    if offset + length > end:
+                        # Checked against the size before a shrink it waited for.
+                        cb(-errno.EINVAL, None)
+                    else:
+                        fn(*args)
+
+    def _queued_request(self, fn: Callable[..., None],
+                        args: tuple[Any, ...]) -> tuple[int, int, Callback]:
+        """(offset, length, callback) of a request queued by a freeze."""
+        if fn == self.write:
+            return args[0], len(args[1]), args[2]
+        return args[0], args[1], args[2]
 
     def _maybe_drained(self) -> None:
         if self._drained is not None and not self.inflight and not self._allocating:
@@ -230,7 +243,7 @@ class Lvol:
         """The lvol is going away: complete what waits for an unfreeze with ``status``."""
         queued, self._queued = self._queued, []
         for fn, args in queued:
-            args[-2 if fn == self.write else -1](status, None)
+            self._queued_request(fn, args)[2](status, None)
 
     # -- I/O --------------------------------------------------------------------------
     def read(self, offset: int, length: int, cb: Callback) -> None:
