@@ -94,8 +94,11 @@ class HeldQueue:
         """A completion for the base that holds ``cb``'s call for this queue's latency."""
 
         def done(status: int, data: Any) -> None:
-            # A read's data may be a view of the base's memory, valid only now: copy it.
-            self.push(cb, status, None if data is None else bytes(data))
+            # A read's data may be a view of the base's memory, valid only now: copy it
+            # (both parts of read_md's (data, metadata)).
+            if data is not None:
+                data = (bytes(data[0]), bytes(data[1])) if type(data) is tuple else bytes(data)
+            self.push(cb, status, data)
 
         return done
 
@@ -144,6 +147,14 @@ class DelayBdev(VirtualBdev):
     def submit_write(self, offset: int, data: Any, cb: Callback, fua: bool) -> None:
         queue = self._p99_write if self._rand(100) == 0 else self._avg_write
         self.base_desc.write(offset, data, queue.hold(cb), fua)
+
+    def submit_read_md(self, offset: int, length: int, cb: Callback) -> None:
+        queue = self._p99_read if self._rand(100) == 0 else self._avg_read
+        self.base_desc.read_md(offset, length, queue.hold(cb))
+
+    def submit_write_md(self, offset: int, data: Any, md: Any, cb: Callback, fua: bool) -> None:
+        queue = self._p99_write if self._rand(100) == 0 else self._avg_write
+        self.base_desc.write_md(offset, data, md, queue.hold(cb), fua)
 
     def submit_reset(self, cb: Callback) -> None:
         for queue in self.queues.values():

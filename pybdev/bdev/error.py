@@ -93,6 +93,8 @@ class ErrorConfig(VbdevConfig):
 
 
 def _corrupted(data: Any, offset: int, value: int) -> Any:
+    if isinstance(data, tuple):  # (data, metadata) of read_md: the data is corrupted
+        return (_corrupted(data[0], offset, value), data[1])
     if data is None or offset >= len(data):
         return data
     copy = bytearray(data)
@@ -159,6 +161,21 @@ class ErrorBdev(VirtualBdev):
         if info is not None:
             data = _corrupted(data, info.corrupt_offset, info.corrupt_value)
         self.base_desc.write(offset, data, self._through(cb), fua)
+
+    # Data with separate metadata is a read or a write to SPDK's error bdev too.
+    def submit_read_md(self, offset: int, length: int, cb: Callback) -> None:
+        info = self._armed("read")
+        if self._intercept(info, cb, lambda: self.submit_read_md(offset, length, cb)):
+            return
+        self.base_desc.read_md(offset, length, self._through(cb, info))
+
+    def submit_write_md(self, offset: int, data: Any, md: Any, cb: Callback, fua: bool) -> None:
+        info = self._armed("write")
+        if self._intercept(info, cb, lambda: self.submit_write_md(offset, data, md, cb, fua)):
+            return
+        if info is not None:
+            data = _corrupted(data, info.corrupt_offset, info.corrupt_value)
+        self.base_desc.write_md(offset, data, md, self._through(cb), fua)
 
     def submit_unmap(self, offset: int, length: int, cb: Callback) -> None:
         info = self._armed("unmap")

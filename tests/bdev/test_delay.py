@@ -76,6 +76,19 @@ async def test_reads_and_writes_are_held_and_other_io_is_not(layer: BdevLayer) -
     desc.close()
 
 
+async def test_data_with_separate_metadata_is_held_too(layer: BdevLayer) -> None:
+    module(layer, MallocModule).create(name="M", block_size=512, num_blocks=64, md_size=8)
+    delay(layer, read_us=30_000, write_us=20_000)
+    desc = layer.open("D", write=True)
+    start = time.monotonic()
+    await desc.write_md_async(0, b"\x77" * 512, b"\x01" * 8)
+    assert time.monotonic() - start >= 0.020
+    start = time.monotonic()
+    assert await desc.read_md_async(0, 512) == (b"\x77" * 512, b"\x01" * 8)
+    assert time.monotonic() - start >= 0.030
+    desc.close()
+
+
 async def test_reset_aborts_held_requests(layer: BdevLayer) -> None:
     module(layer, MallocModule).create(name="M", block_size=512, num_blocks=64)
     delay(layer, read_us=10_000_000)  # 10 s: only the reset can end it

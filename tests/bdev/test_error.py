@@ -172,6 +172,25 @@ async def test_corrupt_data(layer: BdevLayer) -> None:
     base.close()
 
 
+async def test_data_with_separate_metadata_is_injected_as_reads_and_writes(
+        layer: BdevLayer) -> None:
+    module(layer, MallocModule).create(name="M", block_size=512, num_blocks=32, md_size=8)
+    em = module(layer, ErrorModule)
+    em.create("M")
+    desc = layer.open("EE_M", write=True)
+    em.inject_error("EE_M", "write", "failure", num=1)
+    assert status(lambda cb: desc.write_md(0, b"\x11" * 512, b"\x22" * 8, cb)) == EIO
+    await desc.write_md_async(0, b"\x11" * 512, b"\x22" * 8)  # num was 1
+    em.inject_error("EE_M", "read", "corrupt_data", corrupt_offset=1, corrupt_value=0xFF)
+    got: list[tuple[int, bytes, bytes]] = []
+    desc.read_md(0, 512, lambda s, d: got.append((s, bytes(d[0]), bytes(d[1]))))
+    assert got == [(0, b"\x11\xee" + b"\x11" * 510, b"\x22" * 8)]
+    em.inject_error("EE_M", "read", "failure", num=1)
+    assert status(lambda cb: desc.read_md(0, 512, cb)) == EIO
+    assert await desc.read_md_async(0, 512) == (b"\x11" * 512, b"\x22" * 8)
+    desc.close()
+
+
 class Held(Bdev):
     """Completes requests only when told: lets requests stay in flight."""
 
