@@ -46,9 +46,18 @@ NBD_SERVERS = "pybdev,pybdev-asyncio,pybdev-poll,nbdkit,qemu-nbd,ceiling"
 SECTIONS = ("nbd", "vm", "lvol", "nvmf", "control")
 
 
+# When each part of this invocation started: a page re-rendered after ``--only`` mixes runs.
+STARTED: dict[str, str] = {}
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def run(name: str, argv: list[str], timeout: float) -> tuple[int, str]:
     """Run one benchmark; its output is kept in docs/perf/NAME.txt."""
     print(f"== {name}: {' '.join(argv)}", file=sys.stderr, flush=True)
+    STARTED[name] = _utc_now()
     t = time.monotonic()
     try:
         res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -82,7 +91,7 @@ def machine() -> dict[str, str]:
         uv = uvloop.__version__
     except ImportError:
         uv = "not installed"
-    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    return {"date": _utc_now(),
             "cpu": f"{cpu} x {os.cpu_count()}", "kernel": platform.release(),
             "python": platform.python_version(), "uvloop": uv,
             "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
@@ -127,6 +136,7 @@ def collect(args: argparse.Namespace) -> None:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update(machine())
     meta.setdefault("status", {}).update(status)
+    meta.setdefault("started", {}).update(STARTED)
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -290,6 +300,7 @@ def render_control() -> list[str]:
 
 def render(meta: dict[str, Any]) -> str:
     status = meta.get("status", {})
+    started = meta.get("started", {})
     lvol, nvmf = _text("lvol"), _text("nvmf")
     out = [
         "# Performance",
@@ -304,6 +315,8 @@ def render(meta: dict[str, Any]) -> str:
         *[f"| {k} | {meta[k]} |" for k in ("date", "cpu", "kernel", "python", "uvloop",
                                             "load", "fio", "nbdkit", "qemu-nbd") if k in meta],
         f"| exit status of each part | {', '.join(f'{k}: {v}' for k, v in status.items())} |",
+        "| each part started | " + ", ".join(
+            f"{k}: {started.get(k, 'not recorded')}" for k in status) + " |",
         "",
         "**Load.** The load average above is the machine's, shared with other engineers' "
         "VMs and test runs. Under CPU contention single-threaded servers (pybdev, the "
