@@ -278,6 +278,18 @@ class CephCluster:
                                        + self.log_tail()) from None
                 time.sleep(0.2)
 
+    def reassert_osd(self) -> None:
+        """Have the OSD re-peer every PG after it was stopped (SIGSTOP), then wait until it
+        serves.
+
+        A PG whose read lease lapsed while the only OSD was stopped can stay
+        ``active+clean+laggy`` long after it runs again, serving nothing: seen in CI for
+        over 120 s, with a client's requests "delayed" behind it. Marked down, the OSD
+        tells the mon it is alive, boots into the new map and peers again with fresh leases.
+        """
+        self.ceph("osd", "down", "0")
+        self.wait_serving()
+
     def wait_active_clean(self) -> None:
         """Return once every PG is active+clean (the OSD is up and serving), or fail.
 

@@ -359,9 +359,10 @@ def test_stalled_osd_fails_io_and_delete_completes(start_target: Callable[..., T
         assert "read 1048576/1048576" not in slow_out or "error" in slow_out.lower()
     finally:
         os.kill(osd, signal.SIGCONT)
-        # Running again is not serving again: the mon may have marked it down meanwhile.
+        # Running again is not serving again: the mon may have marked it down meanwhile,
+        # and PGs may stay laggy (reassert_osd).
         wait_until(lambda: _proc_state(osd) not in ("T", "t"), what="OSD running")
-        cc.wait_serving()
+        cc.reassert_osd()
     assert [b["name"] for b in t.rpc("bdev_get_bdevs")] == ["M0"]
     no_secret(t, cc)
 
