@@ -23,7 +23,7 @@ import logging
 import re
 import socket
 import struct
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from pybdev.peerwarn import quote
@@ -40,16 +40,49 @@ CURRENT_METHOD: ContextVar[tuple[str, object] | None] = ContextVar("pybdev_rpc_m
                                                                   default=None)
 
 
+class _Inline:
+    """The owner of the call running inline now (outside its own task), or None."""
+
+    owner: object | None = None
+
+
+def begin_call(method: str) -> tuple[Token[tuple[str, object] | None], object | None]:
+    """Mark ``method`` as the call being answered, until :func:`end_call`.
+
+    Inside a task the task owns the call. A transport may also run a handler straight
+    from its read callback, outside any task: then a fresh object owns it, current only
+    until end_call, so callbacks scheduled meanwhile (which inherit the variable) do not
+    count as the call when they run later.
+    """
+    try:
+        owner: object | None = asyncio.current_task()
+    except RuntimeError:
+        owner = None
+    previous = _Inline.owner
+    if owner is None:
+        owner = _Inline.owner = object()
+    return CURRENT_METHOD.set((method, owner)), previous
+
+
+def end_call(token: Token[tuple[str, object] | None], previous: object | None) -> None:
+    CURRENT_METHOD.reset(token)
+    _Inline.owner = previous
+
+
 def current_method() -> str | None:
-    """The method whose own task runs now, or None (a callback, another task)."""
+    """The method whose own task (or inline call) runs now, or None (a callback, another
+    task)."""
     current = CURRENT_METHOD.get()
     if current is None:
         return None
+    if current[1] is _Inline.owner:
+        return current[0]
     try:
         task = asyncio.current_task()
     except RuntimeError:
         return None
     return current[0] if current[1] is task else None
+
 
 # Keys whose values are never logged, whatever the method (nvmf's psk and dhchap keys,
 # rbd's key and key_file, HTTP-style password/token/secret names).
@@ -112,5 +145,5 @@ def unix_peer(sock: socket.socket | None) -> str:
     return f"uid={uid} pid={pid}"
 
 
-__all__ = ["CALLER", "CURRENT_METHOD", "current_method", "is_read_only_name", "quote", "record",
-           "shown_params", "unix_peer"]
+__all__ = ["CALLER", "CURRENT_METHOD", "begin_call", "current_method", "end_call",
+           "is_read_only_name", "quote", "record", "shown_params", "unix_peer"]

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -222,9 +223,29 @@ class Dispatcher:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
         return {"did_you_mean": close} if close else None
 
+    def answer_now(self, raw: bytes) -> bytes | Coroutine[Any, Any, bytes | None] | None:
+        """Answer one framed value as far as it goes without waiting. Raises ParseError.
+
+        The response bytes (None: nothing to send) when the handler returned at once, which
+        most do; a coroutine that finishes the answer when a handler awaits, and for batches.
+        A transport answering in its read callback this way spends no task on a request.
+        """
+        value = parse_json(raw)
+        if not isinstance(value, dict):
+            return self.handle_value(value)
+        response = self._single_now(value)
+        if isinstance(response, Pending):
+            return self._line_later(response)
+        return None if response is None else (encode_response(response) + "\n").encode()
+
     async def handle_raw(self, raw: bytes) -> bytes | None:
         """Answer one framed value; None when nothing is to be sent. Raises ParseError."""
-        return await self.handle_value(parse_json(raw))
+        response = self.answer_now(raw)
+        return await response if inspect.isawaitable(response) else response
+
+    async def _line_later(self, pending: Pending) -> bytes | None:
+        response = await pending.coro
+        return None if response is None else (encode_response(response) + "\n").encode()
 
     async def handle_value(self, value: Any) -> bytes | None:
         if isinstance(value, list):
@@ -244,6 +265,11 @@ class Dispatcher:
 
     async def handle_single(self, request: Any) -> dict[str, Any] | None:
         """The response object for one request, or None for a successful notification."""
+        response = self._single_now(request)
+        return await response.coro if isinstance(response, Pending) else response
+
+    def _single_now(self, request: Any) -> dict[str, Any] | Pending | None:
+        """:meth:`handle_single` as far as it goes without waiting (see :meth:`call_now`)."""
         req_id: Any = None
         try:
             if not isinstance(request, dict):
@@ -260,10 +286,12 @@ class Dispatcher:
             params = request.get("params")
             if params is not None and not isinstance(params, dict | list):
                 raise RpcError(errors.INVALID_REQUEST)
-            result = await self.call(method_name, params)
+            result = self.call_now(method_name, params)
         except RpcError as e:
             # SPDK always sends errors, with id null for notifications.
             return _error(req_id, e)
+        if isinstance(result, Pending):
+            return Pending(_response_later(req_id, result))
         if req_id is None:
             return None
         return {"jsonrpc": "2.0", "id": req_id, "result": result}
@@ -281,11 +309,16 @@ class Dispatcher:
         return method_name
 
     async def call(self, method_name: str, params: Any) -> Any:
-        """Look up, state-check, decode and run a method; raises RpcError on failure.
+        """Look up, state-check, decode and run a method; raises RpcError on failure."""
+        result = self.call_now(method_name, params)
+        return await result.coro if isinstance(result, Pending) else result
+
+    def call_now(self, method_name: str, params: Any) -> Any:
+        """:meth:`call` up to the handler's return: its result, or :class:`Pending` when the
+        handler returned an awaitable (the rest of the call: await ``.coro``).
 
         Each call is counted by method and result (``calls``, for /metrics); a state-changing
-        one is timed and gets an audit line (:mod:`pybdev.rpc.audit`). One function, so a
-        read costs no extra frame.
+        one is timed and gets an audit line (:mod:`pybdev.rpc.audit`). Raises RpcError.
         """
         method = self.lookup(method_name)
         calls = self.calls
@@ -296,8 +329,9 @@ class Dispatcher:
         mutating = method.spec.mutating
         if mutating:
             start = time.perf_counter()
-            token = audit.CURRENT_METHOD.set((method_name, asyncio.current_task()))
+            token, owner = audit.begin_call(method_name)
         code = 0
+        result: Any = None
         try:
             if method.alias_of is not None and method_name not in self._warned_aliases:
                 self._warned_aliases.add(method_name)  # once per name, as SPDK's lib/rpc
@@ -314,15 +348,12 @@ class Dispatcher:
                 self._decode(method, params),)
             try:
                 result = method.handler(*args)
-                if inspect.isawaitable(result):
-                    result = await result
-            except RpcError:
-                raise
-            except OperationError as e:
-                raise RpcError(-e.errno, e.message) from None
-            except Exception:
-                log.exception("RPC %s failed", method_name)
-                raise RpcError(errors.INTERNAL_ERROR) from None
+            except Exception as e:
+                raise _as_rpc_error(method_name, e) from None
+            if inspect.isawaitable(result):
+                # The rest runs in the caller's task, which counts and audits it.
+                result = Pending(self._finish(method_name, params, mutating,
+                                              start if mutating else 0.0, result))
             return result
         except RpcError as e:
             code = e.code
@@ -331,8 +362,34 @@ class Dispatcher:
             code = errors.INTERNAL_ERROR
             raise
         finally:
+            if mutating:
+                audit.end_call(token, owner)
+            if not isinstance(result, Pending):
+                key = (method_name, code)
+                calls[key] = calls.get(key, 0) + 1
+                if mutating:
+                    audit.record(method_name, params, code, time.perf_counter() - start)
+
+    async def _finish(self, method_name: str, params: Any, mutating: bool, start: float,
+                      awaitable: Awaitable[Any]) -> Any:
+        """Await a handler's awaitable: the second half of :meth:`call_now`."""
+        if mutating:
+            token = audit.CURRENT_METHOD.set((method_name, asyncio.current_task()))
+        code = 0
+        try:
+            try:
+                return await awaitable
+            except Exception as e:
+                raise _as_rpc_error(method_name, e) from None
+        except RpcError as e:
+            code = e.code
+            raise
+        except BaseException:  # cancelled (the target stops): not a success
+            code = errors.INTERNAL_ERROR
+            raise
+        finally:
             key = (method_name, code)
-            calls[key] = calls.get(key, 0) + 1
+            self.calls[key] = self.calls.get(key, 0) + 1
             if mutating:
                 audit.CURRENT_METHOD.reset(token)
                 audit.record(method_name, params, code, time.perf_counter() - start)
@@ -359,4 +416,35 @@ def _error(req_id: Any, err: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "error": err.to_json()}
 
 
-__all__ = ["Dispatcher", "ParseError", "RawNumber", "encode", "encode_response", "parse_json"]
+class Pending:
+    """The rest of a call whose handler returned an awaitable: await ``coro``."""
+
+    __slots__ = ("coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro = coro
+
+
+async def _response_later(req_id: Any, pending: Pending) -> dict[str, Any] | None:
+    try:
+        result = await pending.coro
+    except RpcError as e:
+        return _error(req_id, e)
+    if req_id is None:
+        return None
+    return {"jsonrpc": "2.0", "id": req_id, "result": result}
+
+
+def _as_rpc_error(method_name: str, e: Exception) -> RpcError:
+    """What a handler's exception answers: its own RpcError, an OperationError's errno and
+    message as SPDK's handlers send them, anything else -32603 (and a log line)."""
+    if isinstance(e, RpcError):
+        return e
+    if isinstance(e, OperationError):
+        return RpcError(-e.errno, e.message)
+    log.error("RPC %s failed", method_name, exc_info=e)
+    return RpcError(errors.INTERNAL_ERROR)
+
+
+__all__ = ["Dispatcher", "ParseError", "Pending", "RawNumber", "encode", "encode_response",
+           "parse_json"]

@@ -20,7 +20,9 @@ import fcntl
 import logging
 import os
 import stat
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from pybdev.listener import (
     Identity,
@@ -45,6 +47,10 @@ LISTEN_BACKLOG = 512
 MAX_UNSENT_REPLY_BYTES = 1024 * 1024
 # Requests of one connection being answered at once before reading pauses.
 MAX_PENDING_REQUESTS = 64
+# Replies answered inline are gathered into one write, up to this many bytes.
+FLUSH_REPLY_BYTES = 64 * 1024
+INTERNAL_ERROR_LINE = (encode_response(
+    {"jsonrpc": "2.0", "id": None, "error": RpcError(INTERNAL_ERROR).to_json()}) + "\n").encode()
 
 
 class SocketInUse(Exception):
@@ -84,6 +90,9 @@ class RpcConnection(asyncio.Protocol):
         self._read_paused = False
         # No complete request is left in the stream (all taken or the rest incomplete).
         self._drained = True
+        # Replies answered inline during this pass, written together when it ends.
+        self._replies: list[bytes] = []
+        self._reply_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -120,32 +129,78 @@ class RpcConnection(asyncio.Protocol):
             self._read_paused = True
 
     def _take_requests(self) -> None:
-        """Start a task for each complete request while the connection is not blocked."""
-        loop = asyncio.get_running_loop()
-        while self.transport is not None and not self._drained:
-            if self._blocked():
-                self._pause_reading()
-                return
-            try:
-                raw = self.stream.next_value()
-            except FramingError as e:
-                if "exceeds" in str(e):
-                    WARNINGS.warn(log, "rpc_request_too_large", "unix",
-                                  "RPC client %s: %s; closing the connection", self.caller, e)
-                else:
-                    log.debug("closing RPC connection: %s", e)
-                self._parse_error()
-                return
-            if raw is None:
-                self._drained = True
-                break
-            task = loop.create_task(self._handle(raw))
-            self.pending.add(task)
-            task.add_done_callback(self._done)
+        """Answer each complete request while the connection is not blocked.
+
+        A request whose handler returns at once is answered here, and the replies of one
+        pass go out in one write (SPDK's handlers run inline on its reactor too). One that
+        must wait (a handler that awaits; any request before the target is ready) runs as
+        its own task and is answered when it completes.
+        """
+        try:
+            while self.transport is not None and not self._drained:
+                if self._blocked():
+                    self._pause_reading()
+                    return
+                try:
+                    raw = self.stream.next_value()
+                except FramingError as e:
+                    if "exceeds" in str(e):
+                        WARNINGS.warn(log, "rpc_request_too_large", "unix",
+                                      "RPC client %s: %s; closing the connection",
+                                      self.caller, e)
+                    else:
+                        log.debug("closing RPC connection: %s", e)
+                    self._parse_error()
+                    return
+                if raw is None:
+                    self._drained = True
+                    break
+                self._answer(raw)
+        finally:
+            self._flush()
         if self._read_paused and self.transport is not None:
             self._read_paused = False
             self.transport.resume_reading()
         self._close_if_finished()
+
+    def _answer(self, raw: bytes) -> None:
+        if self.server.ready is not None and not self.server.ready.is_set():
+            self._start(self._handle(raw))
+            return
+        token = audit.CALLER.set(self.caller)  # tasks started for the request inherit it
+        try:
+            try:
+                response = self.dispatcher.answer_now(raw)
+            except ParseError as e:
+                log.debug("closing RPC connection: parse error: %s", e)
+                self._parse_error()
+                return
+            except Exception:
+                log.exception("RPC request failed")  # every request is answered
+                response = INTERNAL_ERROR_LINE
+            if isinstance(response, bytes):
+                self._replies.append(response)
+                self._reply_bytes += len(response)
+                if self._reply_bytes >= FLUSH_REPLY_BYTES:
+                    self._flush()  # may pause writing, which stops the loop above
+            elif response is not None:
+                self._start(self._send_later(response))
+        finally:
+            audit.CALLER.reset(token)
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _flush(self) -> None:
+        replies = self._replies
+        if not replies:
+            return
+        if self.transport is not None:
+            self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
+        replies.clear()
+        self._reply_bytes = 0
 
     def eof_received(self) -> bool:
         # Half-close: keep the write side open until queued requests are answered.
@@ -172,9 +227,10 @@ class RpcConnection(asyncio.Protocol):
             self._close_if_finished()
 
     async def _handle(self, raw: bytes) -> None:
+        """A request that came before the target was ready: answered once it is."""
         audit.CALLER.set(self.caller)  # this request's task has its own context
-        if self.server.ready is not None and not self.server.ready.is_set():
-            await self.server.ready.wait()
+        assert self.server.ready is not None
+        await self.server.ready.wait()
         try:
             response = await self.dispatcher.handle_raw(raw)
         except ParseError as e:
@@ -182,17 +238,28 @@ class RpcConnection(asyncio.Protocol):
             self._parse_error()
             return
         except Exception:
-            # Every request is answered, even when the dispatcher itself fails.
             log.exception("RPC request failed")
-            response = (encode_response(
-                {"jsonrpc": "2.0", "id": None, "error": RpcError(INTERNAL_ERROR).to_json()}
-            ) + "\n").encode()
+            response = INTERNAL_ERROR_LINE
+        self._send(response)
+
+    async def _send_later(self, pending: Coroutine[Any, Any, bytes | None]) -> None:
+        """The answer of a request whose handler awaits."""
+        try:
+            response = await pending
+        except Exception:
+            log.exception("RPC request failed")
+            response = INTERNAL_ERROR_LINE
+        self._send(response)
+
+    def _send(self, response: bytes | None) -> None:
         if response is not None and self.transport is not None:
+            self._flush()  # replies answered inline in this pass go first
             self.transport.write(response)
 
     def _parse_error(self) -> None:
         if self.transport is None:
             return
+        self._flush()  # the answers to the requests before it go first
         err = RpcError(PARSE_ERROR).to_json()
         self.transport.write((encode({"jsonrpc": "2.0", "id": None, "error": err}) + "\n").encode())
         # close() sends what is queued first, so the client reads the -32700 before EOF.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from typing import Any
 
 import pytest
 
+from pybdev.errors import OperationError
+from pybdev.rpc import audit
 from pybdev.rpc.dispatcher import Dispatcher, ParseError, encode
 from pybdev.rpc.errors import RpcError
 from pybdev.rpc.registry import BOTH, IGNORE_PARAMS, Registry, RpcTable, State
@@ -16,6 +19,9 @@ from pybdev.rpc.types import U32, Params, Str
 
 class Ctx:
     state = State.RUNTIME
+
+
+SEEN: list[str | None] = []
 
 
 class EchoParams(Params):
@@ -52,6 +58,22 @@ def make() -> tuple[Dispatcher, Ctx]:
     @table.method("fail", states=BOTH)
     def fail(ctx: Ctx) -> None:
         raise RpcError(-19, "No such device")
+
+    @table.method("slow_fail", states=BOTH)
+    async def slow_fail(ctx: Ctx) -> None:
+        await asyncio.sleep(0)
+        raise OperationError(errno.ENODEV, "gone while waiting")
+
+    @table.method("who", states=BOTH)
+    def who(ctx: Ctx) -> str | None:
+        # What a callback scheduled by the call sees when it runs, after the call.
+        asyncio.get_running_loop().call_soon(lambda: SEEN.append(audit.current_method()))
+        return audit.current_method()
+
+    @table.method("slow_who", states=BOTH)
+    async def slow_who(ctx: Ctx) -> str | None:
+        await asyncio.sleep(0)
+        return audit.current_method()
 
     @table.method("crash", states=BOTH)
     def crash(ctx: Ctx) -> None:
@@ -279,3 +301,43 @@ async def test_a_result_that_is_not_json_is_an_internal_error() -> None:
 async def test_fractional_ids_are_echoed_as_written(raw_id: str) -> None:
     out = await make()[0].handle_raw(f'{{"method":"noparams","id":{raw_id}}}'.encode())
     assert out == f'{{"jsonrpc":"2.0","id":{raw_id},"result":true}}\n'.encode()
+
+
+async def test_a_handler_that_returns_at_once_is_answered_without_waiting() -> None:
+    d, _ = make()
+    out = d.answer_now(b'{"jsonrpc":"2.0","method":"echo","id":1,"params":{"name":"x"}}')
+    assert out == b'{"jsonrpc":"2.0","id":1,"result":{"name":"x","count":1,"flag":false}}\n'
+    assert d.calls == {("echo", 0): 1}
+
+
+async def test_a_handler_that_awaits_is_finished_by_the_coroutine_and_counted_once() -> None:
+    d, _ = make()
+    pending = d.answer_now(b'{"jsonrpc":"2.0","method":"slow","id":2}')
+    assert asyncio.iscoroutine(pending)
+    assert d.calls == {}  # not answered yet
+    assert await pending == b'{"jsonrpc":"2.0","id":2,"result":"slow"}\n'
+    assert d.calls == {("slow", 0): 1}
+
+
+async def test_an_error_raised_after_awaiting_is_answered_as_before() -> None:
+    d, _ = make()
+    resp = await answer('{"jsonrpc":"2.0","method":"slow_fail","id":3}', d)
+    assert resp["error"] == {"code": -errno.ENODEV,
+                             "message": "No such device: gone while waiting"}
+    assert d.calls == {("slow_fail", -errno.ENODEV): 1}
+
+
+async def test_the_call_is_current_only_while_it_runs() -> None:
+    """Answered inline (no task of its own), the call is current inside its handler; a
+    callback it scheduled runs later and is not the call (a bdev it removes then would
+    be a hot-remove). A handler that awaits is the call in its own task."""
+    d, _ = make()
+    SEEN.clear()
+    out = d.answer_now(b'{"jsonrpc":"2.0","method":"who","id":4}')
+    assert out == b'{"jsonrpc":"2.0","id":4,"result":"who"}\n'
+    await asyncio.sleep(0)
+    assert SEEN == [None]
+    task = asyncio.get_running_loop().create_task(
+        d.handle_raw(b'{"jsonrpc":"2.0","method":"slow_who","id":5}'))
+    assert await task == b'{"jsonrpc":"2.0","id":5,"result":"slow_who"}\n'
+    assert audit.current_method() is None

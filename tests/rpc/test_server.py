@@ -71,6 +71,19 @@ def test_pipelined_requests_after_a_huge_id_are_answered(target: Target) -> None
     assert ids == sorted([big, b"1e400", b"2"])
 
 
+def test_pipelined_requests_that_wait_and_that_do_not_are_all_answered(target: Target) -> None:
+    """Handlers that return at once are answered in the read callback, one write for the
+    batch; those that await run as tasks. Each request gets exactly one answer."""
+    body = b"".join(
+        b'{"jsonrpc":"2.0","method":"%s","id":%d}' % (
+            b"bdev_wait_for_examine" if i % 7 == 0 else b"spdk_get_version", i)
+        for i in range(500))
+    answers = [json.loads(line) for line in exchange(target, body).splitlines()]
+    assert sorted(a["id"] for a in answers) == list(range(500))
+    assert all(a["result"] is True for a in answers if a["id"] % 7 == 0)
+    assert all(a["result"]["fields"]["major"] == 0 for a in answers if a["id"] % 7)
+
+
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
