@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pybdev.rpc.framing import FramingError, JsonStream
+from pybdev.rpc.framing import _SHALLOW_VALUE, FramingError, JsonStream
 
 
 def values(*chunks: bytes) -> list[bytes]:
@@ -177,3 +177,25 @@ def test_chunking_never_changes_the_outcome(doc: object, junk: bytes,
     whole = outcome([bad])
     bytewise = outcome([bad[i:i + 1] for i in range(len(bad))])
     assert whole == bytewise
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=json_values, spaced=st.booleans())
+def test_one_pattern_for_shallow_values_ends_where_the_scan_does(doc: object,
+                                                                 spaced: bool) -> None:
+    """The regular expression that finds most requests whole agrees with the bracket
+    scan, or leaves the value (deeper than three) to it."""
+    one = json.dumps({"params": [doc]}, separators=None if spaced else (",", ":")).encode()
+    buf = bytearray(one + b'{"next":1}')
+    m = _SHALLOW_VALUE.match(buf)
+    assert m is None or m.end() == len(one)
+    assert JsonStream()._structural_end(buf) == len(one)
+    assert values(bytes(buf)) == [one, b'{"next":1}']
+
+
+def test_deep_and_incomplete_values_leave_the_pattern_for_the_scan() -> None:
+    deep = b'{"a":{"b":{"c":{"d":[1]}}}}'
+    assert _SHALLOW_VALUE.match(deep) is None
+    assert values(deep + b"[2]") == [deep, b"[2]"]
+    assert _SHALLOW_VALUE.match(b'{"a":{"b":"}"}') is None  # waits for its last brace
+    assert values(b'{"a":{"b":"}"}', b"}") == [b'{"a":{"b":"}"}}']
