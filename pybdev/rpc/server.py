@@ -1,9 +1,11 @@
 """The Unix-socket JSON-RPC listener (SPDK's transport: ``lib/rpc/rpc.c``, ``lib/jsonrpc``).
 
 Thin I/O glue: bytes go through :class:`~pybdev.rpc.framing.JsonStream`, values through
-the :class:`~pybdev.rpc.dispatcher.Dispatcher`. Each request runs as its own task so a slow
-handler never blocks another client or a later request on the same connection; responses
-go out in completion order, as SPDK sends them.
+the :class:`~pybdev.rpc.dispatcher.Dispatcher`. A request whose handler returns at once (most
+of them) is answered in the read callback, and the replies of one read go out in one write;
+one whose handler awaits runs as its own task, so a slow handler never blocks another client
+or a later request on the same connection. Responses go out in completion order, as SPDK
+sends them (docs/decisions/rpc-inline-answers.md).
 
 Backpressure (docs/guide.md, "Limits"): a connection is not read while its unsent replies
 exceed :data:`MAX_UNSENT_REPLY_BYTES` or :data:`MAX_PENDING_REQUESTS` of its requests are
