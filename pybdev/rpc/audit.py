@@ -32,10 +32,11 @@ log = logging.getLogger("pybdev.rpc.audit")
 
 #: Who sent the request being answered; set by the transport for each request.
 CALLER: ContextVar[str] = ContextVar("pybdev_rpc_caller", default="internal")
-#: The state-changing method being answered and the task answering it, for events it causes
-#: (a bdev it deletes). Callbacks and tasks started during the call inherit the variable
-#: (asyncio copies contexts), so only the answering task itself counts as the call: a vbdev
-#: removed because its base went, or an NBD bdev whose server went, is a hot-remove.
+#: The state-changing method being answered and its owner (the task answering it, or the
+#: call answered inline: :func:`begin_call`), for events it causes (a bdev it deletes).
+#: Callbacks and tasks started during the call inherit the variable (asyncio copies
+#: contexts), so only the owner counts as the call: a vbdev removed because its base went,
+#: or an NBD bdev whose server went, is a hot-remove.
 CURRENT_METHOD: ContextVar[tuple[str, object] | None] = ContextVar("pybdev_rpc_method",
                                                                   default=None)
 

@@ -321,10 +321,9 @@ class Dispatcher:
         one is timed and gets an audit line (:mod:`pybdev.rpc.audit`). Raises RpcError.
         """
         method = self.lookup(method_name)
-        calls = self.calls
         if method is None:
             key = ("", errors.METHOD_NOT_FOUND)  # unknown names are not kept: unbounded
-            calls[key] = calls.get(key, 0) + 1
+            self.calls[key] = self.calls.get(key, 0) + 1
             raise RpcError(errors.METHOD_NOT_FOUND, data=self._suggest(method_name))
         mutating = method.spec.mutating
         if mutating:
@@ -365,10 +364,7 @@ class Dispatcher:
             if mutating:
                 audit.end_call(token, owner)
             if not isinstance(result, Pending):
-                key = (method_name, code)
-                calls[key] = calls.get(key, 0) + 1
-                if mutating:
-                    audit.record(method_name, params, code, time.perf_counter() - start)
+                self._answered(method_name, params, code, start if mutating else None)
 
     async def _finish(self, method_name: str, params: Any, mutating: bool, start: float,
                       awaitable: Awaitable[Any]) -> Any:
@@ -388,11 +384,16 @@ class Dispatcher:
             code = errors.INTERNAL_ERROR
             raise
         finally:
-            key = (method_name, code)
-            self.calls[key] = self.calls.get(key, 0) + 1
             if mutating:
                 audit.CURRENT_METHOD.reset(token)
-                audit.record(method_name, params, code, time.perf_counter() - start)
+            self._answered(method_name, params, code, start if mutating else None)
+
+    def _answered(self, method_name: str, params: Any, code: int, start: float | None) -> None:
+        """Count a call by its result; a state-changing one (``start`` given) is audited."""
+        key = (method_name, code)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if start is not None:
+            audit.record(method_name, params, code, time.perf_counter() - start)
 
     @staticmethod
     def _decode(method: Method, params: Any) -> Any:

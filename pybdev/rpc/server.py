@@ -255,7 +255,6 @@ class RpcConnection(asyncio.Protocol):
 
     def _send(self, response: bytes | None) -> None:
         if response is not None and self.transport is not None:
-            self._flush()  # replies answered inline in this pass go first
             self.transport.write(response)
 
     def _parse_error(self) -> None:
