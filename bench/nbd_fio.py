@@ -93,7 +93,7 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
     started: list[Server] = []
     try:
         for name in names:
-            if name in ("pybdev", "pybdev-tcp", "pybdev-asyncio", "pybdev-poll"):
+            if name in ("pybdev", "pybdev-tcp", "pybdev-asyncio", "pybdev-poll", "pybdev-loop"):
                 sock = tmp / f"{name}.sock"
                 uri = f"nbd+unix:///Malloc0?socket={sock}"
                 if name == "pybdev-tcp":
@@ -112,6 +112,9 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
                 rpc = tmp / f"{name}-rpc.sock"
                 # pybdev-asyncio: asyncio's own loop, what a plain `pip install` runs.
                 env = {"PYBDEV_EVENT_LOOP": "asyncio"} if name == "pybdev-asyncio" else {}
+                # pybdev-loop: no connection threads, every request on the event loop.
+                if name == "pybdev-loop":
+                    env = {"PYBDEV_NBD_CONNECTION_THREADS": "0"}
                 s = Server(name, [*py, "-m", "pybdev", "-r", str(rpc), "--json", str(cfg), *extra],
                            sock, uri, tmp / f"{name}.log", ready=rpc, env=env)
                 if name == "pybdev-tcp":
@@ -398,7 +401,8 @@ def main() -> int:
     p.add_argument("--size", default="1G", help="disk size (K, M, G suffixes)")
     p.add_argument("--servers", default="pybdev,nbdkit,qemu-nbd",
                    help="comma list of pybdev, pybdev-asyncio (asyncio's own loop), "
-                        f"pybdev-poll (--nbd-poll-us {POLL_US}), "
+                        f"pybdev-poll (--nbd-poll-us {POLL_US}), pybdev-loop (no connection "
+                        "threads: PYBDEV_NBD_CONNECTION_THREADS=0), "
                         "pybdev-tcp, nbdkit, qemu-nbd, ceiling (bench/nbd_ceiling.py: a "
                         "minimal blocking Python server, the Unix-socket ceiling)")
     p.add_argument("--workloads", default="", help=f"comma list of {', '.join(WORKLOADS)}")
