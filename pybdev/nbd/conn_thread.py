@@ -9,15 +9,16 @@ the GIL and complete inside the call (``Bdev.thread_safe_submit``: malloc, null)
 contract as ublk's queue-thread serving.
 
 What the thread serves, and what it leaves to the loop
-    READ and WRITE that the validator accepts, on a bdev with no QoS, histogram or
-    queue-depth sampling (``_hooked``), in batches: one ``recv_into`` of whatever arrived,
-    every complete request of it submitted, every reply sent in one ``sendmsg``. The first
-    request of any other kind (FLUSH, TRIM, BLOCK_STATUS, DISC, an invalid one, a write
-    larger than the receive buffer, a bad magic) ends the thread: that request and the
-    bytes after it go back to the connection's event-loop path
-    (:class:`pybdev.nbd.transmission.Transmission`), which serves the connection from then
-    on. The hand-over is one way and rare: fio, QEMU and the kernel send little but reads
-    and writes.
+    In batches: one ``recv_into`` of whatever arrived, every complete request of it
+    served, every reply sent in one ``sendmsg``. READ and WRITE run on the thread; an
+    invalid request is answered there with its error; FLUSH, TRIM, WRITE_ZEROES, CACHE
+    and BLOCK_STATUS are served by the loop (``Transmission.serve_other``) while the
+    thread waits for the reply, which keeps their order with the requests around them.
+    The connection goes back to the event-loop path
+    (:class:`pybdev.nbd.transmission.Transmission`) for good, with the request and the
+    bytes after it, at a DISC, a write larger than the receive buffer, a bad magic, and
+    once the bdev has QoS, a histogram or queue-depth sampling (``_hooked``: their state
+    lives on the loop).
 
 The socket
     The thread owns a ``dup`` of the transport's socket, in blocking mode, while the
@@ -41,6 +42,7 @@ payload budget (``MAX_INFLIGHT_BYTES``), as on the loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -63,6 +65,7 @@ ENABLED: Final = (getattr(sys, "_is_gil_enabled", lambda: True)()
                   and os.environ.get("PYBDEV_NBD_CONNECTION_THREADS", "1") != "0")
 IOV_MAX: Final = 1024  # buffers one sendmsg takes (Linux's UIO_MAXIOV)
 _FUA: Final = proto.NBD_CMD_FLAG_FUA
+_DISC: Final = proto.NBD_CMD_DISC
 _SIMPLE = proto.SIMPLE_REPLY.pack
 _DATA_CHUNK = proto.OFFSET_DATA.pack
 
@@ -83,6 +86,7 @@ class ConnectionThread:
         self.error: OSError | None = None
         self.served = 0  # requests served here, for the log line at the end
         self.stopping = False
+        self.waiting = False  # for the loop to serve a request (_on_loop)
         self._buffer_size = buffer_size
         self._max_write = max_write
         self._max_batch_bytes = max_batch_bytes
@@ -187,17 +191,26 @@ class ConnectionThread:
                    else _SIMPLE(0x67446698, 0, cookie))
 
         served = 0
-        for typ, flags, cookie, offset, length, payload in requests:  # noqa: B007
-            if typ > 1 or bdev._hooked or check(typ, flags, offset, length):
+        for typ, flags, cookie, offset, length, payload in requests:
+            if bdev._hooked or typ == _DISC:
                 break
-            if typ == 0:  # NBD_CMD_READ
+            err = check(typ, flags, offset, length)
+            if err:
+                append(proto.encode_error_reply(cookie, err, structured))
+            elif typ == 0:  # NBD_CMD_READ
                 read(offset, length, read_done)
                 nbytes += length
-                at += 28
-            else:  # NBD_CMD_WRITE
+            elif typ == 1:  # NBD_CMD_WRITE
                 write(offset, payload, write_done, flags & _FUA != 0)
                 wbytes += length
-                at += 28 + length
+            else:
+                if out:  # their replies need not wait for this one
+                    _send_all(self.sock, out)
+                    out.clear()
+                append(self._on_loop(typ, flags, cookie, offset, length))
+                if self.stopping:
+                    break
+            at += 28 + length if typ == 1 else 28
             served += 1
         self.served += served
         export = conn.export
@@ -207,6 +220,21 @@ class ConnectionThread:
         if out:
             _send_all(self.sock, out)
         return at
+
+
+    def _on_loop(self, typ: int, flags: int, cookie: int, offset: int, length: int) -> bytes:
+        """Have the loop serve a request (FLUSH, TRIM, ...) and wait for its reply.
+
+        Every request before it has completed, so waiting keeps the order a FLUSH needs.
+        """
+        reply: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        self.waiting = True
+        try:
+            self.loop.call_soon_threadsafe(self.conn.serve_other, typ, flags, cookie, offset,
+                                           length, reply.set_result)
+            return reply.result()
+        finally:
+            self.waiting = False
 
 
 def _send_all(sock: socket.socket, bufs: list[Any]) -> None:

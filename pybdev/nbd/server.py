@@ -377,8 +377,10 @@ class NbdConnection(Transmission):
         if thread is not None:
             # Nothing may touch the descriptor once the export learns the connection is
             # gone; with the socket shut down both ways the thread ends within its batch.
+            # One waiting for this loop to serve a request ends once that ran: the
+            # descriptor then answers it -ENODEV if it was closed meanwhile.
             thread.stop(abort=True)
-            if not thread.join(1.0):
+            if not thread.waiting and not thread.join(1.0):
                 log.warning("NBD client %s: connection thread still running", self.peer)
         if self.export is not None:
             self.export.connections.discard(self)

@@ -1,8 +1,8 @@
 """Network NBD connections served on a thread of their own (pybdev.nbd.conn_thread).
 
-A connection to a malloc or null bdev is served on its own thread; the first request the
-thread does not serve (FLUSH, TRIM, BLOCK_STATUS, a write larger than the receive buffer,
-anything on a bdev with QoS) goes back to the event loop with everything after it. The
+A connection to a malloc or null bdev is served on its own thread, which has the loop
+serve FLUSH, TRIM and BLOCK_STATUS for it; the connection goes back to the event loop for
+good at a DISC, a write larger than the receive buffer, or once the bdev has QoS. The
 target logs, per connection (``-L nbd``), how many requests its thread served: the tests
 assert that count exactly, so a request served twice, or served by the wrong side of the
 hand-over, fails them. Data is checked through both sides.
@@ -52,7 +52,7 @@ def _served(t: Target, connections: int = 1) -> list[int]:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_other_requests_hand_the_connection_back_in_order(
+def test_flush_trim_and_block_status_keep_their_order_on_the_thread(
         loop: str, start_target: Callable[..., Target], sockdir: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     t, sock = _target(start_target, sockdir, loop, monkeypatch)
@@ -60,8 +60,8 @@ def test_other_requests_hand_the_connection_back_in_order(
     a, b, d = b"\xaa" * 4096, b"\xbb" * 4096, b"\xdd" * 4096
     c.write(0, a)
     assert c.read(0, 4096) == a
-    # One batch: the thread serves the first WRITE; the FLUSH and all after it go to the
-    # loop, in order (the READ must see both writes).
+    # One batch: the loop serves the FLUSH while the thread waits; the READ after it
+    # must see both writes.
     cookies = [c.send(nbd.NBD_CMD_WRITE, 4096, 4096, payload=b),
                c.send(nbd.NBD_CMD_FLUSH),
                c.send(nbd.NBD_CMD_WRITE, 8192, 4096, payload=d),
@@ -69,12 +69,14 @@ def test_other_requests_hand_the_connection_back_in_order(
     results = [c.wait(k) for k in cookies]
     assert [r["error"] for r in results] == [0, 0, 0, 0]
     assert bytes(results[3]["data"]) == a + b + d
-    # The loop serves the rest of the connection, TRIM and block status included.
     assert c.call(nbd.NBD_CMD_TRIM, 0, 4096)["error"] == 0
     assert c.read(0, 8192) == bytes(4096) + b
     assert c.call(nbd.NBD_CMD_BLOCK_STATUS, 0, 8192)["error"] == 0
-    c.disconnect()
-    assert _served(t) == [3]
+    # An invalid request is answered on the thread, which goes on serving.
+    assert c.call(nbd.NBD_CMD_READ, 4 << 20, 4096)["error"] == nbd.NBD_EINVAL
+    assert c.read(8192, 4096) == d
+    c.disconnect()  # DISC: back to the loop, which closes
+    assert _served(t) == [11]
 
 
 @pytest.mark.parametrize("loop", LOOPS)
