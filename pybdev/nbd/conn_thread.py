@@ -49,6 +49,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from pybdev.proto import nbd as proto
@@ -130,6 +131,7 @@ class ConnectionThread:
         buf[:end] = pending
         recv_into = self.sock.recv_into
         parse = proto.parse_requests
+        serve_batch = self._batch_server()
         need = 28 if end < 28 else 0
         while not self.stopping:
             if need:
@@ -145,7 +147,7 @@ class ConnectionThread:
                 self.rest = bytes(buf[start:end])  # the loop parses it again and says why
                 return
             if requests:
-                served_to = self._serve_batch(requests, start)
+                served_to = serve_batch(requests, start)
                 del requests  # the write payloads are views of buf
                 if served_to != pos:
                     self.rest = bytes(buf[served_to:end])
@@ -161,8 +163,14 @@ class ConnectionThread:
                 buf[:end - start] = buf[start:end]
                 start, end = 0, end - start
 
-    def _serve_batch(self, requests: list[proto.Request], at: int) -> int:
-        """Serve the leading READs and WRITEs, send their replies; where the rest begins."""
+    def _batch_server(self) -> Callable[[list[proto.Request], int], int]:
+        """``serve_batch(requests, at)``: serve the requests, send their replies, and
+        return where the first one not served begins (the loop takes it from there).
+
+        Built once per connection: what a batch needs is bound here, and the completions
+        read the request's cookie and offset from this frame's cells, since they run
+        inside the submit call (thread_safe_submit) instead of later.
+        """
         conn = self.conn
         desc = conn._desc
         assert desc is not None and conn._validator is not None
@@ -171,13 +179,11 @@ class ConnectionThread:
         structured = conn._structured
         zcopy = conn._zcopy
         read, write = desc.read, desc.write
+        sock = self.sock
         out: list[Any] = []
         append = out.append
         cookie = offset = 0
-        nbytes = wbytes = 0
 
-        # Completions run inside the submit call (thread_safe_submit), so they read the
-        # request's cookie and offset from this frame instead of a closure per request.
         def read_done(status: int, data: Any) -> None:
             if status:
                 append(conn._error_reply(cookie, status))
@@ -190,37 +196,41 @@ class ConnectionThread:
             append(conn._error_reply(cookie, status) if status
                    else _SIMPLE(0x67446698, 0, cookie))
 
-        served = 0
-        for typ, flags, cookie, offset, length, payload in requests:
-            if bdev._hooked or typ == _DISC:
-                break
-            err = check(typ, flags, offset, length)
-            if err:
-                append(proto.encode_error_reply(cookie, err, structured))
-            elif typ == 0:  # NBD_CMD_READ
-                read(offset, length, read_done)
-                nbytes += length
-            elif typ == 1:  # NBD_CMD_WRITE
-                write(offset, payload, write_done, flags & _FUA != 0)
-                wbytes += length
-            else:
-                if out:  # their replies need not wait for this one
-                    _send_all(self.sock, out)
-                    out.clear()
-                append(self._on_loop(typ, flags, cookie, offset, length))
-                if self.stopping:
+        def serve_batch(requests: list[proto.Request], at: int) -> int:
+            nonlocal cookie, offset
+            served = nbytes = wbytes = 0
+            for typ, flags, cookie, offset, length, payload in requests:
+                if bdev._hooked or typ == _DISC:
                     break
-            at += 28 + length if typ == 1 else 28
-            served += 1
-        self.served += served
-        export = conn.export
-        if export is not None:
-            export.bytes_read += nbytes
-            export.bytes_written += wbytes
-        if out:
-            _send_all(self.sock, out)
-        return at
+                err = check(typ, flags, offset, length)
+                if err:
+                    append(proto.encode_error_reply(cookie, err, structured))
+                elif typ == 0:  # NBD_CMD_READ
+                    read(offset, length, read_done)
+                    nbytes += length
+                elif typ == 1:  # NBD_CMD_WRITE
+                    write(offset, payload, write_done, flags & _FUA != 0)
+                    wbytes += length
+                else:
+                    if out:  # their replies need not wait for this one
+                        _send_all(sock, out)
+                        out.clear()
+                    append(self._on_loop(typ, flags, cookie, offset, length))
+                    if self.stopping:
+                        break
+                at += 28 + length if typ == 1 else 28
+                served += 1
+            self.served += served
+            export = conn.export
+            if export is not None:
+                export.bytes_read += nbytes
+                export.bytes_written += wbytes
+            if out:
+                _send_all(sock, out)
+                out.clear()
+            return at
 
+        return serve_batch
 
     def _on_loop(self, typ: int, flags: int, cookie: int, offset: int, length: int) -> bytes:
         """Have the loop serve a request (FLUSH, TRIM, ...) and wait for its reply.
