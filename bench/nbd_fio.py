@@ -47,6 +47,9 @@ WORKLOADS: dict[str, list[str]] = {
     "rw4k_qd32": ["--rw=randwrite", "--bs=4k", "--iodepth=32"],
     "sr128k_qd8": ["--rw=read", "--bs=128k", "--iodepth=8"],
     "sw1m_qd4": ["--rw=write", "--bs=1m", "--iodepth=4"],
+    # Four clients at once (one connection each): what several connections cost the server.
+    "rr4k_4x8": ["--rw=randread", "--bs=4k", "--iodepth=8", "--numjobs=4",
+                 "--group_reporting"],
 }
 
 
@@ -93,7 +96,7 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
     started: list[Server] = []
     try:
         for name in names:
-            if name in ("pybdev", "pybdev-tcp", "pybdev-asyncio", "pybdev-poll", "pybdev-loop"):
+            if name in ("pybdev", "pybdev-tcp", "pybdev-asyncio", "pybdev-poll"):
                 sock = tmp / f"{name}.sock"
                 uri = f"nbd+unix:///Malloc0?socket={sock}"
                 if name == "pybdev-tcp":
@@ -112,9 +115,6 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
                 rpc = tmp / f"{name}-rpc.sock"
                 # pybdev-asyncio: asyncio's own loop, what a plain `pip install` runs.
                 env = {"PYBDEV_EVENT_LOOP": "asyncio"} if name == "pybdev-asyncio" else {}
-                # pybdev-loop: no connection threads, every request on the event loop.
-                if name == "pybdev-loop":
-                    env = {"PYBDEV_NBD_CONNECTION_THREADS": "0"}
                 s = Server(name, [*py, "-m", "pybdev", "-r", str(rpc), "--json", str(cfg), *extra],
                            sock, uri, tmp / f"{name}.log", ready=rpc, env=env)
                 if name == "pybdev-tcp":
@@ -401,8 +401,7 @@ def main() -> int:
     p.add_argument("--size", default="1G", help="disk size (K, M, G suffixes)")
     p.add_argument("--servers", default="pybdev,nbdkit,qemu-nbd",
                    help="comma list of pybdev, pybdev-asyncio (asyncio's own loop), "
-                        f"pybdev-poll (--nbd-poll-us {POLL_US}), pybdev-loop (no connection "
-                        "threads: PYBDEV_NBD_CONNECTION_THREADS=0), "
+                        f"pybdev-poll (--nbd-poll-us {POLL_US}), "
                         "pybdev-tcp, nbdkit, qemu-nbd, ceiling (bench/nbd_ceiling.py: a "
                         "minimal blocking Python server, the Unix-socket ceiling)")
     p.add_argument("--workloads", default="", help=f"comma list of {', '.join(WORKLOADS)}")

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -32,14 +31,10 @@ from pybdev.listener import (
     unix_identity,
     unlink_unix,
 )
-from pybdev.nbd import conn_thread
 from pybdev.nbd.export import NbdExport
 from pybdev.nbd.transmission import (
-    BUFFER_SIZE,
     DEFAULT_MAX_BUFFERED,
-    MAX_INFLIGHT_BYTES,
     MAX_PAYLOAD,
-    MAX_WRITE,
     PayloadBudget,
     Transmission,
 )
@@ -339,7 +334,6 @@ class NbdConnection(Transmission):
         self._handshake: proto.ServerHandshake | None = proto.ServerHandshake(
             self._lookup, exports=listener.list_exports)
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._thread: conn_thread.ConnectionThread | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -373,15 +367,6 @@ class NbdConnection(Transmission):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self.listener.connections.discard(self)
-        thread = self._thread
-        if thread is not None:
-            # Nothing may touch the descriptor once the export learns the connection is
-            # gone; with the socket shut down both ways the thread ends within its batch.
-            # One waiting for this loop to serve a request ends once that ran: the
-            # descriptor then answers it -ENODEV if it was closed meanwhile.
-            thread.stop(abort=True)
-            if not thread.waiting and not thread.join(1.0):
-                log.warning("NBD client %s: connection thread still running", self.peer)
         if self.export is not None:
             self.export.connections.discard(self)
             events = self.listener.network.events
@@ -450,74 +435,3 @@ class NbdConnection(Transmission):
                   export.name, ready.structured_replies, ready.meta_contexts)
         self._begin(export, export.desc, ready.validator(), ready.structured_replies,
                     ready.trailing)
-        if self._may_serve_on_thread():
-            self._serve_on_thread()
-
-    # -- a thread for the connection (pybdev.nbd.conn_thread) ---------------------------------
-    def _may_serve_on_thread(self) -> bool:
-        desc = self._desc
-        return (conn_thread.ENABLED and not self._poll_ns and desc is not None
-                and desc.bdev.thread_safe_submit and not desc.bdev._hooked
-                and not self._inflight and self._big is None and not self._closing
-                and not self._read_paused and self.transport is not None
-                and not self.transport.is_closing())
-
-    def _serve_on_thread(self) -> None:
-        assert self.transport is not None
-        try:
-            fd = self.transport.get_extra_info("socket").fileno()
-            sock = socket.socket(fileno=os.dup(fd))
-        except (OSError, AttributeError):
-            return  # no socket to hand over: the loop serves it
-        self.transport.pause_reading()
-        self._read_paused = True
-        pending = bytes(self._buf[self._start:self._end])
-        # The thread receives into a buffer of its own; this one comes back with the
-        # connection, if it ever does.
-        self._buf = bytearray()
-        self._view = memoryview(self._buf)
-        self._start = self._end = 0
-        self._thread = conn_thread.ConnectionThread(self, sock, pending, BUFFER_SIZE,
-                                                    MAX_WRITE, MAX_INFLIGHT_BYTES)
-        self._thread.start()
-
-    def _thread_ended(self, thread: conn_thread.ConnectionThread) -> None:
-        """On the loop: the connection's thread ended; close, or serve the rest here."""
-        if self._thread is thread:
-            self._thread = None
-        thread.sock.close()
-        log.debug("NBD client %s: %d requests served on the connection's thread%s",
-                  self.peer, thread.served, f" ({thread.error})" if thread.error else "")
-        if self.transport is None:
-            return
-        if thread.error is not None:
-            self.abort()
-            return
-        if self._closing:
-            self._close()
-            return
-        rest = thread.rest
-        self._buf = bytearray(BUFFER_SIZE)
-        self._view = memoryview(self._buf)
-        self._buf[:len(rest)] = rest
-        self._start, self._end = 0, len(rest)
-        self._update_reading()  # resumes it: EOF and errors arrive the usual way
-        if rest:
-            self._process()
-
-    def shutdown(self, drain: bool) -> None:
-        thread = self._thread
-        if thread is None:
-            super().shutdown(drain)
-            return
-        # Nothing is in flight between the thread's batches: once it ends (a reply being
-        # sent still goes out when draining), _thread_ended closes the connection.
-        self._closing = True
-        thread.stop(abort=not drain)
-        if not drain:
-            super().abort()
-
-    def abort(self) -> None:
-        if self._thread is not None:
-            self._thread.stop(abort=True)
-        super().abort()

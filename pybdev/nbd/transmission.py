@@ -39,6 +39,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from pybdev.bdev.core import Descriptor, ReadBuffer
@@ -715,43 +716,24 @@ class Transmission(asyncio.BufferedProtocol):
         self._update_reading()
 
     def _submit_other(self, typ: int, flags: int, cookie: int, offset: int, length: int) -> None:
-        # FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS (READ and WRITE never get here:
-        # _submit has them inline).
-        self._inflight += 1
-        self.serve_other(typ, flags, cookie, offset, length, self._other_done)
-
-    def serve_other(self, typ: int, flags: int, cookie: int, offset: int, length: int,
-                    answer: Callable[[bytes], None]) -> None:
-        """Serve a validated request other than READ and WRITE; ``answer(reply)`` once done.
-
-        Perhaps inside the call. Also what a connection thread hands the loop
-        (pybdev.nbd.conn_thread).
-        """
-        if typ == proto.NBD_CMD_CACHE:
-            # Everything a bdev holds is as close as it gets: nothing to prefetch.
-            answer(proto.encode_simple_reply(cookie))
-            return
-        if typ == proto.NBD_CMD_BLOCK_STATUS:
-            req_one = bool(flags & _REQ_ONE)
-
-            def status_done(status: int, extents: Any) -> None:
-                answer(self._error_reply(cookie, status) if status else
-                       proto.encode_block_status_chunk(cookie, proto.BASE_ALLOCATION_ID,
-                                                       _clip_extents(extents, length, req_one)))
-
-            if self._block_status is not None:
-                self._block_status(offset, length, status_done)
-            else:
-                status_done(0, [(length, 0)])
-            return
-
-        def done(status: int, _data: Any) -> None:
-            answer(self._error_reply(cookie, status) if status else _SIMPLE(0x67446698, 0, cookie))
-
-        # NO_HOLE needs nothing: write_zeroes never punches holes here.
         desc = self._desc
         assert desc is not None
-        io.submit(desc, NBD_OPS[typ], offset, length, None, bool(flags & _FUA), done)
+        if typ == proto.NBD_CMD_CACHE:
+            # Everything a bdev holds is as close as it gets: nothing to prefetch.
+            self._out.append(proto.encode_simple_reply(cookie))
+        elif typ == proto.NBD_CMD_BLOCK_STATUS:
+            self._inflight += 1
+            done = partial(self._block_status_done, cookie, length, bool(flags & _REQ_ONE))
+            if self._block_status is not None:
+                self._block_status(offset, length, done)
+            else:
+                done(0, [(length, 0)])
+        else:
+            # FLUSH, TRIM, WRITE_ZEROES (NO_HOLE needs nothing: write_zeroes never punches
+            # holes here); READ and WRITE never get here (_submit has them inline).
+            self._inflight += 1
+            io.submit(desc, NBD_OPS[typ], offset, length, None, bool(flags & _FUA),
+                      partial(self._simple_done, cookie, -1))
 
     # -- completions -----------------------------------------------------------------------------
     def _read_done(self, cookie: int, offset: int, length: int, status: int, data: Any) -> None:
@@ -792,8 +774,14 @@ class Transmission(asyncio.BufferedProtocol):
             self._send_now([reply])
             self._after_completion()
 
-    def _other_done(self, reply: bytes) -> None:
+    def _block_status_done(self, cookie: int, length: int, req_one: bool, status: int,
+                           extents: Any) -> None:
         self._inflight -= 1
+        if status:
+            reply = self._error_reply(cookie, status)
+        else:
+            reply = proto.encode_block_status_chunk(
+                cookie, proto.BASE_ALLOCATION_ID, _clip_extents(extents, length, req_one))
         if self._batching:
             self._out.append(reply)
         else:
