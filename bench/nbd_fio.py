@@ -48,6 +48,8 @@ WORKLOADS: dict[str, list[str]] = {
     "sr128k_qd8": ["--rw=read", "--bs=128k", "--iodepth=8"],
     "sw1m_qd4": ["--rw=write", "--bs=1m", "--iodepth=4"],
     # Four clients at once (one connection each): what several connections cost the server.
+    "rr4k_4x1": ["--rw=randread", "--bs=4k", "--iodepth=1", "--numjobs=4",
+                 "--group_reporting"],
     "rr4k_4x8": ["--rw=randread", "--bs=4k", "--iodepth=8", "--numjobs=4",
                  "--group_reporting"],
 }
@@ -135,8 +137,9 @@ def servers(names: list[str], size: int, tmp: Path, profile: str | None) -> Iter
                 image = Path(tempfile.mkdtemp(dir="/dev/shm")) / "disk.raw"
                 with open(image, "wb") as f:
                     f.truncate(size)
-                s = Server(name, ["qemu-nbd", "-f", "raw", "-t", "-k", str(sock), "-x", "disk",
-                                  "--cache=writeback", str(image)], sock,
+                # -e 8: up to 8 clients at once (qemu-nbd's default is one).
+                s = Server(name, ["qemu-nbd", "-f", "raw", "-t", "-e", "8", "-k", str(sock),
+                                  "-x", "disk", "--cache=writeback", str(image)], sock,
                            f"nbd+unix:///disk?socket={sock}", tmp / "qemu.log")
                 s.image = image  # type: ignore[attr-defined]
             else:

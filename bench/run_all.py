@@ -332,7 +332,8 @@ def render(meta: dict[str, Any]) -> str:
         "polling, CPU spent for latency, off by default); `nbdkit memory`; `qemu-nbd` on a "
         "file in /dev/shm; `ceiling` is `bench/nbd_ceiling.py`, a blocking Python server "
         "that only moves the bytes. `server µs CPU/IO` is the server's CPU time over the "
-        "I/Os of the run: polling's cost shows there.",
+        "I/Os of the run: polling's cost shows there. `rr4k_4x1` and `rr4k_4x8` are four "
+        "fio jobs at once, one connection each (the ceiling serves each on a thread).",
         "",
         *render_nbd(),
         "",
