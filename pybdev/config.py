@@ -123,29 +123,23 @@ async def replay(
             in_startup = all(s & State.STARTUP for s in states)
             if (phase == State.STARTUP) != in_startup:
                 continue
-            requests = []
+            # The entries of a batch in order, as the dispatcher would take the batch; the
+            # response objects are checked as they are, never encoded.
             for method_name, item in _methods(entry):
                 req: dict[str, Any] = {"jsonrpc": "2.0", "method": method_name, "id": next_id}
                 next_id += 1
                 if "params" in item:
                     req["params"] = item["params"]
-                requests.append(req)
-            value: Any = requests if isinstance(entry, list) else requests[0]
-            response = await dispatcher.handle_value(value)
-            _check_response(response, ignore_errors, where, [m for m, _ in _methods(entry)])
+                response = await dispatcher.handle_single(req)
+                _check_response(response, ignore_errors, where, method_name)
 
 
-def _check_response(response: bytes | None, ignore_errors: bool, where: str,
-                    methods: list[str]) -> None:
-    if response is None:
+def _check_response(response: dict[str, Any] | None, ignore_errors: bool, where: str,
+                    method: str) -> None:
+    if response is None or "error" not in response:
         return
-    decoded = json.loads(response)
-    for i, item in enumerate(decoded if isinstance(decoded, list) else [decoded]):
-        if "error" not in item:
-            continue
-        method = methods[i] if i < len(methods) else "?"
-        error = item["error"]
-        text = f"{where}: {method} failed: {error.get('message')} (code {error.get('code')})"
-        if not ignore_errors:
-            raise ConfigError(f"loading the JSON configuration failed: {text}")
-        log.warning("%s; skipped (--json-ignore-init-errors)", text)
+    error = response["error"]
+    text = f"{where}: {method} failed: {error.get('message')} (code {error.get('code')})"
+    if not ignore_errors:
+        raise ConfigError(f"loading the JSON configuration failed: {text}")
+    log.warning("%s; skipped (--json-ignore-init-errors)", text)

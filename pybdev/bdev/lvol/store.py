@@ -29,7 +29,7 @@ from array import array
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from pybdev.bdev.core import Callback, Descriptor
+from pybdev.bdev.core import Bdev, Callback, Descriptor
 from pybdev.bdev.lvol import layout
 from pybdev.bdev.lvol.layout import Geometry, SuperSlot
 from pybdev.errors import OperationError
@@ -1098,15 +1098,29 @@ def slot_size(block_size: int) -> int:
     return max(layout.MD_PAGE_SIZE, block_size)
 
 
+def can_hold_store(bdev: Bdev) -> bool:
+    """Whether ``bdev`` is large enough for the super slots and a metadata area."""
+    return bdev.size >= 4 * slot_size(bdev.block_size)
+
+
+def head_length(bdev: Bdev) -> int:
+    """How much of the bdev's start :func:`decode_slots` needs."""
+    return 2 * slot_size(bdev.block_size)
+
+
+def decode_slots(head: bytes, block_size: int) -> list[SuperSlot]:
+    """The valid super slots in the first :func:`head_length` bytes of a bdev."""
+    size = slot_size(block_size)
+    slots = [layout.decode_super(head[i * size:(i + 1) * size], block_size) for i in (0, 1)]
+    return [s for s in slots if s is not None]
+
+
 async def read_slots(desc: Descriptor) -> list[SuperSlot]:
     """The valid super slots on ``desc``'s bdev (none: not an lvstore)."""
-    bs = desc.bdev.block_size
-    size = slot_size(bs)
-    if desc.bdev.size < 4 * size:
+    bdev = desc.bdev
+    if not can_hold_store(bdev):
         return []
-    head = await desc.read_async(0, 2 * size)
-    slots = [layout.decode_super(head[i * size:(i + 1) * size], bs) for i in (0, 1)]
-    return [s for s in slots if s is not None]
+    return decode_slots(await desc.read_async(0, head_length(bdev)), bdev.block_size)
 
 
 async def read_record(desc: Descriptor, slot: SuperSlot) -> dict[str, Any]:
