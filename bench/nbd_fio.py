@@ -77,9 +77,10 @@ class Server:
                 raise SystemExit(f"{name} did not start; see {log}")
             time.sleep(0.05)
 
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User and system CPU time of the server process so far."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -214,13 +215,15 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]
         for rnd in range(args.rounds):
             for w in workloads:
                 for s in started:
-                    cpu0 = s.cpu_seconds()
+                    user0, sys0 = s.cpu_seconds()
                     r = fio(s.uri, WORKLOADS[w], args.runtime, args.ramp, size)
-                    cpu = s.cpu_seconds() - cpu0
+                    user1, sys1 = s.cpu_seconds()
+                    cpu = user1 - user0 + sys1 - sys0
                     r["server_cpu"] = 100 * cpu / (args.runtime + args.ramp)
                     # CPU over ramp + run, I/Os of the run only: scale to the run.
-                    r["server_us_io"] = 1e6 * cpu * args.runtime / (
-                        args.runtime + args.ramp) / max(1, r["ios"])
+                    per_io = 1e6 * args.runtime / (args.runtime + args.ramp) / max(1, r["ios"])
+                    r["server_us_io"] = cpu * per_io
+                    r["server_sys_us_io"] = (sys1 - sys0) * per_io  # the kernel's share
                     r["load1"] = os.getloadavg()[0]
                     results[w][s.name].append(r)
                     print(f"round {rnd + 1} {w:11} {s.name:10} {r['iops']:9.0f} IOPS "
@@ -244,7 +247,7 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
         names = list(by_server)
         peers = [p for p in ("nbdkit", "qemu-nbd", "ceiling") if p in names]
         head = ["server", "IOPS", "MiB/s", "mean lat us", "p99 us", "server CPU %",
-                "server us/IO", *[f"x {p}" for p in peers]]
+                "server us/IO", "of which sys", *[f"x {p}" for p in peers]]
         lines += [f"\n### {w}\n", "| " + " | ".join(head) + " |",
                   "|" + "---|" * len(head)]
         for n in names:
@@ -252,7 +255,8 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             iops = median(runs, "iops")
             row = [n, f"{iops:.0f}", f"{median(runs, 'mib_s'):.0f}",
                    f"{median(runs, 'lat_us'):.1f}", f"{median(runs, 'p99_us'):.0f}",
-                   f"{median(runs, 'server_cpu'):.0f}", f"{median(runs, 'server_us_io'):.1f}"]
+                   f"{median(runs, 'server_cpu'):.0f}", f"{median(runs, 'server_us_io'):.1f}",
+                   f"{median(runs, 'server_sys_us_io'):.1f}"]
             row += [f"{ratio(runs, by_server[p]):.2f}" for p in peers]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

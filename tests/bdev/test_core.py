@@ -174,6 +174,7 @@ async def test_resize_notifies_descriptors(layer: BdevLayer) -> None:
 
 async def test_iostat_counts_bytes_ops_latency_and_errors(layer: BdevLayer) -> None:
     b = malloc(layer)
+    b.stat.reset("all")  # the lvol module's examine read the bdev
     desc = layer.open("M0", write=True)
     for _ in range(3):
         assert status(lambda cb: desc.write(0, bytes(1024), cb)) == 0

@@ -217,6 +217,7 @@ async def test_queue_depth_trigger(layer: BdevLayer) -> None:
     layer.register(held)
     em = module(layer, ErrorModule)
     em.create("H")
+    held.release()  # the reads of the examine of H and of EE_H (the lvol module's)
     desc = layer.open("EE_H", write=True)
     em.inject_error("EE_H", "read", "failure", num=1, queue_depth=2)
     results: list[int] = []

@@ -18,6 +18,7 @@ MIB = 1 << 20
 
 async def test_writes_are_discarded_reads_return_zeros(layer: BdevLayer) -> None:
     b = module(layer, NullModule).create(name="N", block_size=512, num_blocks=16384)
+    b.stat.reset("all")  # the lvol module's examine read the bdev
     assert (b.size, b.write_cache, b.numa_id) == (8 * MIB, False, None)
     desc = layer.open("N", write=True)
     await desc.write_async(0, b"\xaa" * 4096)

@@ -174,6 +174,7 @@ def record(out: list[tuple[int, int]], i: int, status: int, _data: Any) -> None:
 
 async def test_layer_queues_reads_and_writes_only(layer: BdevLayer, timer: FakeTimer) -> None:
     bdev = module(layer, MallocModule).create(name="Q0", block_size=512, num_blocks=64)
+    bdev.stat.reset("all")  # the lvol module's examine read the bdev
     desc = layer.open("Q0", write=True)
     assert not bdev._hooked  # QoS off: the fast path's one attribute check
     bdev.qos = qos(timer, rw_ios_per_sec=2000)
@@ -198,6 +199,7 @@ async def test_data_with_separate_metadata_is_limited_too(layer: BdevLayer,
     """read_md/write_md count as reads and writes, as SPDK's *_with_md calls do."""
     bdev = module(layer, MallocModule).create(name="Q0", block_size=512, num_blocks=64,
                                               md_size=8)
+    bdev.stat.reset("all")  # the lvol module's examine read the bdev
     desc = layer.open("Q0", write=True)
     bdev.qos = qos(timer, rw_ios_per_sec=2000)  # two per 1 ms timeslice
     bdev.update_hooks()
