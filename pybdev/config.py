@@ -123,8 +123,9 @@ async def replay(
             in_startup = all(s & State.STARTUP for s in states)
             if (phase == State.STARTUP) != in_startup:
                 continue
-            # The entries of a batch in order, as the dispatcher would take the batch; the
-            # response objects are checked as they are, never encoded.
+            # A batch's calls one by one, in order, each stopping the replay on failure as
+            # a single entry does; the response objects are checked as they are, never
+            # encoded and parsed back.
             for method_name, item in _methods(entry):
                 req: dict[str, Any] = {"jsonrpc": "2.0", "method": method_name, "id": next_id}
                 next_id += 1
