@@ -97,6 +97,25 @@ def is_read_only_name(name: str) -> bool:
     return name.startswith("get_") or "_get_" in name
 
 
+def _key_text(key: str) -> str | None:
+    """How an audit line's text names ``key`` (cut, escaped), or None when it looks secret.
+
+    The secret test, a regex search, costs about 3 µs a key: most of an audit line. Clients
+    send the same few keys again and again, so the answers are kept, for at most
+    _KEYS_KEPT keys (a client inventing keys costs a search each, not memory).
+    """
+    if key in _key_texts:
+        return _key_texts[key]
+    text = None if _SECRET.search(key) else quote(key, 32)[1:-1]
+    if len(_key_texts) < _KEYS_KEPT:
+        _key_texts[key] = text
+    return text
+
+
+_KEYS_KEPT = 1024
+_key_texts: dict[str, str | None] = {}
+
+
 def shown_params(params: Any) -> dict[str, Any]:
     """The parameters an audit line shows: scalars whose key is not secret-looking."""
     out: dict[str, Any] = {}
@@ -105,12 +124,12 @@ def shown_params(params: Any) -> dict[str, Any]:
     for key, value in params.items():
         if len(out) >= MAX_PARAMS:
             break
-        if not isinstance(key, str) or _SECRET.search(key):
+        if not isinstance(key, str) or _key_text(key) is None:
             continue
-        if isinstance(value, bool | int | float) and not isinstance(value, str):
-            out[key[:MAX_VALUE_CHARS]] = value
-        elif isinstance(value, str):
+        if isinstance(value, str):
             out[key[:MAX_VALUE_CHARS]] = value[:MAX_VALUE_CHARS]
+        elif isinstance(value, (bool, int, float)):  # a tuple: 3x faster than a union
+            out[key[:MAX_VALUE_CHARS]] = value
     return out
 
 
@@ -120,7 +139,7 @@ def record(method: str, params: Any, code: int, duration: float) -> None:
         return
     shown = shown_params(params)
     args = " ".join(
-        f"{quote(k, 32)[1:-1]}={quote(v) if isinstance(v, str) else v}" for k, v in shown.items()
+        f"{_key_text(k)}={quote(v) if isinstance(v, str) else v}" for k, v in shown.items()
     )
     result = "ok" if code == 0 else f"error {code}"
     caller = CALLER.get()

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from pybdev.app import App, build_parser
+from pybdev.rpc import audit
 from pybdev.rpc.audit import is_read_only_name, shown_params
 from tests.conftest import Target
 from tests.rpc.test_http import HttpTarget, basic
@@ -43,6 +44,16 @@ def test_shown_params_drop_secrets_and_structures() -> None:
     assert shown == {"nqn": "nqn.x", "host": "h", "num_blocks": 8}
     assert shown_params(["positional"]) == {}
     assert len(shown_params({f"name{i}": "x" * 500 for i in range(20)})["name0"]) == 64
+
+
+def test_secret_test_is_kept_for_a_bounded_number_of_keys() -> None:
+    """The answers for known keys are kept; a client inventing keys grows nothing."""
+    for _ in range(2):  # the second time from what was kept
+        assert shown_params({"psk": "SECRET", "Api_Token": "t", "name": "n"}) == {"name": "n"}
+    for i in range(3 * audit._KEYS_KEPT):
+        shown_params({f"k{i}": 1, f"field{i}": 2})
+    assert len(audit._key_texts) == audit._KEYS_KEPT
+    assert shown_params({"auth_secret_9999": "s", "field9999": 3}) == {"field9999": 3}
 
 
 def test_create_and_delete_over_the_unix_socket(start_target: Callable[..., Target]) -> None:
