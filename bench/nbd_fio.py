@@ -13,9 +13,15 @@ librsvg2-bin, is installed).
     python bench/nbd_fio.py [--runtime 5] [--rounds 1] [--size 1G] [--json out.json]
                             [--servers pybdev,nbdkit,qemu-nbd] [--profile out.prof]
     python bench/nbd_fio.py --micro
+    python bench/nbd_fio.py --placement [--workloads rr4k_qd1,rw4k_qd32] [--json out.json]
 
 ``--profile`` runs the pybdev target under cProfile and prints where its time went;
 ``--micro`` measures the server's CPU per request in process (no sockets, no client).
+``--placement`` runs the workloads with the server and fio pinned to one CPU (``same``),
+to two different CPUs (``split``), and left to the scheduler (``free``): a QD1 round trip
+between two CPUs costs two cross-CPU wake-ups, which on a VM whose idle vCPUs halt is most
+of its time, and a server with many threads (nbdkit) avoids some of them by having one
+on the client's CPU. Pinned, the servers compete on their own work.
 """
 
 from __future__ import annotations
@@ -231,6 +237,63 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]
     return results
 
 
+PLACEMENTS = ("split", "same", "free")
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (threads created later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def measure_placement(args: argparse.Namespace) -> dict[str, dict[str, dict[str, list[
+        dict[str, Any]]]]]:
+    """Like :func:`measure`, under each of PLACEMENTS in turn, interleaved within a round."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--placement needs two CPUs")
+    server_cpu, other_cpu = cpus[0], cpus[1]
+    fio_cpus = {"split": str(other_cpu), "same": str(server_cpu), "free": ""}
+    names = args.servers.split(",")
+    size = parse_size(args.size)
+    workloads = [w for w in WORKLOADS if not args.workloads or w in args.workloads.split(",")]
+    results: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
+        pl: {w: {n: [] for n in names} for w in workloads} for pl in PLACEMENTS}
+    with tempfile.TemporaryDirectory(prefix="nbdbench", dir="/tmp") as d, \
+            servers(names, size, Path(d), None) as started:
+        for s in started:
+            prefill(s, size)
+        for rnd in range(args.rounds):
+            for pl in PLACEMENTS:
+                for w in workloads:
+                    for s in started:
+                        _pin(s.proc.pid, {server_cpu} if pl != "free" else set(cpus))
+                        extra = [f"--cpus_allowed={fio_cpus[pl]}"] if fio_cpus[pl] else []
+                        r = fio(s.uri, [*WORKLOADS[w], *extra], args.runtime, args.ramp, size)
+                        results[pl][w][s.name].append(r)
+                        print(f"round {rnd + 1} {pl:5} {w:11} {s.name:12} {r['iops']:9.0f} "
+                              "IOPS", file=sys.stderr, flush=True)
+    return results
+
+
+def report_placement(results: dict[str, dict[str, dict[str, list[dict[str, Any]]]]]) -> str:
+    """One table per workload: IOPS by placement and server, and the ratio to nbdkit."""
+    lines = []
+    for w in next(iter(results.values())):
+        names = list(results[PLACEMENTS[0]][w])
+        head = ["placement", *[f"{n} IOPS" for n in names],
+                *[f"{n} / nbdkit" for n in names if n != "nbdkit" and "nbdkit" in names]]
+        lines += [f"\n#### {w}\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for pl, by_workload in results.items():
+            by = by_workload[w]
+            row = [pl, *[f"{median(by[n], 'iops'):.0f}" for n in names]]
+            if "nbdkit" in names:
+                row += [f"{ratio(by[n], by['nbdkit']):.2f}" for n in names if n != "nbdkit"]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -418,11 +481,19 @@ def main() -> int:
     p.add_argument("--profile", help="run pybdev under cProfile, writing this file")
     p.add_argument("--micro", action="store_true",
                    help="measure the server's CPU per request in process instead")
+    p.add_argument("--placement", action="store_true",
+                   help="run with the server and fio on one CPU, on two, and unpinned")
     args = p.parse_args()
     if args.micro:
         for batch in (1, 32):
             for what, us in micro(batch).items():
                 print(f"batch {batch:2}: {what:24} {us:5.2f} µs/request")
+        return 0
+    if args.placement:
+        placed = measure_placement(args)
+        print(report_placement(placed))
+        if args.json:
+            Path(args.json).write_text(json.dumps(placed, indent=1) + "\n")
         return 0
     results = measure(args)
     text = report(results)

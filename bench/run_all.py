@@ -8,6 +8,7 @@ Runs, each as its own process (a failing one is reported on the page, not fatal)
 nbd        ``bench/nbd_fio.py``: pybdev (uvloop, asyncio's own loop, polling) vs ``nbdkit memory``,
            ``qemu-nbd`` and the Unix-socket ceiling (``bench/nbd_ceiling.py``), fio's nbd
            engine, three interleaved rounds; plus ``--micro`` (CPU per request in process)
+           and ``--placement`` (server and fio on one CPU, on two, unpinned)
 vm         ``bench/ublk_vs_nbd.py`` in the kernel VM (minutes of software emulation): ublk
            (queue thread / event loop / per-tag buffers), the kernel NBD export (one
            and two sockets), ``qemu-nbd -c``, 1 vs 2 queues
@@ -43,6 +44,7 @@ IMG = ROOT / "docs" / "img"
 PAGE = ROOT / "docs" / "performance.md"
 PY = sys.executable
 NBD_SERVERS = "pybdev,pybdev-asyncio,pybdev-poll,nbdkit,qemu-nbd,ceiling"
+PLACEMENT_SERVERS = "pybdev,pybdev-poll,nbdkit,ceiling"
 SECTIONS = ("nbd", "vm", "lvol", "nvmf", "control")
 
 
@@ -113,6 +115,11 @@ def collect(args: argparse.Namespace) -> None:
                             "--svg", ""], 3600)
         status["nbd"] = rc
         status["nbd-micro"] = run("nbd-micro", [PY, "bench/nbd_fio.py", "--micro"], 600)[0]
+        status["nbd-placement"] = run("nbd-placement", [
+            PY, "bench/nbd_fio.py", "--placement", "--rounds", "1" if quick else "3",
+            "--runtime", "2" if quick else "3", "--size", "256M",
+            "--servers", PLACEMENT_SERVERS, "--workloads", "rr4k_qd1,rw4k_qd1,rw4k_qd32",
+            "--json", str(OUT / "nbd-placement.json")], 3600)[0]
     if "vm" in wanted:
         status["vm"] = run("vm", [PY, "bench/ublk_vs_nbd.py", "--runtime",
                                   "3", "--repeat", "1" if quick else "3",
@@ -240,6 +247,15 @@ def render_nbd() -> list[str]:
                   for n in names if n != "ceiling"}
         lines += _bars("perf_nbd_ceiling", "IOPS / the Unix-socket ceiling "
                        "(bench/nbd_ceiling.py), same run", workloads, series, "x ceiling")
+    placement = _text("nbd-placement")
+    if placement:
+        lines += ["", "### Where the QD1 time goes: CPU placement", "",
+                  "`bench/nbd_fio.py --placement`: the same servers with the server and fio "
+                  "pinned to different CPUs (`split`), to one CPU (`same`), and left to the "
+                  "scheduler (`free`, as above); medians of 3 rounds. See "
+                  "[decisions/nbd-fast-paths.md](decisions/nbd-fast-paths.md), \"QD1 is "
+                  "the vCPU wake-ups\".", "",
+                  placement]
     micro = _text("nbd-micro")
     if micro:
         lines += ["", "Server CPU per request in process (`bench/nbd_fio.py --micro`, no "
