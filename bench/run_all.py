@@ -249,7 +249,7 @@ def render_nbd() -> list[str]:
                        "(bench/nbd_ceiling.py), same run", workloads, series, "x ceiling")
     placement = _text("nbd-placement")
     if placement:
-        lines += ["", "### Where the QD1 time goes: CPU placement", "",
+        lines += ["", "### CPU placement: server and fio on two CPUs, on one, unpinned", "",
                   "`bench/nbd_fio.py --placement`: the same servers with the server and fio "
                   "pinned to different CPUs (`split`), to one CPU (`same`), and left to the "
                   "scheduler (`free`, as above); medians of 3 rounds. See "
