@@ -204,12 +204,18 @@ def prefill(s: Server, size: int) -> None:
                    capture_output=True, check=True, timeout=600)
 
 
-def measure(args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    names = args.servers.split(",")
+def _servers_wanted(args: argparse.Namespace) -> list[str]:
+    """The server names asked for, once fio and the peers among them are known installed."""
+    names: list[str] = args.servers.split(",")
     missing = [t for t in ["fio", *(n for n in names if n in ("nbdkit", "qemu-nbd"))]
                if shutil.which(t) is None]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)} (apt-get install fio nbdkit qemu-utils)")
+    return names
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    names = _servers_wanted(args)
     size = parse_size(args.size)
     workloads = [w for w in WORKLOADS if not args.workloads or w in args.workloads.split(",")]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {w: {n: [] for n in names}
@@ -255,7 +261,7 @@ def measure_placement(args: argparse.Namespace) -> dict[str, dict[str, dict[str,
         raise SystemExit("--placement needs two CPUs")
     server_cpu, other_cpu = cpus[0], cpus[1]
     fio_cpus = {"split": str(other_cpu), "same": str(server_cpu), "free": ""}
-    names = args.servers.split(",")
+    names = _servers_wanted(args)
     size = parse_size(args.size)
     workloads = [w for w in WORKLOADS if not args.workloads or w in args.workloads.split(",")]
     results: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {

@@ -252,7 +252,7 @@ def render_nbd() -> list[str]:
         lines += ["", "### CPU placement: server and fio on two CPUs, on one, unpinned", "",
                   "`bench/nbd_fio.py --placement`: the same servers with the server and fio "
                   "pinned to different CPUs (`split`), to one CPU (`same`), and left to the "
-                  "scheduler (`free`, as above); medians of 3 rounds. See "
+                  "scheduler (`free`, as above); medians over the rounds. See "
                   "[decisions/nbd-fast-paths.md](decisions/nbd-fast-paths.md), \"QD1 is "
                   "the vCPU wake-ups\".", "",
                   placement]
